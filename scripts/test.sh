@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Every check CI runs: dependencies, formatting, lints, then every test (unit and
+# integration, against real etcd 3.4 and 3.5 processes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets -- --test-threads="${ETCDOPS_TEST_THREADS:-4}"

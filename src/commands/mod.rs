@@ -1,0 +1,49 @@
+//! One file per command: each turns its clap Args into library options, calls the library
+//! and hands the report to `output`. clap types stop here.
+
+pub mod health;
+
+use crate::cli::{Cli, Command, GlobalArgs, OutputFormat};
+use crate::error::{Error, Result};
+use crate::etcd::connect::Given;
+use crate::output::Format;
+
+/// Run the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let global = &cli.global;
+    match cli.command {
+        Command::Health(args) => health::exec(global, args),
+    }
+}
+
+/// The output format the operator chose.
+pub fn format(global: &GlobalArgs) -> Format {
+    match global.output {
+        OutputFormat::Table => Format::Table,
+        OutputFormat::Json => Format::Json,
+    }
+}
+
+/// What flags and env said about the connection, for discovery to complete.
+pub fn given(global: &GlobalArgs) -> Given {
+    Given {
+        endpoints: global.endpoints.clone(),
+        cacert: global.cacert.clone(),
+        cert: global.cert.clone(),
+        key: global.key.clone(),
+        manifest: global.manifest.clone(),
+        dial_timeout: global.dial_timeout,
+        command_timeout: global.command_timeout,
+    }
+}
+
+/// Run a future on a runtime made for this command (two cores: two workers).
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::failed("start the async runtime", e.to_string()))
+        .expect("the async runtime starts")
+        .block_on(fut)
+}

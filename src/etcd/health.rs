@@ -1,0 +1,449 @@
+//! The health model: what "healthy" means for an endpoint and for the cluster, written down
+//! in one place (as etcdctl's `ep_command.go` does).
+//!
+//! An endpoint is healthy when it answers a linearizable `Get("health")` (which needs a
+//! leader and a quorum) and `Status` within the command timeout, and reports no errors.
+//! The verdict is healthy when every endpoint is healthy, no alarm is active, and, with
+//! `--cluster`, every member has a client URL and answers, all agree on one leader, and
+//! HashKV agrees across members at a common revision.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::client::{Alarm, Endpoint, HashKv, Member, Status};
+use super::connect::Connection;
+use crate::error::{Error, Result};
+use crate::output::hex_id;
+
+/// etcd's default `--quota-backend-bytes`.
+pub const DEFAULT_QUOTA: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Above this share of the quota, health warns (maintain disarms NOSPACE only below it).
+pub const QUOTA_WARN_RATIO: f64 = 0.9;
+
+/// etcd refuses proposals when applied lags committed by more than this many entries.
+pub const MAX_RAFT_INDEX_SPREAD: u64 = 5000;
+
+#[derive(Debug, Clone)]
+pub struct HealthOptions {
+    /// Expand the endpoints to every member's client URL and check the cluster as a whole.
+    pub cluster: bool,
+    /// The quota to judge db size against.
+    pub quota: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointHealth {
+    pub endpoint: String,
+    pub healthy: bool,
+    pub took_ms: u64,
+    pub error: Option<String>,
+    pub member_id: Option<String>,
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub is_leader: bool,
+    pub is_learner: bool,
+    pub db_size: Option<u64>,
+    pub db_size_in_use: Option<u64>,
+    pub quota_usage: Option<f64>,
+    pub revision: Option<i64>,
+    pub raft_term: Option<u64>,
+    pub raft_index: Option<u64>,
+    pub raft_applied_index: Option<u64>,
+    #[serde(skip)]
+    pub status: Option<Status>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterHealth {
+    pub cluster_id: Option<String>,
+    pub members: usize,
+    pub leader: Option<String>,
+    pub leaders_agree: bool,
+    pub raft_index_spread: Option<u64>,
+    pub hash_revision: Option<i64>,
+    pub hashes_agree: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AlarmReport {
+    pub member_id: String,
+    pub alarm: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    pub healthy: bool,
+    pub endpoints: Vec<EndpointHealth>,
+    pub cluster: Option<ClusterHealth>,
+    pub alarms: Vec<AlarmReport>,
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+    pub quota_backend_bytes: u64,
+}
+
+impl HealthReport {
+    /// Whether no endpoint answered at all (exit 3 rather than 4).
+    pub fn nothing_reachable(&self) -> bool {
+        self.endpoints.iter().all(|e| e.status.is_none())
+    }
+
+    /// The error that goes with this report: unreachable, unhealthy, or none.
+    pub fn verdict(&self) -> Result<()> {
+        if self.nothing_reachable() {
+            let reason = self
+                .endpoints
+                .first()
+                .and_then(|e| e.error.clone())
+                .unwrap_or_else(|| "no endpoint".into());
+            return Err(Error::Unreachable {
+                endpoints: self
+                    .endpoints
+                    .iter()
+                    .map(|e| e.endpoint.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                reason,
+            });
+        }
+        if !self.healthy {
+            return Err(Error::Unhealthy(self.problems.join("; ")));
+        }
+        Ok(())
+    }
+
+    /// Active alarms other than NOSPACE (defrag and maintain tolerate NOSPACE).
+    pub fn has_alarm(&self, name: &str) -> bool {
+        self.alarms.iter().any(|a| a.alarm == name)
+    }
+}
+
+impl EndpointHealth {
+    fn fill(&mut self, s: Status) {
+        self.member_id = Some(hex_id(s.member_id));
+        self.version = Some(s.version.clone());
+        self.is_learner = s.is_learner;
+        self.db_size = Some(s.db_size);
+        self.db_size_in_use = Some(s.db_size_in_use);
+        self.revision = Some(s.revision);
+        self.raft_term = Some(s.raft_term);
+        self.raft_index = Some(s.raft_index);
+        self.raft_applied_index = Some(s.raft_applied_index);
+        self.status = Some(s);
+    }
+}
+
+/// Check one endpoint: connect, linearizable get, status.
+pub async fn check_endpoint(conn: &Connection, url: &str) -> EndpointHealth {
+    let start = Instant::now();
+    let result = async {
+        let mut ep = Endpoint::connect(conn, url).await?;
+        ep.linearizable_get().await?;
+        ep.status().await
+    }
+    .await;
+    let took_ms = start.elapsed().as_millis() as u64;
+    let mut h = EndpointHealth {
+        endpoint: url.to_string(),
+        healthy: false,
+        took_ms,
+        error: None,
+        member_id: None,
+        name: None,
+        version: None,
+        is_leader: false,
+        is_learner: false,
+        db_size: None,
+        db_size_in_use: None,
+        quota_usage: None,
+        revision: None,
+        raft_term: None,
+        raft_index: None,
+        raft_applied_index: None,
+        status: None,
+    };
+    match result {
+        Ok(s) => {
+            h.healthy = s.errors.is_empty();
+            if !s.errors.is_empty() {
+                h.error = Some(s.errors.join("; "));
+            }
+            h.is_leader = s.leader != 0 && s.leader == s.member_id;
+            h.fill(s);
+        }
+        Err(e) => {
+            // A member without a leader still answers Status; show what it says.
+            if let Ok(mut ep) = Endpoint::connect(conn, url).await
+                && let Ok(s) = ep.status().await
+            {
+                h.fill(s);
+            }
+            h.error = Some(e);
+        }
+    }
+    h
+}
+
+/// Check the given endpoints (or, with `cluster`, every member) and judge.
+pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let mut members: Option<Vec<Member>> = None;
+    let mut urls = conn.endpoints.clone();
+
+    if opts.cluster {
+        match member_list(conn).await {
+            Ok(list) => {
+                urls = Vec::new();
+                for m in &list {
+                    match m.client_urls.first() {
+                        Some(u) => urls.push(u.clone()),
+                        None => problems.push(format!(
+                            "member {} ({}) has no client URL: not started yet?",
+                            hex_id(m.id),
+                            if m.name.is_empty() {
+                                "unnamed"
+                            } else {
+                                &m.name
+                            }
+                        )),
+                    }
+                }
+                members = Some(list);
+            }
+            Err(e) => problems.push(format!("member list: {e}")),
+        }
+    } else {
+        // Only for member names; a failure shows up in the endpoint checks.
+        members = member_list(conn).await.ok();
+    }
+
+    let mut endpoints = check_all(conn, &urls).await;
+    if let Some(list) = &members {
+        for e in &mut endpoints {
+            if let Some(s) = &e.status {
+                e.name = list
+                    .iter()
+                    .find(|m| m.id == s.member_id)
+                    .map(|m| m.name.clone());
+            }
+        }
+    }
+
+    for e in &mut endpoints {
+        if let Some(size) = e.db_size {
+            let usage = size as f64 / opts.quota as f64;
+            e.quota_usage = Some((usage * 10_000.0).round() / 10_000.0);
+            if usage >= QUOTA_WARN_RATIO {
+                warnings.push(format!(
+                    "{}: db size {} is {:.0}% of the quota {}",
+                    e.endpoint,
+                    size,
+                    usage * 100.0,
+                    opts.quota
+                ));
+            }
+        }
+        if !e.healthy {
+            problems.push(format!(
+                "{} is unhealthy: {}",
+                e.endpoint,
+                e.error.as_deref().unwrap_or("unknown error")
+            ));
+        }
+    }
+
+    let mut alarms = Vec::new();
+    if let Some(first) = endpoints.iter().find(|e| e.healthy) {
+        match alarm_list(conn, &first.endpoint).await {
+            Ok(list) => {
+                for a in list {
+                    problems.push(format!(
+                        "alarm {} active on member {}",
+                        a.alarm,
+                        hex_id(a.member_id)
+                    ));
+                    alarms.push(AlarmReport {
+                        member_id: hex_id(a.member_id),
+                        alarm: a.alarm,
+                    });
+                }
+            }
+            Err(e) => problems.push(format!("alarm list on {}: {e}", first.endpoint)),
+        }
+    }
+
+    let cluster = match members {
+        Some(list) if opts.cluster => {
+            Some(cluster_checks(conn, &list, &endpoints, &mut problems, &mut warnings).await)
+        }
+        _ => None,
+    };
+
+    HealthReport {
+        healthy: problems.is_empty(),
+        endpoints,
+        cluster,
+        alarms,
+        problems,
+        warnings,
+        quota_backend_bytes: opts.quota,
+    }
+}
+
+async fn check_all(conn: &Connection, urls: &[String]) -> Vec<EndpointHealth> {
+    let tasks: Vec<_> = urls
+        .iter()
+        .map(|u| {
+            let conn = conn.clone();
+            let u = u.clone();
+            tokio::spawn(async move { check_endpoint(&conn, &u).await })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.expect("health task does not panic"));
+    }
+    out
+}
+
+/// The member list from the first endpoint that answers it.
+pub async fn member_list(conn: &Connection) -> Result<Vec<Member>, String> {
+    let mut last = String::from("no endpoint");
+    for url in &conn.endpoints {
+        match async {
+            let mut ep = Endpoint::connect(conn, url).await?;
+            ep.members().await
+        }
+        .await
+        {
+            Ok(m) => return Ok(m),
+            Err(e) => last = format!("{url}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+async fn alarm_list(conn: &Connection, url: &str) -> Result<Vec<Alarm>, String> {
+    let mut ep = Endpoint::connect(conn, url).await?;
+    ep.alarms().await
+}
+
+async fn cluster_checks(
+    conn: &Connection,
+    members: &[Member],
+    endpoints: &[EndpointHealth],
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> ClusterHealth {
+    let answered: Vec<&Status> = endpoints.iter().filter_map(|e| e.status.as_ref()).collect();
+    let cluster_id = answered.first().map(|s| hex_id(s.cluster_id));
+    if answered
+        .iter()
+        .any(|s| Some(hex_id(s.cluster_id)) != cluster_id)
+    {
+        problems.push("endpoints report different cluster ids".into());
+    }
+
+    let mut leaders: Vec<u64> = answered.iter().map(|s| s.leader).collect();
+    leaders.sort_unstable();
+    leaders.dedup();
+    let leaders_agree = leaders.len() == 1 && leaders[0] != 0;
+    let leader = if leaders_agree {
+        Some(hex_id(leaders[0]))
+    } else {
+        None
+    };
+    if leaders.contains(&0) {
+        problems.push("a member has no leader".into());
+    } else if leaders.len() > 1 {
+        let ids: Vec<String> = leaders.iter().map(|l| hex_id(*l)).collect();
+        problems.push(format!(
+            "members disagree on the leader: {}",
+            ids.join(", ")
+        ));
+    }
+    if leaders_agree && !members.iter().any(|m| m.id == leaders[0]) {
+        problems.push(format!(
+            "leader {} is not in the member list",
+            hex_id(leaders[0])
+        ));
+    }
+
+    let indexes: Vec<u64> = answered.iter().map(|s| s.raft_index).collect();
+    let raft_index_spread = match (indexes.iter().min(), indexes.iter().max()) {
+        (Some(lo), Some(hi)) => Some(hi - lo),
+        _ => None,
+    };
+    if let Some(spread) = raft_index_spread
+        && spread > MAX_RAFT_INDEX_SPREAD
+    {
+        warnings.push(format!(
+            "raft index spread {spread} exceeds {MAX_RAFT_INDEX_SPREAD}: a member is lagging"
+        ));
+    }
+
+    let (hash_revision, hashes_agree) = hash_agreement(conn, endpoints, problems).await;
+
+    ClusterHealth {
+        cluster_id,
+        members: members.len(),
+        leader,
+        leaders_agree,
+        raft_index_spread,
+        hash_revision,
+        hashes_agree,
+    }
+}
+
+/// HashKV on every healthy member at the lowest current revision among them. Members that
+/// compacted at different revisions hash different ranges; retry once at a fresher revision.
+async fn hash_agreement(
+    conn: &Connection,
+    endpoints: &[EndpointHealth],
+    problems: &mut Vec<String>,
+) -> (Option<i64>, Option<bool>) {
+    let healthy: Vec<&EndpointHealth> = endpoints.iter().filter(|e| e.healthy).collect();
+    let Some(revision) = healthy.iter().filter_map(|e| e.revision).min() else {
+        return (None, None);
+    };
+    for _attempt in 0..2 {
+        let mut hashes: Vec<(String, HashKv)> = Vec::new();
+        for e in &healthy {
+            let result = async {
+                let mut ep = Endpoint::connect(conn, &e.endpoint).await?;
+                ep.hash_kv(revision).await
+            }
+            .await;
+            match result {
+                Ok(h) => hashes.push((e.endpoint.clone(), h)),
+                Err(err) => {
+                    problems.push(format!("hashkv at {revision} on {}: {err}", e.endpoint));
+                    return (Some(revision), None);
+                }
+            }
+        }
+        let compacts: Vec<i64> = hashes.iter().map(|(_, h)| h.compact_revision).collect();
+        if compacts.windows(2).any(|w| w[0] != w[1]) {
+            // A compaction was being applied while we hashed: try once more.
+            continue;
+        }
+        let agree = hashes.windows(2).all(|w| w[0].1.hash == w[1].1.hash);
+        if !agree {
+            let detail: Vec<String> = hashes
+                .iter()
+                .map(|(u, h)| format!("{u}={:08x}", h.hash))
+                .collect();
+            problems.push(format!(
+                "members' data differs at revision {revision}: {}",
+                detail.join(" ")
+            ));
+        }
+        return (Some(revision), Some(agree));
+    }
+    problems.push(format!(
+        "hashkv at {revision}: members report different compact revisions"
+    ));
+    (Some(revision), None)
+}

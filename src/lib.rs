@@ -1,0 +1,12 @@
+//! etcdops: move a kubeadm etcd member's data dir to a new disk safely, and keep etcd
+//! healthy (defrag, compaction, alarms, snapshots, health checks).
+//!
+//! The binary (`src/main.rs`) only parses, runs and maps errors to exit codes; `commands/`
+//! translates arguments into options for the library modules below.
+
+pub mod cli;
+pub mod commands;
+pub mod error;
+pub mod etcd;
+pub mod manifest;
+pub mod output;
