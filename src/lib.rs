@@ -8,5 +8,6 @@ pub mod cli;
 pub mod commands;
 pub mod error;
 pub mod etcd;
+pub mod lab;
 pub mod manifest;
 pub mod output;

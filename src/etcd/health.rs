@@ -165,9 +165,18 @@ pub async fn check_endpoint(conn: &Connection, url: &str) -> EndpointHealth {
     };
     match result {
         Ok(s) => {
-            h.healthy = s.errors.is_empty();
-            if !s.errors.is_empty() {
-                h.error = Some(s.errors.join("; "));
+            // Active alarms show up in status errors too; they are reported (and judged)
+            // once, as alarms, not as a fault of this endpoint.
+            let errors: Vec<&String> = s.errors.iter().filter(|e| !e.contains("alarm:")).collect();
+            h.healthy = errors.is_empty();
+            if !errors.is_empty() {
+                h.error = Some(
+                    errors
+                        .iter()
+                        .map(|e| e.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                );
             }
             h.is_leader = s.leader != 0 && s.leader == s.member_id;
             h.fill(s);
@@ -255,7 +264,8 @@ pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
     }
 
     let mut alarms = Vec::new();
-    if let Some(first) = endpoints.iter().find(|e| e.healthy) {
+    // Any member that answered can list alarms (they are cluster-wide state).
+    if let Some(first) = endpoints.iter().find(|e| e.status.is_some()) {
         match alarm_list(conn, &first.endpoint).await {
             Ok(list) => {
                 for a in list {

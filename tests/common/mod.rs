@@ -1,0 +1,502 @@
+//! The real-etcd test harness: start etcd 3.4 or 3.5 members (one or three, plain or TLS
+//! with client-cert auth) on free loopback ports in temp dirs, stopped when the test ends,
+//! even if it panics. Helpers write keys, kill members and raise NOSPACE. Running the
+//! `etcdops` binary goes through `Run`, which dumps the command, its status, stdout, stderr
+//! and the etcd logs when an expectation fails.
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcdops::lab::pki::{Authority, Pki};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V34,
+    V35,
+}
+
+pub const VERSIONS: [Version; 2] = [Version::V34, Version::V35];
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Version {
+    /// The etcd binary: `ETCD34_BIN`/`ETCD35_BIN`, else where install-deps puts it.
+    pub fn etcd(self) -> PathBuf {
+        self.bin("etcd")
+    }
+
+    pub fn etcdctl(self) -> PathBuf {
+        self.bin("etcdctl")
+    }
+
+    /// etcdutl exists from 3.5 on.
+    pub fn etcdutl(self) -> PathBuf {
+        self.bin("etcdutl")
+    }
+
+    fn bin(self, name: &str) -> PathBuf {
+        let (var, default) = match self {
+            Version::V34 => ("ETCD34_DIR", PathBuf::from("/usr/bin")),
+            Version::V35 => ("ETCD35_DIR", repo().join(".cache/etcd-3.5.1")),
+        };
+        let dir = std::env::var_os(var).map_or(default, PathBuf::from);
+        let path = dir.join(name);
+        assert!(
+            path.exists(),
+            "{} not found: run scripts/install-deps.sh",
+            path.display()
+        );
+        path
+    }
+
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Version::V34 => "3.4.",
+            Version::V35 => "3.5.",
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (released before etcd binds it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub version: Version,
+    pub members: usize,
+    pub tls: bool,
+    pub quota: Option<u64>,
+}
+
+impl Spec {
+    pub fn new(version: Version, members: usize) -> Self {
+        Spec {
+            version,
+            members,
+            tls: false,
+            quota: None,
+        }
+    }
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+    pub fn quota(mut self, bytes: u64) -> Self {
+        self.quota = Some(bytes);
+        self
+    }
+}
+
+pub struct Member {
+    pub name: String,
+    pub client_url: String,
+    pub peer_url: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub spec: Spec,
+    pub members: Vec<Member>,
+    pub pki: Option<Pki>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Start the members and wait until every one is healthy (30 s).
+    pub fn start(spec: Spec) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("etcdops-test-")
+            .tempdir()
+            .expect("temp dir");
+        let pki = spec.tls.then(|| {
+            Authority::new("etcd-ca")
+                .and_then(|ca| {
+                    ca.write_node(
+                        &dir.path().join("pki"),
+                        "test",
+                        &["127.0.0.1".parse().unwrap()],
+                    )
+                })
+                .expect("generate test PKI")
+        });
+        let scheme = if spec.tls { "https" } else { "http" };
+        let mut members: Vec<Member> = (0..spec.members)
+            .map(|i| {
+                let name = format!("m{i}");
+                Member {
+                    client_url: format!("{scheme}://127.0.0.1:{}", free_port()),
+                    peer_url: format!("http://127.0.0.1:{}", free_port()),
+                    data_dir: dir.path().join(&name).join("data"),
+                    log: dir.path().join(format!("{name}.log")),
+                    name,
+                    args: Vec::new(),
+                    child: None,
+                }
+            })
+            .collect();
+        let initial: Vec<String> = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect();
+        let initial = initial.join(",");
+        for m in &mut members {
+            let mut args = vec![
+                format!("--name={}", m.name),
+                format!("--data-dir={}", m.data_dir.display()),
+                format!("--listen-client-urls={}", m.client_url),
+                format!("--advertise-client-urls={}", m.client_url),
+                format!("--listen-peer-urls={}", m.peer_url),
+                format!("--initial-advertise-peer-urls={}", m.peer_url),
+                format!("--initial-cluster={initial}"),
+                "--initial-cluster-state=new".into(),
+                "--initial-cluster-token=etcdops-test".into(),
+                "--logger=zap".into(),
+                // Fast elections keep tests short; loopback latency is tiny.
+                "--heartbeat-interval=50".into(),
+                "--election-timeout=500".into(),
+            ];
+            if let Some(q) = spec.quota {
+                args.push(format!("--quota-backend-bytes={q}"));
+            }
+            if let Some(p) = &pki {
+                args.push(format!("--cert-file={}", p.server_cert().display()));
+                args.push(format!("--key-file={}", p.server_key().display()));
+                args.push(format!("--trusted-ca-file={}", p.ca_cert().display()));
+                args.push("--client-cert-auth".into());
+            }
+            m.args = args;
+        }
+        let mut cluster = Cluster {
+            spec,
+            members,
+            pki,
+            dir,
+        };
+        for i in 0..cluster.members.len() {
+            cluster.spawn(i);
+        }
+        cluster.wait_healthy(Duration::from_secs(30));
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let version = self.spec.version;
+        let m = &mut self.members[i];
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .expect("open member log");
+        let child = Command::new(version.etcd())
+            .args(&m.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        m.child = Some(child);
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    pub fn endpoints_csv(&self) -> String {
+        self.endpoints().join(",")
+    }
+
+    /// `--cacert/--cert/--key` for clients (empty without TLS).
+    pub fn tls_args(&self) -> Vec<String> {
+        match &self.pki {
+            Some(p) => vec![
+                format!("--cacert={}", p.ca_cert().display()),
+                format!("--cert={}", p.client_cert().display()),
+                format!("--key={}", p.client_key().display()),
+            ],
+            None => Vec::new(),
+        }
+    }
+
+    /// Global etcdops flags to reach every member.
+    pub fn client_args(&self) -> Vec<String> {
+        let mut a = vec![format!("--endpoints={}", self.endpoints_csv())];
+        a.extend(self.tls_args());
+        a
+    }
+
+    /// Run etcdctl of the cluster's version against all endpoints.
+    pub fn etcdctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(self.spec.version.etcdctl())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints_csv()))
+            .args(self.tls_args())
+            .args(args)
+            .output()
+            .expect("run etcdctl")
+    }
+
+    /// Wait until every running member answers `endpoint health`.
+    pub fn wait_healthy(&self, timeout: Duration) {
+        let start = Instant::now();
+        let running: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| m.client_url.clone())
+            .collect();
+        loop {
+            let out = Command::new(self.spec.version.etcdctl())
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={}", running.join(",")))
+                .args(self.tls_args())
+                .args(["endpoint", "health", "--command-timeout=2s"])
+                .output()
+                .expect("run etcdctl");
+            if out.status.success() {
+                return;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "etcd cluster not healthy after {timeout:?}: {}\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGKILL a member.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stop every member (SIGKILL; etcd's WAL makes that safe) and keep the data dirs.
+    pub fn stop_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+
+    /// Start a killed member again on its data dir.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "member {i} is running");
+        self.spawn(i);
+    }
+
+    /// Put `n` keys `prefix<i>` with `size`-byte values through the first endpoint.
+    pub fn put_many(&self, prefix: &str, n: usize, size: usize) {
+        let value = "x".repeat(size);
+        self.with_client(|mut c| async move {
+            for i in 0..n {
+                c.put(format!("{prefix}{i}"), value.clone(), None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+        .expect("put keys");
+    }
+
+    pub fn put(&self, key: &str, value: &str) {
+        let (k, v) = (key.to_string(), value.to_string());
+        self.with_client(|mut c| async move {
+            c.put(k, v, None).await.map_err(|e| e.to_string())?;
+            Ok(())
+        })
+        .expect("put key");
+    }
+
+    /// Overwrite the same keys until etcd refuses with "database space exceeded".
+    /// Needs a cluster started with a small `quota`. Returns the number of writes made.
+    pub fn raise_nospace(&self) -> usize {
+        let value = "n".repeat(64 * 1024);
+        self.with_client(|mut c| async move {
+            for i in 0..100_000usize {
+                if let Err(e) = c.put(format!("fill{}", i % 8), value.clone(), None).await {
+                    let text = e.to_string();
+                    if text.contains("database space exceeded") {
+                        return Ok(i);
+                    }
+                    return Err(text);
+                }
+            }
+            Err("quota never reached".into())
+        })
+        .expect("raise NOSPACE")
+    }
+
+    /// Run an async closure with a client connected to all endpoints.
+    pub fn with_client<F, Fut, T>(&self, f: F) -> Result<T, String>
+    where
+        F: FnOnce(etcd_client::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let endpoints: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| m.client_url.clone())
+            .collect();
+        let pki = self.pki.clone();
+        rt.block_on(async move {
+            let mut opts = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(2))
+                .with_timeout(Duration::from_secs(10));
+            if let Some(p) = pki {
+                let read = |p: PathBuf| fs::read(p).expect("read pki");
+                opts = opts.with_tls(
+                    etcd_client::TlsOptions::new()
+                        .ca_certificate(etcd_client::Certificate::from_pem(read(p.ca_cert())))
+                        .identity(etcd_client::Identity::from_pem(
+                            read(p.client_cert()),
+                            read(p.client_key()),
+                        )),
+                );
+            }
+            let client = etcd_client::Client::connect(endpoints, Some(opts))
+                .await
+                .map_err(|e| e.to_string())?;
+            f(client).await
+        })
+    }
+
+    /// The last lines of every member's log.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for m in &self.members {
+            let text = fs::read_to_string(&m.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(15)..];
+            out.push_str(&format!("--- {} log ({}) ---\n", m.name, m.log.display()));
+            for l in tail {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// The result of running the etcdops binary.
+pub struct Run {
+    pub cmd: String,
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    context: String,
+}
+
+impl Run {
+    /// A dump of everything a failing test should show.
+    pub fn dump(&self) -> String {
+        format!(
+            "command: {}\nexit code: {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n{}",
+            self.cmd, self.code, self.stdout, self.stderr, self.context
+        )
+    }
+
+    /// Assert the exit code; on mismatch print the whole dump.
+    pub fn code(&self, expected: i32) -> &Self {
+        assert_eq!(self.code, expected, "unexpected exit code\n{}", self.dump());
+        self
+    }
+
+    /// Parse stdout as one JSON document.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document: {e}\n{}", self.dump()))
+    }
+
+    /// stderr must be exactly one line (the error) and contain `needle`.
+    pub fn one_line_error(&self, needle: &str) -> &Self {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "expected one stderr line\n{}", self.dump());
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}\n{}",
+            self.dump()
+        );
+        self
+    }
+}
+
+/// Run `etcdops` with args and extra env; `cluster` logs are added to the dump.
+pub fn etcdops(args: &[String], env: &[(&str, &str)], cluster: Option<&Cluster>) -> Run {
+    let bin = env!("CARGO_BIN_EXE_etcdops");
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null());
+    // Tests must not pick up the machine's real connection settings.
+    for var in [
+        "ETCDCTL_ENDPOINTS",
+        "ETCDCTL_CACERT",
+        "ETCDCTL_CERT",
+        "ETCDCTL_KEY",
+        "ETCDOPS_MANIFEST",
+        "ETCDOPS_STATE_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run etcdops");
+    Run {
+        cmd: format!("{bin} {}", args.join(" ")),
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        context: cluster.map(Cluster::logs).unwrap_or_default(),
+    }
+}
+
+/// Strings from anything string-like, for building argument lists.
+pub fn args<I: IntoIterator<Item = S>, S: AsRef<str>>(items: I) -> Vec<String> {
+    items.into_iter().map(|s| s.as_ref().to_string()).collect()
+}
+
+/// Byte-exact snapshot of every file below `dir` (path -> contents), for "nothing changed".
+pub fn tree_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
