@@ -1,4 +1,167 @@
-//! The lab: real etcd on loopback with kubeadm-format certificates, for tests, the demo
-//! and operators who want to try etcdops before touching a real node.
+//! The lab: a multi-node etcd "control plane" on loopback, for tests, the demo and operators
+//! who want to try etcdops before touching a real node. Real etcd, real files, real TLS;
+//! only kubelet is stood in for (see `kubelet`), because no kubelet runs on these machines.
+//!
+//! Layout of a lab dir `D`, per node `I` (1-based):
+//! `D/nodeI/etc/kubernetes/manifests/etcd.yaml` (kubeadm's format),
+//! `D/nodeI/etc/kubernetes/pki/etcd/*` (kubeadm's file names, client-cert auth on),
+//! `D/nodeI/var/lib/etcd` (the data), `D/nodeI/var/lib/etcdops` (etcdops' state dir),
+//! `D/nodeI/kubelet.{pid,log}`, `D/nodeI/etcd.{pid,log}`; `D/lab.json` records the lab.
 
+pub mod kubelet;
 pub mod pki;
+pub mod podspec;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// What `up` created, so that every later command (and `down`) acts on exactly that.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabConfig {
+    pub nodes: usize,
+    /// Node I listens on `<ip_prefix>.<10+I>`.
+    pub ip_prefix: String,
+    /// The etcd binary the stand-in runs for the manifest's `etcd` command.
+    pub etcd: PathBuf,
+    /// The `etcdops-lab` binary, for the kubelet commands `env` prints.
+    pub lab_bin: PathBuf,
+}
+
+/// A lab dir and its configuration.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    pub dir: PathBuf,
+    pub config: LabConfig,
+}
+
+impl Lab {
+    pub fn config_path(dir: &Path) -> PathBuf {
+        dir.join("lab.json")
+    }
+
+    /// Open an existing lab (made by `up`).
+    pub fn open(dir: &Path) -> Result<Lab> {
+        let path = Self::config_path(dir);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::input(&path, format!("not a lab (run etcdops-lab up): {e}")))?;
+        let config: LabConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::input(&path, format!("unreadable lab config: {e}")))?;
+        let dir = std::fs::canonicalize(dir).map_err(|e| Error::io("resolve", dir, e))?;
+        Ok(Lab { dir, config })
+    }
+
+    pub fn check_node(&self, node: usize) -> Result<()> {
+        if node == 0 || node > self.config.nodes {
+            return Err(Error::Usage(format!(
+                "--node {node}: the lab has nodes 1..={}",
+                self.config.nodes
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn node_name(&self, node: usize) -> String {
+        format!("node{node}")
+    }
+
+    pub fn node_dir(&self, node: usize) -> PathBuf {
+        self.dir.join(self.node_name(node))
+    }
+
+    pub fn ip(&self, node: usize) -> Ipv4Addr {
+        format!("{}.{}", self.config.ip_prefix, 10 + node)
+            .parse()
+            .expect("ip_prefix validated by up")
+    }
+
+    pub fn manifests_dir(&self, node: usize) -> PathBuf {
+        self.node_dir(node).join("etc/kubernetes/manifests")
+    }
+
+    pub fn manifest(&self, node: usize) -> PathBuf {
+        self.manifests_dir(node).join("etcd.yaml")
+    }
+
+    pub fn pki_dir(&self, node: usize) -> PathBuf {
+        self.node_dir(node).join("etc/kubernetes/pki/etcd")
+    }
+
+    pub fn data_dir(&self, node: usize) -> PathBuf {
+        self.node_dir(node).join("var/lib/etcd")
+    }
+
+    pub fn state_dir(&self, node: usize) -> PathBuf {
+        self.node_dir(node).join("var/lib/etcdops")
+    }
+
+    pub fn client_url(&self, node: usize) -> String {
+        format!("https://{}:2379", self.ip(node))
+    }
+
+    pub fn peer_url(&self, node: usize) -> String {
+        format!("https://{}:2380", self.ip(node))
+    }
+
+    /// The shell commands etcdops uses to control this node's kubelet stand-in.
+    pub fn kubelet_cmd(&self, verb: &str, node: usize) -> String {
+        format!(
+            "{} kubelet {verb} --dir {} --node {node}",
+            shell_quote(&self.config.lab_bin.to_string_lossy()),
+            shell_quote(&self.dir.to_string_lossy())
+        )
+    }
+
+    /// `export` lines that point etcdops at this node.
+    pub fn env(&self, node: usize) -> Vec<(String, String)> {
+        vec![
+            (
+                "ETCDOPS_MANIFEST".into(),
+                self.manifest(node).display().to_string(),
+            ),
+            (
+                "ETCDOPS_STATE_DIR".into(),
+                self.state_dir(node).display().to_string(),
+            ),
+            (
+                "ETCDOPS_KUBELET_STOP_CMD".into(),
+                self.kubelet_cmd("stop", node),
+            ),
+            (
+                "ETCDOPS_KUBELET_START_CMD".into(),
+                self.kubelet_cmd("start", node),
+            ),
+            (
+                "ETCDOPS_KUBELET_STATUS_CMD".into(),
+                self.kubelet_cmd("status", node),
+            ),
+        ]
+    }
+}
+
+/// Single-quote for POSIX sh.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-=:,@+".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("/a/b"), "/a/b");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}

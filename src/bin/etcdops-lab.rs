@@ -1,0 +1,320 @@
+//! `etcdops-lab`: a local multi-node etcd "control plane" on loopback, each node laid out as
+//! a kubeadm node (manifest, pki, data dir) with a kubelet stand-in. See `etcdops::lab`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+
+use etcdops::error::{Error, Result, exit};
+use etcdops::etcd::connect::Given;
+use etcdops::etcd::health::{self, HealthOptions};
+use etcdops::lab::{Lab, LabConfig, kubelet, pki::Authority, podspec, shell_quote};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "etcdops-lab",
+    version,
+    about = "A local etcd lab laid out like kubeadm nodes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Args)]
+struct DirArg {
+    /// The lab directory.
+    #[arg(long)]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct NodeArg {
+    #[command(flatten)]
+    dir: DirArg,
+    /// Node number, from 1.
+    #[arg(long)]
+    node: usize,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Lay out the nodes, start a kubelet stand-in per node, wait until the cluster is healthy.
+    Up {
+        #[command(flatten)]
+        dir: DirArg,
+        /// How many nodes (control-plane members).
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// The etcd binary to run for the manifests' `etcd` command [default: etcd on PATH].
+        #[arg(long)]
+        etcd: Option<PathBuf>,
+        /// Node I listens on <prefix>.<10+I>, e.g. 127.0.0.11.
+        #[arg(long, default_value = "127.0.0")]
+        ip_prefix: String,
+        /// How long to wait for a healthy cluster.
+        #[arg(long, value_parser = etcdops::cli::parse_duration, default_value = "60s")]
+        timeout: Duration,
+    },
+    /// Stop what `up` started: every stand-in and the etcd it runs. Files stay.
+    Down {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Shell exports that point etcdops at a node.
+    Env {
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Each node: stand-in, etcd, manifest.
+    Status {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Control a node's kubelet stand-in.
+    Kubelet {
+        #[command(subcommand)]
+        action: KubeletCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KubeletCmd {
+    Start(NodeArg),
+    Stop(NodeArg),
+    /// Exit 0 when the stand-in runs, 3 when it does not (as `systemctl is-active`).
+    Status(NodeArg),
+    /// The stand-in itself (what `start` runs in the background).
+    #[command(hide = true)]
+    Run(NodeArg),
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("etcdops-lab: {}", e.one_line());
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Cmd::Up {
+            dir,
+            nodes,
+            etcd,
+            ip_prefix,
+            timeout,
+        } => up(dir.dir, nodes, etcd, ip_prefix, timeout).map(|_| 0),
+        Cmd::Down { dir } => down(&Lab::open(&dir.dir)?).map(|_| 0),
+        Cmd::Env { node } => {
+            let lab = Lab::open(&node.dir.dir)?;
+            lab.check_node(node.node)?;
+            for (k, v) in lab.env(node.node) {
+                println!("export {k}={}", shell_quote(&v));
+            }
+            Ok(0)
+        }
+        Cmd::Status { dir } => status(&Lab::open(&dir.dir)?).map(|_| 0),
+        Cmd::Kubelet { action } => {
+            let (node, f): (&NodeArg, fn(&Lab, usize) -> Result<i32>) = match &action {
+                KubeletCmd::Start(n) => (n, |l, i| kubelet::start(l, i).map(|_| 0)),
+                KubeletCmd::Stop(n) => (n, |l, i| kubelet::stop(l, i).map(|_| 0)),
+                KubeletCmd::Status(n) => (n, |l, i| {
+                    Ok(if kubelet::stand_in_pid(l, i).is_some() {
+                        println!("active");
+                        0
+                    } else {
+                        println!("inactive");
+                        3
+                    })
+                }),
+                KubeletCmd::Run(n) => (n, |l, i| kubelet::run(l, i).map(|_| 0)),
+            };
+            let lab = Lab::open(&node.dir.dir)?;
+            lab.check_node(node.node)?;
+            f(&lab, node.node)
+        }
+    }
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+fn up(
+    dir: PathBuf,
+    nodes: usize,
+    etcd: Option<PathBuf>,
+    ip_prefix: String,
+    timeout: Duration,
+) -> Result<()> {
+    if !(1..=9).contains(&nodes) {
+        return Err(Error::Usage(format!("--nodes {nodes}: choose 1 to 9")));
+    }
+    let octets: Vec<&str> = ip_prefix.split('.').collect();
+    if octets.len() != 3 || octets[0] != "127" || octets.iter().any(|o| o.parse::<u8>().is_err()) {
+        return Err(Error::Usage(format!(
+            "--ip-prefix {ip_prefix}: give three octets in 127.0.0.0/8, e.g. 127.0.0"
+        )));
+    }
+    let etcd = match etcd {
+        Some(p) => p,
+        None => find_on_path("etcd")
+            .ok_or_else(|| Error::Usage("no etcd on PATH: pass --etcd BIN".into()))?,
+    };
+    let etcd = std::fs::canonicalize(&etcd)
+        .map_err(|e| Error::input(&etcd, format!("etcd binary: {e}")))?;
+    if Lab::config_path(&dir).exists() {
+        let lab = Lab::open(&dir)?;
+        let busy = (1..=lab.config.nodes).any(|n| {
+            kubelet::stand_in_pid(&lab, n).is_some() || kubelet::etcd_pid(&lab, n).is_some()
+        });
+        if busy {
+            return Err(Error::refused(
+                dir.display().to_string(),
+                "a lab runs there; run `etcdops-lab down` first",
+            ));
+        }
+        return Err(Error::refused(
+            dir.display().to_string(),
+            "a lab was laid out there before; use an empty dir",
+        ));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+    let dir = std::fs::canonicalize(&dir).map_err(|e| Error::io("resolve", &dir, e))?;
+    let lab_bin = std::env::current_exe().map_err(|e| Error::io("resolve", "/proc/self/exe", e))?;
+    let lab = Lab {
+        dir: dir.clone(),
+        config: LabConfig {
+            nodes,
+            ip_prefix,
+            etcd,
+            lab_bin,
+        },
+    };
+    let ca = Authority::new("etcd-ca")?;
+    for n in 1..=nodes {
+        ca.write_node(&lab.pki_dir(n), &lab.node_name(n), &[lab.ip(n).into()])?;
+        for d in [lab.manifests_dir(n), lab.state_dir(n)] {
+            std::fs::create_dir_all(&d).map_err(|e| Error::io("create", &d, e))?;
+        }
+        let data = lab.data_dir(n);
+        std::fs::create_dir_all(&data).map_err(|e| Error::io("create", &data, e))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("chmod", &data, e))?;
+        let manifest = lab.manifest(n);
+        std::fs::write(&manifest, podspec::etcd_manifest(&lab, n))
+            .map_err(|e| Error::io("write", &manifest, e))?;
+    }
+    let cfg = Lab::config_path(&dir);
+    std::fs::write(
+        &cfg,
+        serde_json::to_string_pretty(&lab.config).expect("config serializes"),
+    )
+    .map_err(|e| Error::io("write", &cfg, e))?;
+    for n in 1..=nodes {
+        kubelet::start(&lab, n)?;
+    }
+    wait_healthy(&lab, timeout)?;
+    println!(
+        "lab up: {nodes} node(s) in {}; `etcdops-lab env --dir {} --node 1` points etcdops at node 1",
+        dir.display(),
+        shell_quote(&dir.to_string_lossy())
+    );
+    Ok(())
+}
+
+fn wait_healthy(lab: &Lab, timeout: Duration) -> Result<()> {
+    let given = Given {
+        manifest: Some(lab.manifest(1)),
+        dial_timeout: Duration::from_secs(2),
+        command_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let conn = given.resolve()?;
+    let opts = HealthOptions {
+        cluster: true,
+        quota: health::DEFAULT_QUOTA,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::failed("start the async runtime", e.to_string()))?;
+    let start = Instant::now();
+    loop {
+        let report = rt.block_on(health::check(&conn, &opts));
+        if report.healthy && report.endpoints.len() == lab.config.nodes {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(Error::failed(
+                "wait for the lab cluster to be healthy",
+                format!(
+                    "not healthy after {}: {}; see {}/node*/etcd.log",
+                    humantime::format_duration(timeout),
+                    report.problems.join("; "),
+                    lab.dir.display()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn down(lab: &Lab) -> Result<()> {
+    for n in 1..=lab.config.nodes {
+        kubelet::stop(lab, n)?;
+        if let Some(pid) = kubelet::etcd_pid(lab, n) {
+            kubelet::kill_etcd(pid, None, Duration::from_secs(10));
+        }
+        let _ = std::fs::remove_file(lab.node_dir(n).join("etcd.pid"));
+    }
+    println!(
+        "lab down: stopped the stand-ins and etcd of {}",
+        lab.dir.display()
+    );
+    Ok(())
+}
+
+fn status(lab: &Lab) -> Result<()> {
+    let mut t = etcdops::output::Table::new(["NODE", "ADDRESS", "KUBELET", "ETCD", "MANIFEST"]);
+    for n in 1..=lab.config.nodes {
+        t.row([
+            lab.node_name(n),
+            lab.ip(n).to_string(),
+            kubelet::stand_in_pid(lab, n)
+                .map_or("stopped".into(), |p| format!("running (pid {p})")),
+            kubelet::etcd_pid(lab, n).map_or("-".into(), |p| format!("running (pid {p})")),
+            if lab.manifest(n).exists() {
+                "present"
+            } else {
+                "absent"
+            }
+            .to_string(),
+        ]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}

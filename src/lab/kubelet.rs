@@ -1,0 +1,450 @@
+//! The kubelet stand-in: behaves like kubelet where a migration depends on it, and nowhere
+//! else.
+//!
+//! - It runs the manifest's etcd in a private mount namespace with every hostPath
+//!   bind-mounted at its mountPath, so `--data-dir=/var/lib/etcd` really points into the
+//!   hostPath (the mount-point directories are created on the host if absent, empty).
+//! - It checks hostPath types as kubelet does: `DirectoryOrCreate` creates a missing dir but
+//!   refuses a path that is a file (that is what the migration's fence relies on).
+//! - It restarts etcd when the manifest changes, kills it (SIGTERM, then SIGKILL after the
+//!   grace period) when the manifest leaves the dir, and ignores dotfiles.
+//! - When the stand-in itself is stopped, etcd keeps running (as with the real kubelet);
+//!   a new stand-in adopts it from `etcd.pid`.
+//!
+//! It rescans every 200 ms where the real kubelet takes up to 20 s; docs say how that
+//! changes downtime on real nodes. It runs the first etcd manifest by file name and logs any
+//! other non-dot file that the real kubelet would also start.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{self, SigHandler, Signal};
+use nix::unistd::Pid;
+
+use super::Lab;
+use crate::error::{Error, Result};
+use crate::manifest::StaticPod;
+
+/// How often the stand-in looks at the manifests dir.
+pub const SCAN_INTERVAL: Duration = Duration::from_millis(200);
+/// kubelet's default termination grace period.
+pub const GRACE: Duration = Duration::from_secs(30);
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: i32) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn kubelet_pid_file(lab: &Lab, node: usize) -> PathBuf {
+    lab.node_dir(node).join("kubelet.pid")
+}
+
+fn etcd_pid_file(lab: &Lab, node: usize) -> PathBuf {
+    lab.node_dir(node).join("etcd.pid")
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn alive(pid: i32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    !matches!(state, None | Some('Z') | Some('X'))
+}
+
+fn read_pid(path: &Path) -> Option<(i32, String)> {
+    let text = fs::read_to_string(path).ok()?;
+    let mut words = text.split_whitespace();
+    let pid = words.next()?.parse().ok()?;
+    Some((pid, words.next().unwrap_or("").to_string()))
+}
+
+/// The stand-in's pid, if it runs.
+pub fn stand_in_pid(lab: &Lab, node: usize) -> Option<i32> {
+    read_pid(&kubelet_pid_file(lab, node))
+        .map(|(p, _)| p)
+        .filter(|p| alive(*p))
+}
+
+/// The pid of the etcd the stand-in started, if it runs.
+pub fn etcd_pid(lab: &Lab, node: usize) -> Option<i32> {
+    read_pid(&etcd_pid_file(lab, node))
+        .map(|(p, _)| p)
+        .filter(|p| alive(*p))
+}
+
+/// Start the stand-in for a node in the background (no-op if it runs).
+pub fn start(lab: &Lab, node: usize) -> Result<()> {
+    if stand_in_pid(lab, node).is_some() {
+        return Ok(());
+    }
+    let log_path = lab.node_dir(node).join("kubelet.log");
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Error::io("open", &log_path, e))?;
+    let err_log = log
+        .try_clone()
+        .map_err(|e| Error::io("dup", &log_path, e))?;
+    let mut cmd = Command::new(&lab.config.lab_bin);
+    cmd.args(["kubelet", "run", "--dir"])
+        .arg(&lab.dir)
+        .args(["--node", &node.to_string()])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err_log);
+    // SAFETY: setsid is async-signal-safe; it detaches the stand-in from our session so
+    // that it outlives this command and ignores the terminal's signals.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::io("spawn", &lab.config.lab_bin, e))?;
+    let pid = child.id() as i32;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if stand_in_pid(lab, node) == Some(pid) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(Error::failed(
+        format!("start the kubelet stand-in of node {node}"),
+        format!(
+            "it did not write its pid within 10s; see {}",
+            log_path.display()
+        ),
+    ))
+}
+
+/// Stop the stand-in (SIGTERM, wait up to 10 s). etcd keeps running, as with kubelet.
+pub fn stop(lab: &Lab, node: usize) -> Result<()> {
+    let Some(pid) = stand_in_pid(lab, node) else {
+        let _ = fs::remove_file(kubelet_pid_file(lab, node));
+        return Ok(());
+    };
+    let _ = signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+    if wait_gone(pid, Duration::from_secs(10)) {
+        let _ = fs::remove_file(kubelet_pid_file(lab, node));
+        return Ok(());
+    }
+    Err(Error::failed(
+        format!("stop the kubelet stand-in of node {node}"),
+        format!("pid {pid} still runs after 10s"),
+    ))
+}
+
+fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if !alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    !alive(pid)
+}
+
+/// Terminate etcd as kubelet does: SIGTERM, then SIGKILL after `grace`.
+pub fn kill_etcd(pid: i32, child: Option<&mut Child>, grace: Duration) {
+    let _ = signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    let mut child = child;
+    loop {
+        if let Some(c) = child.as_deref_mut()
+            && matches!(c.try_wait(), Ok(Some(_)))
+        {
+            return;
+        }
+        if !alive(pid) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            if let Some(c) = child {
+                let _ = c.wait();
+            } else {
+                wait_gone(pid, Duration::from_secs(5));
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn log(msg: &str) {
+    let now = humantime::format_rfc3339_seconds(SystemTime::now());
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{now} {msg}");
+    let _ = out.flush();
+}
+
+struct Running {
+    pid: i32,
+    hash: String,
+    /// Present when this stand-in started etcd; absent when it adopted it.
+    child: Option<Child>,
+}
+
+/// The stand-in's loop: returns when it receives SIGTERM or SIGINT, leaving etcd running.
+pub fn run(lab: &Lab, node: usize) -> Result<()> {
+    let handler = SigHandler::Handler(on_signal);
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        signal::signal(Signal::SIGTERM, handler)
+            .map_err(|e| Error::failed("signal", e.to_string()))?;
+        signal::signal(Signal::SIGINT, handler)
+            .map_err(|e| Error::failed("signal", e.to_string()))?;
+    }
+    let pid_file = kubelet_pid_file(lab, node);
+    fs::write(&pid_file, format!("{}\n", std::process::id()))
+        .map_err(|e| Error::io("write", &pid_file, e))?;
+    log(&format!("kubelet stand-in for node {node} started"));
+
+    let mut running: Option<Running> = read_pid(&etcd_pid_file(lab, node))
+        .filter(|(pid, _)| alive(*pid))
+        .map(|(pid, hash)| {
+            log(&format!("adopted running etcd pid {pid}"));
+            Running {
+                pid,
+                hash,
+                child: None,
+            }
+        });
+    let mut backoff = Duration::from_millis(500);
+    let mut next_start = Instant::now();
+    let mut last_warning = String::new();
+
+    while !STOP.load(Ordering::SeqCst) {
+        // Reap an etcd that exited by itself.
+        if let Some(r) = &mut running {
+            let exited = match &mut r.child {
+                Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+                None => !alive(r.pid),
+            };
+            if exited {
+                log(&format!(
+                    "etcd pid {} exited; will restart after {backoff:?}",
+                    r.pid
+                ));
+                running = None;
+                let _ = fs::remove_file(etcd_pid_file(lab, node));
+                next_start = Instant::now() + backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+
+        let desired = desired_manifest(lab, node, &mut last_warning);
+        match (&mut running, &desired) {
+            (Some(r), None) => {
+                log(&format!("manifest gone: stopping etcd pid {}", r.pid));
+                kill_etcd(r.pid, r.child.as_mut(), GRACE);
+                running = None;
+                let _ = fs::remove_file(etcd_pid_file(lab, node));
+            }
+            (Some(r), Some((_, hash))) if *hash != r.hash => {
+                log(&format!("manifest changed: restarting etcd pid {}", r.pid));
+                kill_etcd(r.pid, r.child.as_mut(), GRACE);
+                running = None;
+                let _ = fs::remove_file(etcd_pid_file(lab, node));
+                backoff = Duration::from_millis(500);
+                next_start = Instant::now();
+            }
+            (None, Some((path, hash))) if Instant::now() >= next_start => {
+                match start_etcd(lab, node, path) {
+                    Ok(child) => {
+                        let pid = child.id() as i32;
+                        log(&format!("started etcd pid {pid} from {}", path.display()));
+                        let file = etcd_pid_file(lab, node);
+                        fs::write(&file, format!("{pid} {hash}\n"))
+                            .map_err(|e| Error::io("write", &file, e))?;
+                        running = Some(Running {
+                            pid,
+                            hash: hash.clone(),
+                            child: Some(child),
+                        });
+                    }
+                    Err(e) => {
+                        log(&format!("cannot start etcd: {}", e.one_line()));
+                        next_start = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+            _ => {}
+        }
+        std::thread::sleep(SCAN_INTERVAL);
+    }
+    log("kubelet stand-in stopping; etcd keeps running");
+    let _ = fs::remove_file(&pid_file);
+    Ok(())
+}
+
+/// The manifest kubelet would run: the first non-dot regular file by name that holds an
+/// etcd pod, and the hash of its bytes.
+fn desired_manifest(
+    lab: &Lab,
+    node: usize,
+    last_warning: &mut String,
+) -> Option<(PathBuf, String)> {
+    let dir = lab.manifests_dir(node);
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    let mut chosen: Option<(PathBuf, String)> = None;
+    for f in files {
+        let Ok(bytes) = fs::read(&f) else { continue };
+        let is_etcd = std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|t| StaticPod::parse(&f, t).ok())
+            .is_some_and(|p| p.etcd_container().is_ok());
+        if !is_etcd {
+            continue;
+        }
+        if chosen.is_none() {
+            chosen = Some((f, blake3::hash(&bytes).to_hex().to_string()));
+        } else {
+            let w = format!(
+                "{} is another etcd pod: the real kubelet would start it too",
+                f.display()
+            );
+            if *last_warning != w {
+                log(&w);
+                *last_warning = w;
+            }
+        }
+    }
+    chosen
+}
+
+/// Start etcd for a manifest in a private mount namespace with the hostPaths bound.
+fn start_etcd(lab: &Lab, node: usize, manifest: &Path) -> Result<Child> {
+    let pod = StaticPod::load(manifest)?;
+    let container = pod.etcd_container()?;
+    let mut binds: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for m in &container.volume_mounts {
+        let volume = pod.volume(&m.name)?;
+        let Some(hp) = &volume.host_path else {
+            return Err(Error::input(
+                manifest,
+                format!(
+                    "volume {} is not a hostPath (the stand-in runs only hostPath volumes)",
+                    m.name
+                ),
+            ));
+        };
+        let host = PathBuf::from(&hp.path);
+        check_host_path(&host, hp.kind.as_deref().unwrap_or(""))?;
+        let target = PathBuf::from(&m.mount_path);
+        if !target.exists() {
+            fs::create_dir_all(&target).map_err(|e| Error::io("create mount point", &target, e))?;
+        }
+        binds.push((host, target));
+    }
+    let mut words: Vec<String> = container.words().map(str::to_string).collect();
+    if words.is_empty() {
+        return Err(Error::input(manifest, "the etcd container has no command"));
+    }
+    let program = if Path::new(&words[0])
+        .file_name()
+        .is_some_and(|n| n == "etcd")
+    {
+        lab.config.etcd.clone()
+    } else {
+        PathBuf::from(&words[0])
+    };
+    words.remove(0);
+
+    let log_path = lab.node_dir(node).join("etcd.log");
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Error::io("open", &log_path, e))?;
+    let err_log = log
+        .try_clone()
+        .map_err(|e| Error::io("dup", &log_path, e))?;
+    let mut cmd = Command::new(&program);
+    cmd.args(&words)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err_log);
+    // SAFETY: runs in the forked child of a single-threaded process, before exec; it only
+    // makes syscalls (setsid, unshare, mount) on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            unshare(CloneFlags::CLONE_NEWNS).map_err(std::io::Error::from)?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(std::io::Error::from)?;
+            for (host, target) in &binds {
+                mount(
+                    Some(host.as_path()),
+                    target.as_path(),
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| Error::io("start etcd", &program, e))
+}
+
+/// kubelet's hostPath type checks, for the types a kubeadm etcd manifest uses.
+fn check_host_path(path: &Path, kind: &str) -> Result<()> {
+    let meta = fs::metadata(path);
+    match kind {
+        "DirectoryOrCreate" => match meta {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(Error::refused(
+                path.display().to_string(),
+                "hostPath type check failed: exists and is not a directory",
+            )),
+            Err(_) => fs::create_dir_all(path).map_err(|e| Error::io("create hostPath", path, e)),
+        },
+        "Directory" => match meta {
+            Ok(m) if m.is_dir() => Ok(()),
+            _ => Err(Error::refused(
+                path.display().to_string(),
+                "hostPath type check failed: not a directory",
+            )),
+        },
+        _ => {
+            if meta.is_err() {
+                fs::create_dir_all(path).map_err(|e| Error::io("create hostPath", path, e))?;
+            }
+            Ok(())
+        }
+    }
+}
