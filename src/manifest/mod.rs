@@ -3,6 +3,9 @@
 //! container's `volumeMounts` and the pod's `hostPath` volumes. The data volume (the one that
 //! holds `--data-dir`) is found here.
 
+pub mod atomic;
+pub mod rewrite;
+
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
