@@ -118,6 +118,9 @@ pub struct NodeArgs {
 pub enum Command {
     /// Check every endpoint and, with --cluster, the cluster as a whole.
     Health(HealthArgs),
+
+    /// Read or change the etcd static pod manifest.
+    Manifest(ManifestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +131,39 @@ pub struct HealthArgs {
 
     #[command(flatten)]
     pub quota: QuotaArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    #[command(subcommand)]
+    pub command: ManifestCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ManifestCommand {
+    /// Show the data dir, its volume and host path, and the endpoints and TLS files.
+    Show,
+
+    /// Point the data volume's hostPath at NEW (mountPath and --data-dir stay).
+    SetDataPath(SetDataPathArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SetDataPathArgs {
+    /// The new host directory of etcd's data (absolute).
+    #[arg(value_name = "NEW")]
+    pub new: PathBuf,
+
+    #[command(flatten)]
+    pub dry_run: DryRunArgs,
+}
+
+/// `--dry-run`, with one meaning everywhere: show what would change, change nothing.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct DryRunArgs {
+    /// Show what would change and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `--quota-backend-bytes`, shared by health, defrag and maintain.

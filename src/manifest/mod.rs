@@ -5,6 +5,7 @@
 
 pub mod atomic;
 pub mod rewrite;
+pub mod show;
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
