@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -151,7 +152,9 @@ pub enum ManifestCommand {
 #[derive(Debug, Args)]
 pub struct SetDataPathArgs {
     /// The new host directory of etcd's data (absolute).
-    #[arg(value_name = "NEW")]
+    // OsString, not PathBuf's parser: that one rejects "" with a multi-line clap error
+    // before the library can give its one-line reason.
+    #[arg(value_name = "NEW", value_parser = OsStringValueParser::new().map(PathBuf::from))]
     pub new: PathBuf,
 
     #[command(flatten)]

@@ -164,7 +164,11 @@ impl StaticPod {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self> {
-        if text.trim().is_empty() {
+        let blank = text.lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#')
+        });
+        if blank {
             return Err(Error::input(path, "manifest is empty"));
         }
         let pod: Pod = serde_yaml::from_str(text)

@@ -137,27 +137,31 @@ pub fn rewrite_text(path: &Path, text: &str, new: &Path) -> Result<Rewrite> {
             dv.host_path
         )));
     }
-    let (start, end) = (byte_offset(text, *start), byte_offset(text, *end));
-    let original = &text[start..end];
-    // The span must cover exactly the scalar as written, quotes included.
-    let quoted_by =
-        |q: char| original.len() >= 2 && original.starts_with(q) && original.ends_with(q);
-    if original.starts_with(['&', '!']) {
+    let (start, parser_end) = (byte_offset(text, *start), byte_offset(text, *end));
+    if text[start..].starts_with(['&', '!']) {
         return Err(locate_err(
             "it carries an anchor or tag (&name, !tag); edit it by hand".into(),
         ));
     }
-    let looks_right = match style {
-        ScalarStyle::Plain => original == value,
-        ScalarStyle::SingleQuoted => quoted_by('\''),
-        ScalarStyle::DoubleQuoted => quoted_by('"'),
+    // saphyr's end marker for a quoted scalar can run on past a trailing comment, so the
+    // closing quote is found by scanning from the opening one; the parse checks the result.
+    let end = match style {
+        ScalarStyle::Plain => Some(parser_end),
+        ScalarStyle::SingleQuoted => quoted_end(text, start, '\''),
+        ScalarStyle::DoubleQuoted => quoted_end(text, start, '"'),
         ScalarStyle::Literal | ScalarStyle::Folded => {
             return Err(locate_err(
                 "it is written as a block scalar (| or >); edit it by hand".into(),
             ));
         }
     };
-    if !looks_right {
+    let end = end.filter(|&e| e <= parser_end).ok_or_else(|| {
+        locate_err(format!(
+            "no closing quote between the parser's positions {start} and {parser_end}"
+        ))
+    })?;
+    let original = &text[start..end];
+    if matches!(style, ScalarStyle::Plain) && original != value {
         return Err(locate_err(format!(
             "the parser's position points at {original:?}, not at the value"
         )));
@@ -184,6 +188,8 @@ pub fn set_data_path(
     let pod = StaticPod::parse(manifest, &text)?;
     let dv = pod.data_volume()?;
     let target = atomic::real_file(manifest)?;
+    // kubelet reads the dir of the name it was given; the rename happens in the real file's.
+    atomic::check_outside_manifests_dir(backup_dir, manifest)?;
     atomic::check_outside_manifests_dir(backup_dir, &target)?;
 
     let mut report = SetDataPathReport {
@@ -366,6 +372,27 @@ pub fn unified_diff(old: &str, new: &str, old_label: &str, new_label: &str) -> S
         line(' ', l);
     }
     out
+}
+
+/// The byte just past the closing quote of the quoted scalar opening at `start`: `''` is an
+/// escaped quote in single-quoted scalars, `\"` in double-quoted ones.
+fn quoted_end(text: &str, start: usize, quote: char) -> Option<usize> {
+    let mut chars = text[start..].char_indices();
+    if chars.next()?.1 != quote {
+        return None;
+    }
+    while let Some((i, c)) = chars.next() {
+        if quote == '"' && c == '\\' {
+            chars.next();
+        } else if c == quote {
+            if quote == '\'' && text[start + i + 1..].starts_with('\'') {
+                chars.next();
+            } else {
+                return Some(start + i + 1);
+            }
+        }
+    }
+    None
 }
 
 /// Byte offset of a character index (saphyr's markers count characters).
@@ -565,6 +592,30 @@ mod tests {
                 .unwrap()
                 .contains(r#"path: "/mnt/a\"b\\c""#)
         );
+    }
+
+    #[test]
+    fn quoted_values_followed_by_comments() {
+        // The old host path may be anything; these carry escapes and quotes in comments.
+        for (written, new_written) in [
+            (
+                r#""/var/lib/etcd"   # note "x""#,
+                r#""/mnt/x"   # note "x""#,
+            ),
+            (r#""/srv/\"etcd\"" # q"#, r#""/mnt/x" # q"#),
+            ("'/var/lib/etcd'  # it's", "'/mnt/x'  # it's"),
+            ("'/srv/it''s' # c", "'/mnt/x' # c"),
+        ] {
+            let old = manifest(&format!(
+                "  - hostPath:\n      path: {written}\n    name: etcd-data\n"
+            ));
+            let new = set(&old, "/mnt/x").unwrap_or_else(|e| panic!("{written}: {e}"));
+            assert_eq!(
+                new,
+                old.replace(&format!("path: {written}"), &format!("path: {new_written}")),
+                "{written}"
+            );
+        }
     }
 
     #[test]
