@@ -10,6 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use etcdops::manifest::rewrite::{SetDataPath, set_data_path};
 use serde_json::Value;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/manifests");
@@ -866,9 +867,14 @@ fn bad_new_with_nul_through_the_library() {
     let before = node.snapshot();
     let new = Path::new(OsStr::from_bytes(b"/mnt/a\0b"));
     for dry in [false, true] {
-        let err =
-            etcdops::manifest::rewrite::set_data_path(&node.manifest(), new, &node.backups(), dry)
-                .unwrap_err();
+        let err = set_data_path(&SetDataPath {
+            manifest: &node.manifest(),
+            new,
+            backup_dir: &node.backups(),
+            kubelet_dir: &node.manifests_dir(),
+            dry_run: dry,
+        })
+        .unwrap_err();
         assert_eq!(err.exit_code(), 2, "{err}");
         assert!(err.one_line().contains("NUL"), "{err}");
         assert_eq!(node.snapshot(), before);
@@ -891,4 +897,46 @@ fn bad_manifests_also_fail_show_with_exit_2() {
         node.run(["manifest", "show"]).refused(needle);
         assert_eq!(node.snapshot(), before);
     }
+}
+
+/// The migration's use: the manifest moved out into a run dir, the original kept beside it.
+/// The backup may sit in the copy's dir, just not in kubelet's.
+#[test]
+fn library_rewrites_a_moved_out_copy_with_the_backup_beside_it() {
+    let node = Node::new(&kubeadm());
+    let run_dir = node.state_dir().join("runs/20261126T213000Z");
+    fs::create_dir_all(&run_dir).unwrap();
+    let moved = run_dir.join("etcd.yaml");
+    fs::rename(node.manifest(), &moved).unwrap();
+    let report = set_data_path(&SetDataPath {
+        manifest: &moved,
+        new: Path::new("/mnt/disk1/etcd"),
+        backup_dir: &run_dir,
+        kubelet_dir: &node.manifests_dir(),
+        dry_run: false,
+    })
+    .unwrap();
+    let backup = report.backup.expect("backup");
+    assert_eq!(backup.parent().unwrap(), run_dir);
+    assert_eq!(fs::read_to_string(&backup).unwrap(), kubeadm());
+    assert_eq!(
+        fs::read_to_string(&moved).unwrap(),
+        kubeadm().replace(
+            "      path: /var/lib/etcd\n",
+            "      path: /mnt/disk1/etcd\n"
+        )
+    );
+    assert!(Node::names_in(&node.manifests_dir()).is_empty());
+
+    // Still never into kubelet's dir.
+    let err = set_data_path(&SetDataPath {
+        manifest: &moved,
+        new: Path::new("/mnt/disk2/etcd"),
+        backup_dir: &node.manifests_dir(),
+        kubelet_dir: &node.manifests_dir(),
+        dry_run: false,
+    })
+    .unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(Node::names_in(&node.manifests_dir()).is_empty());
 }

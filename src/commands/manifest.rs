@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::cli::{GlobalArgs, ManifestArgs, ManifestCommand};
 use crate::error::Result;
 use crate::manifest::DEFAULT_MANIFEST;
-use crate::manifest::rewrite::{self, SetDataPathReport};
+use crate::manifest::rewrite::{self, SetDataPath, SetDataPathReport};
 use crate::manifest::show::{self, ShowReport};
 use crate::output::{self, Render, Table};
 
@@ -22,8 +22,17 @@ pub fn exec(global: &GlobalArgs, args: ManifestArgs) -> Result<()> {
         }
         ManifestCommand::SetDataPath(a) => {
             let backup_dir = global.node.state_dir.join("backups");
-            let mut report =
-                rewrite::set_data_path(&manifest, &a.new, &backup_dir, a.dry_run.dry_run)?;
+            let kubelet_dir = match manifest.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let mut report = rewrite::set_data_path(&SetDataPath {
+                manifest: &manifest,
+                new: &a.new,
+                backup_dir: &backup_dir,
+                kubelet_dir: &kubelet_dir,
+                dry_run: a.dry_run.dry_run,
+            })?;
             // Here, not in the library: the migration rewrites a moved-out copy whose dir is
             // not a manifests dir.
             report.warnings.extend(show::stray_files(&manifest));

@@ -24,11 +24,10 @@ pub fn real_file(path: &Path) -> Result<PathBuf> {
     Ok(real)
 }
 
-/// Refuse a backup dir in (or below) the manifest's own dir: kubelet would start a backup
-/// there as a second etcd.
-pub fn check_outside_manifests_dir(backup_dir: &Path, manifest: &Path) -> Result<()> {
-    let manifests_dir = manifest.parent().unwrap_or(Path::new("/"));
-    let dir = lenient_canonical(manifests_dir);
+/// Refuse a backup dir in or below kubelet's manifests dir: kubelet would start a backup
+/// there as a second etcd (and it logs an error every 20 s for a subdirectory).
+pub fn check_outside_manifests_dir(backup_dir: &Path, kubelet_dir: &Path) -> Result<()> {
+    let dir = lenient_canonical(kubelet_dir);
     if lenient_canonical(backup_dir).starts_with(&dir) {
         return Err(Error::Usage(format!(
             "backup dir {} is inside the manifests dir {}: kubelet would load the backup as a static pod; use another --state-dir",
@@ -222,10 +221,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let manifests = tmp.path().join("manifests");
         fs::create_dir(&manifests).unwrap();
-        let m = manifests.join("etcd.yaml");
-        assert!(check_outside_manifests_dir(&manifests, &m).is_err());
-        assert!(check_outside_manifests_dir(&manifests.join("x/backups"), &m).is_err());
-        assert!(check_outside_manifests_dir(&tmp.path().join("state/backups"), &m).is_ok());
+        let m = &manifests;
+        assert!(check_outside_manifests_dir(&manifests, m).is_err());
+        assert!(check_outside_manifests_dir(&manifests.join("x/backups"), m).is_err());
+        // Through a symlink too.
+        std::os::unix::fs::symlink(&manifests, tmp.path().join("link")).unwrap();
+        assert!(check_outside_manifests_dir(&tmp.path().join("link/b"), m).is_err());
+        assert!(check_outside_manifests_dir(&tmp.path().join("state/backups"), m).is_ok());
     }
 
     #[test]

@@ -173,24 +173,41 @@ pub fn rewrite_text(path: &Path, text: &str, new: &Path) -> Result<Rewrite> {
     Ok(rewrite)
 }
 
-/// Change the data volume's hostPath in `manifest`: validate, rewrite, verify, then (unless
-/// `dry_run`) back the original up into `backup_dir` and replace the file atomically.
+/// What `set_data_path` works on.
+#[derive(Debug, Clone, Copy)]
+pub struct SetDataPath<'a> {
+    /// The manifest to change: the live one, or a copy moved out of the manifests dir.
+    pub manifest: &'a Path,
+    /// The new host path of the data volume.
+    pub new: &'a Path,
+    /// Where the original goes (`<state-dir>/backups`, or a migration's run dir).
+    pub backup_dir: &'a Path,
+    /// The dir kubelet loads static pods from. The backup may not go there nor below, even
+    /// when `manifest` is a moved-out copy elsewhere.
+    pub kubelet_dir: &'a Path,
+    /// Report and diff only; write nothing.
+    pub dry_run: bool,
+}
+
+/// Change the data volume's hostPath: validate, rewrite, verify, then (unless `dry_run`)
+/// back the original up into `backup_dir` and replace the file atomically.
 /// Bad input changes nothing and creates nothing (exit 2).
-pub fn set_data_path(
-    manifest: &Path,
-    new: &Path,
-    backup_dir: &Path,
-    dry_run: bool,
-) -> Result<SetDataPathReport> {
+pub fn set_data_path(opts: &SetDataPath) -> Result<SetDataPathReport> {
+    let SetDataPath {
+        manifest,
+        new,
+        backup_dir,
+        kubelet_dir,
+        dry_run,
+    } = *opts;
     validate_new(new)?;
     let text = StaticPod::read(manifest)?;
     let rewrite = rewrite_text(manifest, &text, new)?;
     let pod = StaticPod::parse(manifest, &text)?;
     let dv = pod.data_volume()?;
+    // A symlinked manifest is rewritten where it lives; the link stays.
     let target = atomic::real_file(manifest)?;
-    // kubelet reads the dir of the name it was given; the rename happens in the real file's.
-    atomic::check_outside_manifests_dir(backup_dir, manifest)?;
-    atomic::check_outside_manifests_dir(backup_dir, &target)?;
+    atomic::check_outside_manifests_dir(backup_dir, kubelet_dir)?;
 
     let mut report = SetDataPathReport {
         manifest: manifest.to_path_buf(),
