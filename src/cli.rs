@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -118,6 +119,9 @@ pub struct NodeArgs {
 pub enum Command {
     /// Check every endpoint and, with --cluster, the cluster as a whole.
     Health(HealthArgs),
+
+    /// Read or change the etcd static pod manifest.
+    Manifest(ManifestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +132,41 @@ pub struct HealthArgs {
 
     #[command(flatten)]
     pub quota: QuotaArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    #[command(subcommand)]
+    pub command: ManifestCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ManifestCommand {
+    /// Show the data dir, its volume and host path, and the endpoints and TLS files.
+    Show,
+
+    /// Point the data volume's hostPath at NEW (mountPath and --data-dir stay).
+    SetDataPath(SetDataPathArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SetDataPathArgs {
+    /// The new host directory of etcd's data (absolute).
+    // OsString, not PathBuf's parser: that one rejects "" with a multi-line clap error
+    // before the library can give its one-line reason.
+    #[arg(value_name = "NEW", value_parser = OsStringValueParser::new().map(PathBuf::from))]
+    pub new: PathBuf,
+
+    #[command(flatten)]
+    pub dry_run: DryRunArgs,
+}
+
+/// `--dry-run`, with one meaning everywhere: show what would change, change nothing.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct DryRunArgs {
+    /// Show what would change and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `--quota-backend-bytes`, shared by health, defrag and maintain.

@@ -132,25 +132,30 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Status { dir } => status(&Lab::open(&dir.dir)?).map(|_| 0),
-        Cmd::Kubelet { action } => {
-            let (node, f): (&NodeArg, fn(&Lab, usize) -> Result<i32>) = match &action {
-                KubeletCmd::Start(n) => (n, |l, i| kubelet::start(l, i).map(|_| 0)),
-                KubeletCmd::Stop(n) => (n, |l, i| kubelet::stop(l, i).map(|_| 0)),
-                KubeletCmd::Status(n) => (n, |l, i| {
-                    Ok(if kubelet::stand_in_pid(l, i).is_some() {
-                        println!("active");
-                        0
-                    } else {
-                        println!("inactive");
-                        3
-                    })
-                }),
-                KubeletCmd::Run(n) => (n, |l, i| kubelet::run(l, i).map(|_| 0)),
-            };
-            let lab = Lab::open(&node.dir.dir)?;
-            lab.check_node(node.node)?;
-            f(&lab, node.node)
+        Cmd::Kubelet { action } => kubelet_cmd(action),
+    }
+}
+
+fn kubelet_cmd(action: KubeletCmd) -> Result<i32> {
+    let node = match &action {
+        KubeletCmd::Start(n) | KubeletCmd::Stop(n) | KubeletCmd::Status(n) | KubeletCmd::Run(n) => {
+            n
         }
+    };
+    let lab = Lab::open(&node.dir.dir)?;
+    lab.check_node(node.node)?;
+    let n = node.node;
+    match action {
+        KubeletCmd::Start(_) => kubelet::start(&lab, n).map(|_| 0),
+        KubeletCmd::Stop(_) => kubelet::stop(&lab, n).map(|_| 0),
+        KubeletCmd::Status(_) => Ok(if kubelet::stand_in_pid(&lab, n).is_some() {
+            println!("active");
+            0
+        } else {
+            println!("inactive");
+            3
+        }),
+        KubeletCmd::Run(_) => kubelet::run(&lab, n).map(|_| 0),
     }
 }
 

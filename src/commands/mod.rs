@@ -2,6 +2,7 @@
 //! and hands the report to `output`. clap types stop here.
 
 pub mod health;
+pub mod manifest;
 
 use crate::cli::{Cli, Command, GlobalArgs, OutputFormat};
 use crate::error::{Error, Result};
@@ -13,6 +14,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let global = &cli.global;
     match cli.command {
         Command::Health(args) => health::exec(global, args),
+        Command::Manifest(args) => manifest::exec(global, args),
     }
 }
 

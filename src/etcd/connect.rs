@@ -188,7 +188,7 @@ impl Connection {
 
 /// Client URLs from the manifest: `--listen-client-urls` preferring a loopback URL, else
 /// `--advertise-client-urls`.
-fn manifest_endpoints(pod: &StaticPod) -> Result<Vec<String>> {
+pub fn manifest_endpoints(pod: &StaticPod) -> Result<Vec<String>> {
     let split = |v: Option<String>| -> Vec<String> {
         v.unwrap_or_default()
             .split(',')

@@ -343,7 +343,7 @@ fn start_etcd(lab: &Lab, node: usize, manifest: &Path) -> Result<Child> {
     let container = pod.etcd_container()?;
     let mut binds: Vec<(PathBuf, PathBuf)> = Vec::new();
     for m in &container.volume_mounts {
-        let volume = pod.volume(&m.name)?;
+        let (_, volume) = pod.volume(&m.name)?;
         let Some(hp) = &volume.host_path else {
             return Err(Error::input(
                 manifest,

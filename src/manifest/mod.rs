@@ -1,7 +1,13 @@
 //! The etcd static pod manifest: a typed model of the parts etcdops reads, the etcd
 //! container's flags, and the resolution of a container path to its host path through the
-//! container's `volumeMounts` and the pod's `hostPath` volumes.
+//! container's `volumeMounts` and the pod's `hostPath` volumes. The data volume (the one that
+//! holds `--data-dir`) is found here.
 
+pub mod atomic;
+pub mod rewrite;
+pub mod show;
+
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
@@ -50,6 +56,17 @@ pub struct Container {
     pub args: Vec<String>,
     #[serde(default)]
     pub volume_mounts: Vec<VolumeMount>,
+    /// etcd reads `ETCD_DATA_DIR` and friends when the flag is absent.
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EnvVar {
+    pub name: String,
+    /// `None` for `valueFrom`, which only the API server could resolve.
+    #[serde(default)]
+    pub value: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +74,9 @@ pub struct Container {
 pub struct VolumeMount {
     pub name: String,
     pub mount_path: String,
+    /// Mounts a directory below the volume's root instead of the root itself.
+    #[serde(default)]
+    pub sub_path: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +85,10 @@ pub struct Volume {
     pub name: String,
     #[serde(default)]
     pub host_path: Option<HostPath>,
+    /// Every other volume source (emptyDir, persistentVolumeClaim, ...), kept only to name it
+    /// when a hostPath was expected.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,19 +105,70 @@ pub struct StaticPod {
     pub pod: Pod,
 }
 
+/// Where a container path lives on the host.
+#[derive(Debug, Clone)]
+pub struct Resolved<'a> {
+    pub mount: &'a VolumeMount,
+    /// Index of the volume in `spec.volumes`.
+    pub volume_index: usize,
+    pub volume: &'a Volume,
+    pub host: &'a HostPath,
+    /// The path below the mountPath (empty when the path is the mountPath itself).
+    pub rest: PathBuf,
+    /// The host path of the container path: hostPath, then subPath, then `rest`.
+    pub host_path: PathBuf,
+}
+
+/// The volume that holds etcd's data dir, as the manifest declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataVolume {
+    /// `--data-dir` (or `ETCD_DATA_DIR`) as written: a container path.
+    pub data_dir: String,
+    /// The volumeMount that holds it (longest prefix).
+    pub mount_path: String,
+    pub sub_path: Option<String>,
+    /// The volume's name and its index in `spec.volumes`.
+    pub volume: String,
+    pub volume_index: usize,
+    /// `hostPath.path` as written: what `set-data-path` changes.
+    pub host_path: String,
+    pub host_path_type: Option<String>,
+    /// Where the data dir itself is on the host (equals `host_path` on a kubeadm node).
+    pub data_host_path: PathBuf,
+}
+
+impl DataVolume {
+    /// Whether the volume's root is the data dir itself, as kubeadm lays it out. Only then is
+    /// "the data path" and "the volume's hostPath" the same thing.
+    pub fn is_whole_volume(&self) -> bool {
+        self.sub_path.as_deref().is_none_or(str::is_empty)
+            && normalize(Path::new(&self.data_dir)) == normalize(Path::new(&self.mount_path))
+    }
+}
+
 impl StaticPod {
     /// Read and parse a manifest. Missing file, directory or bad YAML: `Error::Input` (exit 2).
     pub fn load(path: &Path) -> Result<Self> {
-        if path.is_dir() {
-            return Err(Error::input(path, "is a directory, not a manifest file"));
-        }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::input(path, format!("cannot read manifest: {e}")))?;
+        let text = Self::read(path)?;
         Self::parse(path, &text)
     }
 
+    /// The manifest's text, for callers that need the bytes as well as the model. Missing
+    /// file, directory or not UTF-8: `Error::Input` (exit 2).
+    pub fn read(path: &Path) -> Result<String> {
+        if path.is_dir() {
+            return Err(Error::input(path, "is a directory, not a manifest file"));
+        }
+        std::fs::read_to_string(path)
+            .map_err(|e| Error::input(path, format!("cannot read manifest: {e}")))
+    }
+
     pub fn parse(path: &Path, text: &str) -> Result<Self> {
-        if text.trim().is_empty() {
+        let blank = text.lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#')
+        });
+        if blank {
             return Err(Error::input(path, "manifest is empty"));
         }
         let pod: Pod = serde_yaml::from_str(text)
@@ -134,6 +209,17 @@ impl StaticPod {
 
     /// The host path behind a path inside the etcd container.
     pub fn host_path(&self, container_path: &str) -> Result<PathBuf> {
+        Ok(self.resolve(container_path)?.host_path)
+    }
+
+    /// Map a container path of the etcd container to its mount, volume and host path.
+    pub fn resolve(&self, container_path: &str) -> Result<Resolved<'_>> {
+        if !container_path.starts_with('/') {
+            return Err(Error::input(
+                &self.path,
+                format!("{container_path:?} is a relative container path: no volume can hold it"),
+            ));
+        }
         let container = self.etcd_container()?;
         let (mount, rest) = container.mount_for(container_path).ok_or_else(|| {
             Error::input(
@@ -141,36 +227,118 @@ impl StaticPod {
                 format!("no volumeMount of the etcd container holds {container_path}"),
             )
         })?;
-        let volume = self.volume(&mount.name)?;
+        let (volume_index, volume) = self.volume(&mount.name)?;
         let host = volume.host_path.as_ref().ok_or_else(|| {
+            let kind = volume
+                .other
+                .keys()
+                .find(|k| k.as_str() != "name")
+                .map_or("no source".to_string(), |k| format!("source {k}"));
             Error::input(
                 &self.path,
                 format!(
-                    "volume {:?} (mounted at {}) is not a hostPath volume",
+                    "volume {:?} (mounted at {}) has {kind}, not hostPath",
                     volume.name, mount.mount_path
                 ),
             )
         })?;
-        let mut path = PathBuf::from(&host.path);
-        if !rest.as_os_str().is_empty() {
-            path.push(rest);
+        if host.path.trim().is_empty() {
+            return Err(Error::input(
+                &self.path,
+                format!("volume {:?} has an empty hostPath.path", volume.name),
+            ));
         }
-        Ok(path)
+        let mut host_path = PathBuf::from(&host.path);
+        if let Some(sub) = mount.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            host_path.push(sub);
+        }
+        if !rest.as_os_str().is_empty() {
+            host_path.push(&rest);
+        }
+        Ok(Resolved {
+            mount,
+            volume_index,
+            volume,
+            host,
+            rest,
+            host_path,
+        })
     }
 
-    /// The pod volume with this name.
-    pub fn volume(&self, name: &str) -> Result<&Volume> {
-        self.pod
+    /// The etcd data dir as a container path: `--data-dir`, else `ETCD_DATA_DIR` (etcd lets
+    /// the flag win over the environment).
+    pub fn data_dir(&self) -> Result<String> {
+        let container = self.etcd_container()?;
+        let value = container.flag("data-dir").or_else(|| {
+            container
+                .env
+                .iter()
+                .rev()
+                .find(|e| e.name == "ETCD_DATA_DIR")
+                .and_then(|e| e.value.clone())
+        });
+        match value {
+            Some(v) if !v.trim().is_empty() => Ok(v),
+            _ => Err(Error::input(
+                &self.path,
+                "the etcd container has no --data-dir (nor ETCD_DATA_DIR): cannot tell which volume holds the data",
+            )),
+        }
+    }
+
+    /// The data dir, the volumeMount that holds it (longest prefix), that volume and its
+    /// hostPath. Any link missing, or a volume that is not a hostPath: `Error::Input`.
+    pub fn data_volume(&self) -> Result<DataVolume> {
+        let data_dir = self.data_dir()?;
+        if !data_dir.starts_with('/') {
+            return Err(Error::input(
+                &self.path,
+                format!("--data-dir {data_dir:?} is relative: no volume can hold it"),
+            ));
+        }
+        let r = self.resolve(&data_dir).map_err(|e| match e {
+            Error::Input { path, reason } => Error::Input {
+                path,
+                reason: format!("data dir {data_dir}: {reason}"),
+            },
+            other => other,
+        })?;
+        Ok(DataVolume {
+            mount_path: r.mount.mount_path.clone(),
+            sub_path: r.mount.sub_path.clone(),
+            volume: r.volume.name.clone(),
+            volume_index: r.volume_index,
+            host_path: r.host.path.clone(),
+            host_path_type: r.host.kind.clone(),
+            data_host_path: r.host_path.clone(),
+            data_dir,
+        })
+    }
+
+    /// The pod volume with this name, and its index in `spec.volumes`.
+    pub fn volume(&self, name: &str) -> Result<(usize, &Volume)> {
+        let mut found = self
+            .pod
             .spec
             .volumes
             .iter()
-            .find(|v| v.name == name)
-            .ok_or_else(|| {
-                Error::input(
-                    &self.path,
-                    format!("volumeMount {name:?} names no volume of the pod"),
-                )
-            })
+            .enumerate()
+            .filter(|(_, v)| v.name == name);
+        let first = found.next().ok_or_else(|| {
+            Error::input(
+                &self.path,
+                format!("volumeMount {name:?} names no volume of the pod"),
+            )
+        })?;
+        // The API server rejects duplicate names; kubelet's file source does not check, so
+        // which one wins would be a guess.
+        if found.next().is_some() {
+            return Err(Error::input(
+                &self.path,
+                format!("two volumes are named {name:?}"),
+            ));
+        }
+        Ok(first)
     }
 }
 
@@ -279,6 +447,7 @@ spec:
             command: vec!["etcd".into()],
             args: vec!["--data-dir".into(), "/x".into()],
             volume_mounts: vec![],
+            env: vec![],
         };
         assert_eq!(c.flag("data-dir").as_deref(), Some("/x"));
         assert_eq!(c.flag("data"), None);
@@ -297,6 +466,85 @@ spec:
         );
         // `/var/lib/etcd-backup` is not below `/var/lib/etcd`.
         assert!(p.host_path("/var/lib/etcd-backup/x").is_err());
+    }
+
+    #[test]
+    fn data_volume_is_the_longest_mount_holding_data_dir() {
+        let dv = pod().data_volume().unwrap();
+        assert_eq!(dv.data_dir, "/var/lib/etcd");
+        assert_eq!(dv.mount_path, "/var/lib/etcd");
+        assert_eq!(dv.volume, "etcd-data");
+        assert_eq!(dv.volume_index, 1);
+        assert_eq!(dv.host_path, "/mnt/disk/etcd");
+        assert_eq!(dv.host_path_type.as_deref(), Some("DirectoryOrCreate"));
+        assert!(dv.is_whole_volume());
+
+        // A mount of /var/lib does not win over /var/lib/etcd.
+        let nested = KUBEADM.replace(
+            "    volumeMounts:\n",
+            "    volumeMounts:\n    - mountPath: /var/lib\n      name: var-lib\n",
+        ) + "  - hostPath:\n      path: /var/lib\n    name: var-lib\n";
+        let p = StaticPod::parse(Path::new("/m"), &nested).unwrap();
+        assert_eq!(p.data_volume().unwrap().volume, "etcd-data");
+    }
+
+    #[test]
+    fn data_dir_from_env_sub_path_and_nested_dirs() {
+        let env = KUBEADM
+            .replace("    - --data-dir=/var/lib/etcd\n", "")
+            .replace(
+                "    name: etcd\n    volumeMounts:",
+                "    name: etcd\n    env:\n    - name: ETCD_DATA_DIR\n      value: /var/lib/etcd/data\n    volumeMounts:",
+            );
+        let p = StaticPod::parse(Path::new("/m"), &env).unwrap();
+        let dv = p.data_volume().unwrap();
+        assert_eq!(dv.data_dir, "/var/lib/etcd/data");
+        assert_eq!(dv.data_host_path, PathBuf::from("/mnt/disk/etcd/data"));
+        assert!(!dv.is_whole_volume());
+
+        let sub = KUBEADM.replace(
+            "    - mountPath: /var/lib/etcd\n      name: etcd-data\n",
+            "    - mountPath: /var/lib/etcd\n      name: etcd-data\n      subPath: member0\n",
+        );
+        let dv = StaticPod::parse(Path::new("/m"), &sub)
+            .unwrap()
+            .data_volume()
+            .unwrap();
+        assert_eq!(dv.data_host_path, PathBuf::from("/mnt/disk/etcd/member0"));
+        assert!(!dv.is_whole_volume());
+    }
+
+    #[test]
+    fn data_volume_errors_name_the_problem() {
+        let cases = [
+            (
+                KUBEADM.replace("    - --data-dir=/var/lib/etcd\n", ""),
+                "no --data-dir",
+            ),
+            (
+                KUBEADM.replace("--data-dir=/var/lib/etcd", "--data-dir=data"),
+                "relative",
+            ),
+            (
+                KUBEADM.replace("--data-dir=/var/lib/etcd", "--data-dir=/srv/etcd"),
+                "no volumeMount",
+            ),
+            (
+                KUBEADM.replace(
+                    "  - hostPath:\n      path: /mnt/disk/etcd\n      type: DirectoryOrCreate\n",
+                    "  - emptyDir: {}\n",
+                ),
+                "source emptyDir, not hostPath",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = StaticPod::parse(Path::new("/m"), &text)
+                .unwrap()
+                .data_volume()
+                .unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            assert!(err.to_string().contains(want), "{want}: {err}");
+        }
     }
 
     #[test]
