@@ -122,6 +122,12 @@ pub enum Command {
 
     /// Read or change the etcd static pod manifest.
     Manifest(ManifestArgs),
+
+    /// Move the data dir to a new disk, resumable and rolled back on failure.
+    Migrate(MigrateArgs),
+
+    /// Control kubelet through the configured commands.
+    Kubelet(KubeletArgs),
 }
 
 #[derive(Debug, Args)]
@@ -207,4 +213,85 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(subcommand)]
+    pub command: MigrateCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Every preflight check and the step list; changes nothing.
+    Plan(MigrateToArgs),
+    /// Run the migration (asks on a terminal; needs --yes otherwise).
+    Apply(MigrateApplyArgs),
+    /// Where the latest (or --id) run stands; exit 5 when it needs attention.
+    Status(RunIdArgs),
+    /// Finish an interrupted run.
+    Resume(RunIdArgs),
+    /// Return to the original data dir and manifest.
+    Rollback(RunIdArgs),
+    /// After your verification window: fence the old path (and remove the old data).
+    Finalize(FinalizeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateToArgs {
+    /// The new data dir on the new disk (absent or empty; its parent must exist).
+    #[arg(long)]
+    pub to: PathBuf,
+
+    #[command(flatten)]
+    pub quota: QuotaArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateApplyArgs {
+    #[command(flatten)]
+    pub target: MigrateToArgs,
+
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+
+    /// Skip the safety snapshot before etcd is stopped.
+    #[arg(long)]
+    pub no_snapshot: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunIdArgs {
+    /// The run (a directory name under <state-dir>/runs); default the latest.
+    #[arg(long)]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct FinalizeArgs {
+    #[command(flatten)]
+    pub run: RunIdArgs,
+
+    /// Delete the old data dir (default: move it aside next to the fence).
+    #[arg(long)]
+    pub remove_old: bool,
+
+    /// Do not ask for confirmation (needed off a terminal with --remove-old).
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KubeletArgs {
+    #[command(subcommand)]
+    pub action: KubeletAction,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum KubeletAction {
+    Stop,
+    Start,
+    /// Exit 0 when kubelet is active, 4 when not.
+    Status,
 }

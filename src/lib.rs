@@ -10,4 +10,6 @@ pub mod error;
 pub mod etcd;
 pub mod lab;
 pub mod manifest;
+pub mod migrate;
+pub mod node;
 pub mod output;

@@ -2,6 +2,8 @@
 //! and hands the report to `output`. clap types stop here.
 
 pub mod health;
+pub mod kubelet;
+pub mod migrate;
 pub mod manifest;
 
 use crate::cli::{Cli, Command, GlobalArgs, OutputFormat};
@@ -14,6 +16,8 @@ pub fn run(cli: Cli) -> Result<()> {
     let global = &cli.global;
     match cli.command {
         Command::Health(args) => health::exec(global, args),
+        Command::Migrate(args) => migrate::exec(global, args),
+        Command::Kubelet(args) => kubelet::exec(global, args),
         Command::Manifest(args) => manifest::exec(global, args),
     }
 }
@@ -48,4 +52,13 @@ pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
         .map_err(|e| Error::failed("start the async runtime", e.to_string()))
         .expect("the async runtime starts")
         .block_on(fut)
+}
+
+/// kubelet control commands from the node flags.
+pub fn kubelet_commands(global: &GlobalArgs) -> crate::node::KubeletCommands {
+    crate::node::KubeletCommands {
+        stop: global.node.kubelet_stop_cmd.clone(),
+        start: global.node.kubelet_start_cmd.clone(),
+        status: global.node.kubelet_status_cmd.clone(),
+    }
 }

@@ -5,6 +5,8 @@
 //! and the etcd logs when an expectation fails.
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -411,7 +413,7 @@ pub struct Run {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
-    context: String,
+    pub context: String,
 }
 
 impl Run {

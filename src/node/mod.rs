@@ -1,0 +1,278 @@
+//! This node's moving parts: kubelet control through the configured commands, stopping and
+//! starting the etcd static pod by moving its manifest, and waits that take their timeout
+//! from the caller and say what they waited for.
+//!
+//! `systemctl stop kubelet` does not stop a running static pod, so etcd is stopped by moving
+//! its manifest out of the manifests dir and waiting until the data dir is quiesced and the
+//! client port refuses; only then is kubelet stopped.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// kubelet control: three shell commands (`systemctl stop|start|is-active kubelet` by
+/// default; the lab's stand-in commands in tests and the demo).
+#[derive(Debug, Clone)]
+pub struct KubeletCommands {
+    pub stop: String,
+    pub start: String,
+    pub status: String,
+}
+
+impl KubeletCommands {
+    pub fn stop(&self) -> Result<()> {
+        run_shell(&self.stop).map(|_| ())
+    }
+
+    pub fn start(&self) -> Result<()> {
+        run_shell(&self.start).map(|_| ())
+    }
+
+    /// Whether kubelet runs: the status command exits 0. A command that cannot be run at all
+    /// is an error, not "inactive".
+    pub fn is_active(&self) -> Result<bool> {
+        let out = Command::new("sh")
+            .args(["-c", &self.status])
+            .output()
+            .map_err(|e| Error::Command {
+                command: self.status.clone(),
+                status: "could not be started".into(),
+                stderr: e.to_string(),
+            })?;
+        Ok(out.status.success())
+    }
+}
+
+/// Run a shell command; a failure keeps its stderr so the operator sees why.
+pub fn run_shell(command: &str) -> Result<String> {
+    let out = Command::new("sh")
+        .args(["-c", command])
+        .output()
+        .map_err(|e| Error::Command {
+            command: command.to_string(),
+            status: "could not be started".into(),
+            stderr: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            command: command.to_string(),
+            status: match out.status.code() {
+                Some(c) => format!("exited with {c}"),
+                None => "was killed by a signal".into(),
+            },
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// fsync a directory so that a rename or unlink in it survives a crash.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync", dir, e))
+}
+
+/// Write `bytes` to `dest` atomically: a temp file beside it whose name starts with a dot
+/// (kubelet ignores dotfiles, so this is safe in the manifests dir), fsync, rename, fsync
+/// the dir. `mode`, `uid`, `gid` are given to the file before it appears.
+pub fn write_atomic(dest: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
+    let dir = dest
+        .parent()
+        .ok_or_else(|| Error::input(dest, "has no parent directory"))?;
+    let name = dest
+        .file_name()
+        .ok_or_else(|| Error::input(dest, "has no file name"))?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{name}.etcdops-tmp"));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| Error::io("write", &tmp, e))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+                .map_err(|e| Error::io("chown", &tmp, e))?;
+        }
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("chmod", &tmp, e))?;
+        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+        fs::rename(&tmp, dest).map_err(|e| Error::io("rename into place", dest, e))?;
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Move the manifest out of the manifests dir to `dest` (kubelet then stops the pod).
+/// Works across filesystems: the copy at `dest` is complete and fsynced before the original
+/// is unlinked. Idempotent: if the manifest is already gone and `dest` exists, nothing to do.
+pub fn move_manifest_out(manifest: &Path, dest: &Path) -> Result<()> {
+    if !manifest.exists() {
+        if dest.is_file() {
+            return Ok(());
+        }
+        return Err(Error::input(
+            manifest,
+            "manifest not found and no moved-out copy",
+        ));
+    }
+    let bytes = fs::read(manifest).map_err(|e| Error::io("read", manifest, e))?;
+    let meta = fs::metadata(manifest).map_err(|e| Error::io("stat", manifest, e))?;
+    write_atomic(
+        dest,
+        &bytes,
+        meta.permissions().mode() & 0o7777,
+        Some((meta.uid(), meta.gid())),
+    )?;
+    fs::remove_file(manifest).map_err(|e| Error::io("remove", manifest, e))?;
+    let dir = manifest.parent().unwrap_or(Path::new("/"));
+    fsync_dir(dir)
+}
+
+/// Put a manifest into the manifests dir atomically (dotfile temp, rename, fsync), keeping
+/// the mode and owner of `from`.
+pub fn put_manifest(from: &Path, manifest: &Path) -> Result<()> {
+    let bytes = fs::read(from).map_err(|e| Error::io("read", from, e))?;
+    let meta = fs::metadata(from).map_err(|e| Error::io("stat", from, e))?;
+    write_atomic(
+        manifest,
+        &bytes,
+        meta.permissions().mode() & 0o7777,
+        Some((meta.uid(), meta.gid())),
+    )
+}
+
+/// Poll `probe` every `interval` until it returns true or `timeout` passes; the error says
+/// what was waited for and how long.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut probe: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let start = Instant::now();
+    let mut last_err: Option<Error> = None;
+    loop {
+        match probe() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if start.elapsed() >= timeout {
+            return Err(Error::failed(
+                format!("wait for {what}"),
+                format!(
+                    "gave up after {}{}",
+                    humantime::format_duration(Duration::from_secs(timeout.as_secs().max(1))),
+                    last_err.map_or(String::new(), |e| format!(" (last: {})", e.one_line()))
+                ),
+            ));
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// Whether a TCP connection to the endpoint's host:port is refused (nothing listens).
+pub fn port_refuses(endpoint: &str) -> bool {
+    let hostport = endpoint
+        .split("://")
+        .nth(1)
+        .unwrap_or(endpoint)
+        .trim_end_matches('/');
+    let Ok(mut addrs) = hostport.to_socket_addrs() else {
+        return false;
+    };
+    match addrs.next() {
+        Some(addr) => TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_errors_keep_stderr() {
+        let err = run_shell("echo boom >&2; exit 3").unwrap_err();
+        let line = err.one_line();
+        assert!(
+            line.contains("exited with 3") && line.contains("boom"),
+            "{line}"
+        );
+        assert_eq!(err.exit_code(), 1);
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temp_and_keeps_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("etcd.yaml");
+        write_atomic(&dest, b"x", 0o640, None).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"x");
+        assert_eq!(
+            fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn move_out_and_back_is_byte_exact_and_idempotent() {
+        let d = tempfile::tempdir().unwrap();
+        let manifests = d.path().join("manifests");
+        fs::create_dir(&manifests).unwrap();
+        let m = manifests.join("etcd.yaml");
+        fs::write(&m, b"kind: Pod\n# comment\n").unwrap();
+        fs::set_permissions(&m, fs::Permissions::from_mode(0o600)).unwrap();
+        let out = d.path().join("run-etcd.yaml");
+        move_manifest_out(&m, &out).unwrap();
+        assert!(!m.exists());
+        move_manifest_out(&m, &out).unwrap();
+        assert_eq!(fs::read_dir(&manifests).unwrap().count(), 0);
+        put_manifest(&out, &m).unwrap();
+        assert_eq!(fs::read(&m).unwrap(), b"kind: Pod\n# comment\n");
+        assert_eq!(
+            fs::metadata(&m).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn waits_say_what_they_waited_for() {
+        let err = wait_until(
+            "the moon",
+            Duration::from_millis(50),
+            Duration::from_millis(10),
+            || Ok(false),
+        )
+        .unwrap_err();
+        assert!(
+            err.one_line().contains("wait for the moon"),
+            "{}",
+            err.one_line()
+        );
+        assert!(port_refuses(&format!("http://127.0.0.1:{}", {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        })));
+    }
+}

@@ -1,0 +1,186 @@
+//! A running `etcdops-lab` for a test: up on a loopback prefix of its own, down on drop
+//! (even when the test panics). Runs etcdops with a node's environment.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::{Run, Version};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub nodes: usize,
+    pub version: Version,
+}
+
+pub fn lab_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_etcdops-lab")
+}
+
+impl Lab {
+    pub fn up(version: Version, nodes: usize) -> Lab {
+        let dir = tempfile::Builder::new()
+            .prefix("etcdops-lab-")
+            .tempdir()
+            .expect("temp dir");
+        // A prefix per lab so that labs of concurrent tests never share an address.
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("127.{}.{}", 100 + std::process::id() % 100, n % 250);
+        let out = Command::new(lab_bin())
+            .args(["up", "--dir"])
+            .arg(dir.path())
+            .args(["--nodes", &nodes.to_string(), "--ip-prefix", &prefix, "--etcd"])
+            .arg(version.etcd())
+            .output()
+            .expect("run etcdops-lab up");
+        let lab = Lab {
+            dir,
+            nodes,
+            version,
+        };
+        assert!(
+            out.status.success(),
+            "etcdops-lab up failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            lab.logs()
+        );
+        lab
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn node_dir(&self, node: usize) -> PathBuf {
+        self.path().join(format!("node{node}"))
+    }
+
+    pub fn manifest(&self, node: usize) -> PathBuf {
+        self.node_dir(node).join("etc/kubernetes/manifests/etcd.yaml")
+    }
+
+    pub fn data_dir(&self, node: usize) -> PathBuf {
+        self.node_dir(node).join("var/lib/etcd")
+    }
+
+    pub fn state_dir(&self, node: usize) -> PathBuf {
+        self.node_dir(node).join("var/lib/etcdops")
+    }
+
+    pub fn pki(&self, node: usize) -> PathBuf {
+        self.node_dir(node).join("etc/kubernetes/pki/etcd")
+    }
+
+    /// The environment `etcdops-lab env` gives for a node.
+    pub fn env(&self, node: usize) -> Vec<(String, String)> {
+        let out = self.lab(&["env", "--node", &node.to_string()]);
+        assert_eq!(out.code, 0, "{}", out.dump());
+        out.stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| {
+                let v = v
+                    .strip_prefix('\'')
+                    .and_then(|v| v.strip_suffix('\''))
+                    .unwrap_or(v)
+                    .replace(r"'\''", "'");
+                (k.to_string(), v)
+            })
+            .collect()
+    }
+
+    /// Run etcdops-lab with `--dir` filled in after the subcommand words.
+    pub fn lab(&self, words: &[&str]) -> Run {
+        let mut args: Vec<String> = Vec::new();
+        let mut it = words.iter();
+        // The subcommand (and for `kubelet`, its action) come before --dir.
+        if let Some(first) = it.next() {
+            args.push(first.to_string());
+            if *first == "kubelet"
+                && let Some(action) = it.next()
+            {
+                args.push(action.to_string());
+            }
+        }
+        args.push("--dir".into());
+        args.push(self.path().display().to_string());
+        args.extend(it.map(|s| s.to_string()));
+        let out = Command::new(lab_bin())
+            .args(&args)
+            .output()
+            .expect("run etcdops-lab");
+        Run {
+            cmd: format!("etcdops-lab {}", args.join(" ")),
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            context: self.logs(),
+        }
+    }
+
+    /// etcdops with node `node`'s environment plus `extra` env.
+    pub fn etcdops(&self, node: usize, args: &[&str], extra: &[(&str, &str)]) -> Run {
+        let env = self.env(node);
+        let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        all.extend_from_slice(extra);
+        let mut run = super::etcdops(&super::args(args), &all, None);
+        run.context = self.logs();
+        run
+    }
+
+    /// The tail of every node's kubelet and etcd log.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in 1..=self.nodes {
+            for f in ["kubelet.log", "etcd.log"] {
+                let p = self.node_dir(n).join(f);
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                out.push_str(&format!("--- node{n} {f} ---\n"));
+                for l in &lines[lines.len().saturating_sub(8)..] {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    /// etcdctl against every node with node 1's client certificate.
+    pub fn etcdctl(&self, args: &[&str]) -> std::process::Output {
+        let pki = self.pki(1);
+        let eps: Vec<String> = (1..=self.nodes).map(|n| self.client_url(n)).collect();
+        Command::new(self.version.etcdctl())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", eps.join(",")))
+            .arg(format!("--cacert={}", pki.join("ca.crt").display()))
+            .arg(format!("--cert={}", pki.join("healthcheck-client.crt").display()))
+            .arg(format!("--key={}", pki.join("healthcheck-client.key").display()))
+            .args(args)
+            .output()
+            .expect("run etcdctl")
+    }
+
+    /// The client URL of a node, read from its manifest's advertise URL.
+    pub fn client_url(&self, node: usize) -> String {
+        let text = std::fs::read_to_string(self.node_dir(node).join("../lab.json")).unwrap();
+        let cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+        format!(
+            "https://{}.{}:2379",
+            cfg["ip_prefix"].as_str().unwrap(),
+            10 + node
+        )
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(lab_bin())
+            .args(["down", "--dir"])
+            .arg(self.path())
+            .output();
+    }
+}
