@@ -5,6 +5,7 @@
 pub mod client;
 pub mod connect;
 pub mod health;
+pub mod rule;
 
 use std::path::Path;
 
