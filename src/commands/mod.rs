@@ -1,7 +1,12 @@
 //! One file per command: each turns its clap Args into library options, calls the library
 //! and hands the report to `output`. clap types stop here.
 
+pub mod alarm;
+pub mod compact;
+pub mod defrag;
 pub mod health;
+pub mod maintain;
+pub mod snapshot;
 
 use crate::cli::{Cli, Command, GlobalArgs, OutputFormat};
 use crate::error::{Error, Result};
@@ -13,6 +18,11 @@ pub fn run(cli: Cli) -> Result<()> {
     let global = &cli.global;
     match cli.command {
         Command::Health(args) => health::exec(global, args),
+        Command::Compact(args) => compact::exec(global, args),
+        Command::Defrag(args) => defrag::exec(global, args),
+        Command::Maintain(args) => maintain::exec(global, args),
+        Command::Alarm(cmd) => alarm::exec(global, cmd),
+        Command::Snapshot(cmd) => snapshot::exec(global, cmd),
     }
 }
 
