@@ -128,6 +128,18 @@ pub enum Command {
 
     /// Control kubelet through the configured commands.
     Kubelet(KubeletArgs),
+    /// Compact the key-value history once for the cluster.
+    Compact(CompactArgs),
+    /// Rolling defrag: health gate, followers first, the leader last, healthy between members.
+    Defrag(DefragArgs),
+    /// The routine job for a timer: gate, compact, defrag by rule, clear NOSPACE, health.
+    Maintain(MaintainArgs),
+    /// List or disarm alarms.
+    #[command(subcommand)]
+    Alarm(AlarmCommand),
+    /// Save or verify a snapshot.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
 }
 
 #[derive(Debug, Args)]
@@ -167,12 +179,125 @@ pub struct SetDataPathArgs {
     pub dry_run: DryRunArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// Compact to this revision [default: the current revision].
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..), conflicts_with = "retain")]
+    pub revision: Option<i64>,
+
+    /// Keep the last N revisions (1 keeps only the current one).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retain: Option<u64>,
+
+    /// Return once the compaction is recorded, before the backend has dropped the old revisions.
+    #[arg(long)]
+    pub no_physical: bool,
+
+    /// Time allowed for the compaction (a physical one on a large db takes a while).
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DefragArgs {
+    /// Every member from the member list, not only the given endpoints.
+    #[arg(long)]
+    pub cluster: bool,
+
+    /// Compact once (physically, to the current revision) before the first defrag.
+    #[arg(long)]
+    pub compact: bool,
+
+    #[command(flatten)]
+    pub rolling: RollingArgs,
+
+    #[command(flatten)]
+    pub dry_run: DryRunArgs,
+
+    #[command(flatten)]
+    pub quota: QuotaArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MaintainArgs {
+    #[command(flatten)]
+    pub rolling: RollingArgs,
+
+    #[command(flatten)]
+    pub dry_run: DryRunArgs,
+
+    #[command(flatten)]
+    pub quota: QuotaArgs,
+}
+
+/// How a rolling defrag goes, shared by defrag and maintain.
+#[derive(Debug, Clone, Args)]
+pub struct RollingArgs {
+    /// Defragment a member only when this holds, e.g. 'dbSizeFree > 100*1024*1024 && dbQuotaUsage > 0.5'
+    /// (variables dbSize, dbSizeInUse, dbSizeFree, dbQuota, dbQuotaUsage) [defrag default: every
+    /// member; maintain default: 'dbSizeFree > 100*1024*1024 && dbSizeFree > 0.45*dbSize'].
+    #[arg(long)]
+    pub rule: Option<String>,
+
+    /// Hand leadership to a defragmented follower before defragmenting the leader.
+    #[arg(long)]
+    pub move_leader: bool,
+
+    /// Pause between two members (e.g. 30s).
+    #[arg(long, value_parser = parse_duration)]
+    pub wait_between: Option<Duration>,
+
+    /// Time allowed for one member's defragment (5s is too short for large dbs).
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub defrag_timeout: Duration,
+
+    /// Time to wait for the member and the cluster to be healthy after each defragment.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub healthy_timeout: Duration,
+
+    /// Go on with the next member after a failure (default: stop at the first).
+    #[arg(long)]
+    pub continue_on_error: bool,
+}
+
 /// `--dry-run`, with one meaning everywhere: show what would change, change nothing.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct DryRunArgs {
     /// Show what would change and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlarmCommand {
+    /// List the active alarms.
+    List,
+    /// Disarm every active alarm and report what was disarmed.
+    Disarm,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Stream a snapshot from one endpoint to FILE (refuses to overwrite).
+    Save(SnapshotSaveArgs),
+    /// Check a snapshot file against etcd's sha256 trailer.
+    Verify(SnapshotVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotSaveArgs {
+    /// Where to write the snapshot; it must not exist yet.
+    pub file: PathBuf,
+
+    /// Longest wait for the stream to start or for its next chunk.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotVerifyArgs {
+    /// The snapshot file.
+    pub file: PathBuf,
 }
 
 /// `--quota-backend-bytes`, shared by health, defrag and maintain.

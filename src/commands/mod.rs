@@ -1,10 +1,15 @@
 //! One file per command: each turns its clap Args into library options, calls the library
 //! and hands the report to `output`. clap types stop here.
 
+pub mod alarm;
+pub mod compact;
+pub mod defrag;
 pub mod health;
 pub mod kubelet;
-pub mod migrate;
+pub mod maintain;
 pub mod manifest;
+pub mod migrate;
+pub mod snapshot;
 
 use crate::cli::{Cli, Command, GlobalArgs, OutputFormat};
 use crate::error::{Error, Result};
@@ -19,6 +24,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Migrate(args) => migrate::exec(global, args),
         Command::Kubelet(args) => kubelet::exec(global, args),
         Command::Manifest(args) => manifest::exec(global, args),
+        Command::Compact(args) => compact::exec(global, args),
+        Command::Defrag(args) => defrag::exec(global, args),
+        Command::Maintain(args) => maintain::exec(global, args),
+        Command::Alarm(cmd) => alarm::exec(global, cmd),
+        Command::Snapshot(cmd) => snapshot::exec(global, cmd),
     }
 }
 

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use etcd_client::{AlarmAction, AlarmType, Client};
+use etcd_client::{
+    AlarmAction, AlarmOptions, AlarmType, Client, CompactionOptions, SnapshotStreaming,
+};
 
 use super::connect::{Connection, describe};
 
@@ -74,6 +76,30 @@ impl Endpoint {
         Ok(Endpoint {
             url: url.to_string(),
             client,
+        })
+    }
+
+    /// The first of the connection's endpoints that answers `Status` within the command
+    /// timeout, connected with `request_timeout` for what follows. None answering is exit 3.
+    pub async fn first_answering(
+        conn: &Connection,
+        request_timeout: Duration,
+    ) -> crate::error::Result<(Self, Status)> {
+        let mut errors = Vec::new();
+        for url in &conn.endpoints {
+            let attempt = async {
+                let mut ep = Self::connect_with_timeout(conn, url, request_timeout).await?;
+                let status = within(conn.command_timeout, "status", ep.status()).await?;
+                Ok::<_, String>((ep, status))
+            };
+            match attempt.await {
+                Ok(found) => return Ok(found),
+                Err(e) => errors.push(format!("{url}: {e}")),
+            }
+        }
+        Err(crate::error::Error::Unreachable {
+            endpoints: conn.endpoints.join(","),
+            reason: errors.join("; "),
         })
     }
 
@@ -154,6 +180,114 @@ impl Endpoint {
             compact_revision: resp.compact_version(),
             revision: resp.header().map_or(0, |h| h.revision()),
         })
+    }
+}
+
+impl Endpoint {
+    /// Compact the key-value history up to `revision`; with `physical`, return only once the
+    /// backend has really dropped the old revisions (so that a defrag after it frees them).
+    /// Returns the header revision.
+    pub async fn compact(&mut self, revision: i64, physical: bool) -> Result<i64, String> {
+        let opts = if physical {
+            CompactionOptions::new().with_physical()
+        } else {
+            CompactionOptions::new()
+        };
+        let resp = self
+            .client
+            .compact(revision, Some(opts))
+            .await
+            .map_err(|e| describe(&e))?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    /// Defragment this member's backend. Blocks the member; the client's timeout must be long.
+    pub async fn defragment(&mut self) -> Result<(), String> {
+        self.client
+            .defragment()
+            .await
+            .map(|_| ())
+            .map_err(|e| describe(&e))
+    }
+
+    /// Hand leadership to `target`. Must be sent to the current leader.
+    pub async fn move_leader(&mut self, target: u64) -> Result<(), String> {
+        self.client
+            .move_leader(target)
+            .await
+            .map(|_| ())
+            .map_err(|e| describe(&e))
+    }
+
+    /// Deactivate one alarm; returns the alarms etcd says it deactivated.
+    pub async fn disarm(&mut self, alarm: &Alarm) -> Result<Vec<Alarm>, String> {
+        let kind = match alarm.alarm.as_str() {
+            "NOSPACE" => AlarmType::Nospace,
+            "CORRUPT" => AlarmType::Corrupt,
+            other => return Err(format!("unknown alarm type {other}")),
+        };
+        let mut opts = AlarmOptions::new();
+        opts.with_member(alarm.member_id);
+        let resp = self
+            .client
+            .alarm(AlarmAction::Deactivate, kind, Some(opts))
+            .await
+            .map_err(|e| describe(&e))?;
+        Ok(resp
+            .alarms()
+            .iter()
+            .map(|a| Alarm {
+                member_id: a.member_id(),
+                alarm: alarm_name(a.alarm()),
+            })
+            .collect())
+    }
+
+    /// Start streaming a snapshot of this member's backend.
+    pub async fn snapshot(&mut self) -> Result<Snapshot, String> {
+        let stream = self.client.snapshot().await.map_err(|e| describe(&e))?;
+        Ok(Snapshot { stream })
+    }
+}
+
+/// Run one call under `limit`, whatever timeout its client was made with: a member's one
+/// client serves quick calls and the long defragment alike.
+pub async fn within<T>(
+    limit: Duration,
+    what: &str,
+    call: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "{what} timed out after {}",
+            humantime::format_duration(limit)
+        )),
+    }
+}
+
+/// A snapshot being streamed: chunks of the db file followed by etcd's sha256 trailer.
+pub struct Snapshot {
+    stream: SnapshotStreaming,
+}
+
+/// One chunk and how many bytes etcd says remain after it.
+pub struct Chunk {
+    pub blob: Vec<u8>,
+    pub remaining: u64,
+}
+
+impl Snapshot {
+    /// The next chunk, or `None` at the end of the stream.
+    pub async fn next(&mut self) -> Result<Option<Chunk>, String> {
+        match self.stream.message().await {
+            Ok(Some(m)) => Ok(Some(Chunk {
+                blob: m.blob().to_vec(),
+                remaining: m.remaining_bytes(),
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => Err(describe(&e)),
+        }
     }
 }
 

@@ -1,10 +1,17 @@
 //! Everything that talks to etcd: connection discovery and TLS (`connect`), a per-endpoint
-//! client with our own types (`client`), and the health model (`health`). No etcd-client type
-//! leaves this module.
+//! client with our own types (`client`), the health model (`health`), and maintenance:
+//! the `rule` language, `compact`, rolling `defrag`, `maintain`, `alarm`s and `snapshot`s.
+//! No etcd-client type leaves this module.
 
+pub mod alarm;
 pub mod client;
+pub mod compact;
 pub mod connect;
+pub mod defrag;
 pub mod health;
+pub mod maintain;
+pub mod rule;
+pub mod snapshot;
 
 use std::path::Path;
 
