@@ -27,13 +27,21 @@ use etcdops::node::KubeletCommands;
 fn put_keys(lab: &Lab, prefix: &str, n: usize) {
     for i in 0..n {
         let out = lab.etcdctl(&["put", &format!("{prefix}{i}"), &format!("value-{i}")]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 fn count_keys(lab: &Lab, prefix: &str) -> usize {
-    let out = lab.etcdctl(&["get", "--prefix", prefix, "--count-only", "-w", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lab.etcdctl(&["get", "--prefix", prefix, "--keys-only", "-w", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v["count"].as_u64().unwrap_or(0) as usize
 }
@@ -54,10 +62,18 @@ fn end_to_end(version: Version) {
 
     let plan = lab.etcdops(1, &["migrate", "plan", "--to", &to], &[]);
     plan.code(0);
-    assert!(plan.stdout.contains("etcd.local.dataDir"), "{}", plan.dump());
+    assert!(
+        plan.stdout.contains("etcd.local.dataDir"),
+        "{}",
+        plan.dump()
+    );
     assert!(!new.exists(), "plan must change nothing");
 
-    let run = lab.etcdops(1, &["migrate", "apply", "--to", &to, "--yes", "-o", "json"], &[]);
+    let run = lab.etcdops(
+        1,
+        &["migrate", "apply", "--to", &to, "--yes", "-o", "json"],
+        &[],
+    );
     run.code(0);
     let doc = run.json();
     assert_eq!(doc["state"], "completed", "{}", run.dump());
@@ -68,7 +84,13 @@ fn end_to_end(version: Version) {
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     assert_eq!(steps, STEPS);
-    assert!(doc["steps"].as_array().unwrap().iter().all(|s| s["state"] == "done"));
+    assert!(
+        doc["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "done")
+    );
     assert!(doc["downtime_ms"].as_u64().unwrap() > 0);
     for f in ["member_id", "cluster_id", "revision", "hash"] {
         assert!(doc["identity"].get(f).is_some(), "identity lacks {f}");
@@ -83,7 +105,11 @@ fn end_to_end(version: Version) {
         .current_dir(&old)
         .output()
         .unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
     assert!(run_dir.join("snapshot.db").is_file());
     assert_eq!(count_keys(&lab, "/e2e/"), 50);
     lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
@@ -130,6 +156,8 @@ struct FailAt<'a> {
     inner: RealHost<'a>,
     method: &'static str,
     nth: usize,
+    /// Fail before the real call (no side effect) instead of after it.
+    before: bool,
     calls: RefCell<HashMap<&'static str, usize>>,
 }
 
@@ -187,6 +215,10 @@ impl Host for FailAt<'_> {
         self.hit("rewrite")
     }
     fn put_manifest(&self, from: &Path, manifest: &Path) -> Result<()> {
+        if self.before {
+            self.hit("put_manifest")?;
+            return self.inner.put_manifest(from, manifest);
+        }
         self.inner.put_manifest(from, manifest)?;
         self.hit("put_manifest")
     }
@@ -226,35 +258,41 @@ fn real_host(lab: &Lab, node: usize) -> RealHost<'static> {
     }
 }
 
-/// A fault at every step after preflight: the run fails with exit 1 and the node is as it
-/// was: manifest bytes, kubelet running, member healthy with its old identity, no target.
+/// A fault at every step after preflight. Until etcd has run on the copy, the run rolls
+/// back (exit 1) and the node is as it was: manifest bytes, kubelet running, member healthy
+/// with its old identity, no target. Once etcd has run on the copy (faults in wait-healthy
+/// and post-verify), going back would break raft (see `undo_start`): the run stops with
+/// exit 5, the member stays healthy on the new data, and `resume` completes it.
 #[test]
-fn a_fault_at_every_step_rolls_back() {
+fn a_fault_at_every_step_rolls_back_or_stops_safely() {
     let lab = Lab::up(Version::V35, 3);
     put_keys(&lab, "/fault/", 20);
     let manifest = lab.manifest(1);
-    let original = std::fs::read(&manifest).unwrap();
     let identity = real_host(&lab, 1).identity().unwrap();
-    let faults: [(&str, &'static str, usize); 9] = [
-        ("snapshot", "snapshot", 1),
-        ("stop-etcd", "stop_etcd", 1),
-        ("stop-kubelet", "stop_kubelet", 1),
-        ("copy", "copy", 1),
-        ("verify", "verify", 1),
-        ("rewrite", "rewrite", 1),
-        ("start-kubelet", "put_manifest", 1),
-        ("wait-healthy", "wait_healthy", 1),
+    // (step, host method, nth call, fail before the real call, etcd ran on the copy)
+    let faults: [(&str, &'static str, usize, bool, bool); 9] = [
+        ("snapshot", "snapshot", 1, false, false),
+        ("stop-etcd", "stop_etcd", 1, false, false),
+        ("stop-kubelet", "stop_kubelet", 1, false, false),
+        ("copy", "copy", 1, false, false),
+        ("verify", "verify", 1, false, false),
+        ("rewrite", "rewrite", 1, false, false),
+        ("start-kubelet", "put_manifest", 1, true, false),
+        ("wait-healthy", "wait_healthy", 1, false, true),
         // post-verify's first call to hash_at.
-        ("post-verify", "hash_at", 1),
+        ("post-verify", "hash_at", 1, false, true),
     ];
     let say = |_: &str| {};
-    for (i, (step, method, nth)) in faults.into_iter().enumerate() {
+    for (i, (step, method, nth, before, ran)) in faults.into_iter().enumerate() {
+        let original = std::fs::read(&manifest).unwrap();
+        let from = data_host_path(&manifest);
         let to = lab.path().join(format!("disk-{i}/etcd"));
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         let host = FailAt {
             inner: real_host(&lab, 1),
             method,
             nth,
+            before,
             calls: RefCell::new(HashMap::new()),
         };
         let opts = RunOptions {
@@ -265,13 +303,40 @@ fn a_fault_at_every_step_rolls_back() {
         let endpoint = host.inner.conn.endpoints[0].clone();
         let outcome = migrate::apply(&host, &opts, &to, true, &endpoint).unwrap();
         let err = outcome.result.expect_err(step);
-        assert_eq!(err.exit_code(), 1, "{step}: {}", err.one_line());
         assert!(err.one_line().contains(step), "{step}: {}", err.one_line());
-        assert_eq!(outcome.report.state, "rolled-back", "{step}");
-        assert_eq!(std::fs::read(&manifest).unwrap(), original, "{step}: manifest bytes");
-        assert!(!to.exists(), "{step}: target {} left behind", to.display());
         let rh = real_host(&lab, 1);
-        assert!(rh.kubelet.is_active().unwrap(), "{step}: kubelet not running");
+        if ran {
+            assert_eq!(err.exit_code(), 5, "{step}: {}", err.one_line());
+            assert!(
+                err.one_line().contains("resume"),
+                "{step}: {}",
+                err.one_line()
+            );
+            assert_eq!(outcome.report.state, "failed", "{step}");
+            assert_eq!(
+                data_host_path(&manifest),
+                to,
+                "{step}: member left its new data"
+            );
+            rh.wait_healthy().unwrap();
+            let resumed = migrate::resume(&rh, &opts, None).unwrap();
+            resumed.result.unwrap();
+            assert_eq!(resumed.report.state, "completed", "{step}");
+        } else {
+            assert_eq!(err.exit_code(), 1, "{step}: {}", err.one_line());
+            assert_eq!(outcome.report.state, "rolled-back", "{step}");
+            assert_eq!(
+                std::fs::read(&manifest).unwrap(),
+                original,
+                "{step}: manifest bytes"
+            );
+            assert_eq!(data_host_path(&manifest), from, "{step}");
+            assert!(!to.exists(), "{step}: target {} left behind", to.display());
+        }
+        assert!(
+            rh.kubelet.is_active().unwrap(),
+            "{step}: kubelet not running"
+        );
         rh.wait_healthy().unwrap();
         let now = rh.identity().unwrap();
         assert_eq!(now.member_id, identity.member_id, "{step}");
@@ -307,19 +372,45 @@ fn kill_9_after_every_step_then_resume_or_rollback() {
             &["migrate", "apply", "--yes", "--to", to.to_str().unwrap()],
             &[("ETCDOPS_TEST_KILL_AFTER", &point)],
         );
-        assert_eq!(killed.code, -1, "{point}: expected SIGKILL\n{}", killed.dump());
+        assert_eq!(
+            killed.code,
+            -1,
+            "{point}: expected SIGKILL\n{}",
+            killed.dump()
+        );
         let st = lab.etcdops(1, &["migrate", "status", "-o", "json"], &[]);
         st.code(5);
         assert_eq!(st.json()["state"], "interrupted", "{point}");
         // A new apply is refused while the run is unfinished.
-        let again = lab.etcdops(1, &["migrate", "apply", "--yes", "--to", "/nonexistent-x/etcd"], &[]);
+        let again = lab.etcdops(
+            1,
+            &["migrate", "apply", "--yes", "--to", "/nonexistent-x/etcd"],
+            &[],
+        );
         again.code(4);
         let rb = lab.etcdops(1, &["migrate", "rollback", "-o", "json"], &[]);
-        rb.code(0);
-        assert_eq!(rb.json()["state"], "rolled-back", "{point}");
-        assert_eq!(std::fs::read(lab.manifest(1)).unwrap(), manifest_before, "{point}");
-        assert!(!to.exists(), "{point}: {} left behind", to.display());
-        assert_eq!(data_host_path(&lab.manifest(1)), current);
+        // Before start-kubelet etcd cannot have run on the copy: rollback must succeed.
+        // From start-kubelet on it has (or, right after the manifest went back, may have):
+        // then rollback refuses with 5 and leaves the member on the new data.
+        let may_refuse = i >= STEPS.iter().position(|s| *s == "start-kubelet").unwrap();
+        if rb.code == 5 && may_refuse {
+            assert_eq!(rb.json()["state"], "failed", "{point}");
+            assert_eq!(data_host_path(&lab.manifest(1)), to, "{point}");
+            let res = lab.etcdops(1, &["migrate", "resume", "-o", "json"], &[]);
+            res.code(0);
+            assert_eq!(res.json()["state"], "completed", "{point}\n{}", res.dump());
+        } else {
+            rb.code(0);
+            assert_eq!(rb.json()["state"], "rolled-back", "{point}");
+            assert_eq!(
+                std::fs::read(lab.manifest(1)).unwrap(),
+                manifest_before,
+                "{point}"
+            );
+            assert!(!to.exists(), "{point}: {} left behind", to.display());
+            assert_eq!(data_host_path(&lab.manifest(1)), current);
+        }
+        assert_eq!(count_keys(&lab, "/crash/"), 30, "{point}");
 
         // 2. killed at the same point, then resumed.
         let to = lab.path().join(format!("crash-{i}-b/etcd"));
@@ -329,7 +420,12 @@ fn kill_9_after_every_step_then_resume_or_rollback() {
             &["migrate", "apply", "--yes", "--to", to.to_str().unwrap()],
             &[("ETCDOPS_TEST_KILL_AFTER", &point)],
         );
-        assert_eq!(killed.code, -1, "{point}: expected SIGKILL\n{}", killed.dump());
+        assert_eq!(
+            killed.code,
+            -1,
+            "{point}: expected SIGKILL\n{}",
+            killed.dump()
+        );
         lab.etcdops(1, &["migrate", "status"], &[]).code(5);
         let res = lab.etcdops(1, &["migrate", "resume", "-o", "json"], &[]);
         res.code(0);
@@ -359,7 +455,9 @@ fn preflight_refusals_change_nothing() {
             "{what}: a run dir was created"
         );
         assert_eq!(
-            std::fs::read_dir(manifest.parent().unwrap()).unwrap().count(),
+            std::fs::read_dir(manifest.parent().unwrap())
+                .unwrap()
+                .count(),
             1,
             "{what}"
         );
@@ -369,20 +467,38 @@ fn preflight_refusals_change_nothing() {
     let full = lab.path().join("full");
     std::fs::create_dir_all(&full).unwrap();
     std::fs::write(full.join("keep"), b"operator data").unwrap();
-    let r = lab.etcdops(1, &["migrate", "apply", "--yes", "--to", full.to_str().unwrap()], &[]);
+    let r = lab.etcdops(
+        1,
+        &["migrate", "apply", "--yes", "--to", full.to_str().unwrap()],
+        &[],
+    );
     r.code(4).one_line_error("not empty");
     assert_eq!(std::fs::read(full.join("keep")).unwrap(), b"operator data");
     assert_unchanged("target not empty");
 
     // Target inside the source.
     let inside = lab.data_dir(1).join("member/new");
-    let r = lab.etcdops(1, &["migrate", "apply", "--yes", "--to", inside.to_str().unwrap()], &[]);
+    let r = lab.etcdops(
+        1,
+        &[
+            "migrate",
+            "apply",
+            "--yes",
+            "--to",
+            inside.to_str().unwrap(),
+        ],
+        &[],
+    );
     r.code(2).one_line_error("inside");
     assert!(!inside.exists());
     assert_unchanged("target inside source");
 
     // Relative target.
-    let r = lab.etcdops(1, &["migrate", "apply", "--yes", "--to", "relative/etcd"], &[]);
+    let r = lab.etcdops(
+        1,
+        &["migrate", "apply", "--yes", "--to", "relative/etcd"],
+        &[],
+    );
     r.code(2).one_line_error("absolute");
     assert_unchanged("relative target");
 
@@ -404,13 +520,30 @@ fn preflight_refusals_change_nothing() {
     }
     let _umount = Umount(small.clone());
     put_keys(&lab, "/big/", 1);
-    let big = "x".repeat(1 << 20);
-    let out = lab.etcdctl(&["put", "/big/blob", &big]);
-    assert!(out.status.success());
+    // More than the 1 MiB tmpfs can hold (one argument may not exceed 128 KiB).
+    let big = "x".repeat(100 * 1024);
+    for i in 0..12 {
+        let out = lab.etcdctl(&["put", &format!("/big/blob{i}"), &big]);
+        assert!(out.status.success());
+    }
     let target = small.join("etcd");
-    let r = lab.etcdops(1, &["migrate", "apply", "--yes", "--to", target.to_str().unwrap()], &[]);
+    let r = lab.etcdops(
+        1,
+        &[
+            "migrate",
+            "apply",
+            "--yes",
+            "--to",
+            target.to_str().unwrap(),
+        ],
+        &[],
+    );
     r.code(4).one_line_error("free");
-    assert_eq!(std::fs::read_dir(&small).unwrap().count(), 0, "tmpfs not empty");
+    assert_eq!(
+        std::fs::read_dir(&small).unwrap().count(),
+        0,
+        "tmpfs not empty"
+    );
     assert_unchanged("tmpfs too small");
 
     // Without --yes off a terminal.
@@ -432,7 +565,12 @@ fn preflight_refusals_change_nothing() {
         }
         cmd.output().unwrap()
     };
-    assert_eq!(r.status.code(), Some(4), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        r.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     assert!(String::from_utf8_lossy(&r.stderr).contains("root"));
     assert_unchanged("not root");
 
@@ -441,7 +579,11 @@ fn preflight_refusals_change_nothing() {
     let aside = lab.path().join("node3-etcd.yaml");
     std::fs::rename(&m3, &aside).unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let r = lab.etcdops(1, &["migrate", "apply", "--yes", "--to", to.to_str().unwrap()], &[]);
+    let r = lab.etcdops(
+        1,
+        &["migrate", "apply", "--yes", "--to", to.to_str().unwrap()],
+        &[],
+    );
     r.code(4).one_line_error("unhealthy");
     assert!(!to.exists());
     assert_unchanged("cluster unhealthy");
@@ -502,18 +644,37 @@ fn rolling_migration_under_writes_loses_nothing() {
         lab.etcdops(node, &["health", "--cluster"], &[]).code(0);
         let to = lab.path().join(format!("node{node}-disk2/etcd"));
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        let r = lab.etcdops(node, &["migrate", "apply", "--yes", "--to", to.to_str().unwrap(), "-o", "json"], &[]);
+        let r = lab.etcdops(
+            node,
+            &[
+                "migrate",
+                "apply",
+                "--yes",
+                "--to",
+                to.to_str().unwrap(),
+                "-o",
+                "json",
+            ],
+            &[],
+        );
         r.code(0);
         downtimes.push(r.json()["downtime_ms"].as_u64().unwrap());
         // Let the member catch up before the next node goes down.
-        etcdops::node::wait_until("cluster healthy", Duration::from_secs(30), Duration::from_millis(300), || {
-            Ok(lab.etcdops(node, &["health", "--cluster"], &[]).code == 0)
-        })
+        etcdops::node::wait_until(
+            "cluster healthy",
+            Duration::from_secs(30),
+            Duration::from_millis(300),
+            || Ok(lab.etcdops(node, &["health", "--cluster"], &[]).code == 0),
+        )
         .unwrap();
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (acked, failed, worst) = writer.join().unwrap();
-    assert!(acked.len() > 100, "the writer made too little progress: {}", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the writer made too little progress: {}",
+        acked.len()
+    );
     let out = lab.etcdctl(&["get", "--prefix", "/roll/", "--keys-only"]);
     let keys: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout)
         .lines()

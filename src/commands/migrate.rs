@@ -35,9 +35,32 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
         MigrateCommand::Apply(a) => a.target.quota.quota_backend_bytes,
         _ => None,
     };
+    // While a run has the manifest moved out, connection discovery reads the run's copy.
+    let run_id = match &args.command {
+        MigrateCommand::Resume(a) | MigrateCommand::Rollback(a) => Some(a.id.clone()),
+        _ => None,
+    };
+    let discovery_manifest = || -> Result<Option<PathBuf>> {
+        if global.manifest.is_some() && manifest.exists() || run_id.is_none() {
+            return Ok(global.manifest.clone());
+        }
+        if manifest.exists() {
+            return Ok(Some(manifest.clone()));
+        }
+        let run = migrate::RunDir {
+            dir: migrate::find_run(&state_dir, run_id.as_ref().and_then(|i| i.as_deref()))?,
+        };
+        Ok(Some(if run.original().exists() {
+            run.original()
+        } else {
+            run.manifest()
+        }))
+    };
     // Built lazily: status and finalize need no etcd.
     let host = || -> Result<RealHost<'static>> {
-        let conn = super::given(global).resolve()?;
+        let mut given = super::given(global);
+        given.manifest = discovery_manifest()?;
+        let conn = given.resolve()?;
         Ok(RealHost {
             conn,
             kubelet: super::kubelet_commands(global),
@@ -51,12 +74,19 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
         })
     };
     // Before anything else (even reading certificates): the rest needs root anyway.
-    let changes_node = !matches!(args.command, MigrateCommand::Plan(_) | MigrateCommand::Status(_));
+    let changes_node = !matches!(
+        args.command,
+        MigrateCommand::Plan(_) | MigrateCommand::Status(_)
+    );
     if changes_node && !nix::unistd::geteuid().is_root() {
         return Err(Error::refused(
             "migrate",
             "must run as root (it stops kubelet and writes the manifest and data dirs)",
         ));
+    }
+    // An unfinished run may have moved the manifest out: say that, not "manifest missing".
+    if matches!(args.command, MigrateCommand::Plan(_) | MigrateCommand::Apply(_)) {
+        preflight::check_runs(&state_dir)?;
     }
     match args.command {
         MigrateCommand::Plan(a) => {
@@ -89,11 +119,14 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
                 ))?;
             }
             let endpoint = host.conn.endpoints.first().cloned().unwrap_or_default();
-            say(&format!(
-                "after it completes, make kubeadm keep the new path: {}",
-                preflight::kubeadm_config_hint(&a.target.to)
-            ));
-            let outcome = migrate::apply(&host, &opts, &a.target.to, !a.no_snapshot, &endpoint)?;
+            let mut outcome =
+                migrate::apply(&host, &opts, &a.target.to, !a.no_snapshot, &endpoint)?;
+            if outcome.result.is_ok() {
+                outcome.report.notes.push(format!(
+                    "make kubeadm keep the new path: {}",
+                    preflight::kubeadm_config_hint(&a.target.to)
+                ));
+            }
             print_outcome(format, outcome)
         }
         MigrateCommand::Status(a) => {

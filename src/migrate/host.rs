@@ -90,7 +90,10 @@ impl Host for RealHost<'_> {
             let mut ep = Endpoint::connect(&self.conn, self.local())
                 .await
                 .map_err(|e| self.endpoint_err("connect", e))?;
-            let s = ep.status().await.map_err(|e| self.endpoint_err("status", e))?;
+            let s = ep
+                .status()
+                .await
+                .map_err(|e| self.endpoint_err("status", e))?;
             let h = ep
                 .hash_kv(s.revision)
                 .await

@@ -18,8 +18,14 @@ use crate::error::{Error, Result};
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Record {
     /// The run's plan: what moves where, recorded before anything changes.
-    Start { ts_ms: u64, plan: Plan },
-    Begin { ts_ms: u64, step: String },
+    Start {
+        ts_ms: u64,
+        plan: Plan,
+    },
+    Begin {
+        ts_ms: u64,
+        step: String,
+    },
     Done {
         ts_ms: u64,
         step: String,
@@ -27,9 +33,19 @@ pub enum Record {
         #[serde(default)]
         data: serde_json::Value,
     },
-    Failed { ts_ms: u64, step: String, error: String },
-    UndoBegin { ts_ms: u64, step: String },
-    UndoDone { ts_ms: u64, step: String },
+    Failed {
+        ts_ms: u64,
+        step: String,
+        error: String,
+    },
+    UndoBegin {
+        ts_ms: u64,
+        step: String,
+    },
+    UndoDone {
+        ts_ms: u64,
+        step: String,
+    },
     /// A terminal (or operator-relevant) state: completed, rolled-back, failed, finalized.
     State {
         ts_ms: u64,

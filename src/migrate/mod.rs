@@ -14,6 +14,8 @@ use std::time::Instant;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::datadir::digest::sums;
+use crate::datadir::quiesce;
 use crate::error::{Error, Result};
 use host::Host;
 use journal::{Journal, Record, now_ms};
@@ -34,6 +36,9 @@ pub const STEPS: [&str; 10] = [
 
 /// Index of the first step after which a failure must roll back (it changes the node).
 const FIRST_CHANGING_STEP: usize = 2;
+
+/// The steps whose undo does something.
+const HAS_UNDO: [&str; 4] = ["start-kubelet", "copy", "stop-kubelet", "stop-etcd"];
 
 /// Who the member is and what it holds, recorded before and proved after.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,8 +254,10 @@ impl Ctx<'_> {
                 let report = host.copy(&plan.from, &plan.to)?;
                 fs::write(self.run.sums(), report.sums.text())
                     .map_err(|e| Error::io("write", self.run.sums(), e))?;
-                Ok(serde_json::json!({"files": report.files, "bytes": report.bytes,
-                    "digest": report.digest}))
+                Ok(
+                    serde_json::json!({"files": report.files, "bytes": report.bytes,
+                    "digest": report.digest}),
+                )
             }
             "verify" => {
                 let report = host.verify(&plan.from, &plan.to)?;
@@ -294,7 +301,7 @@ impl Ctx<'_> {
         let plan = self.plan.clone();
         let host = self.host;
         for step in STEPS.iter().rev() {
-            if !began.iter().any(|b| b == step) {
+            if !began.iter().any(|b| b == step) || !HAS_UNDO.contains(step) {
                 continue;
             }
             self.record(Record::UndoBegin {
@@ -303,16 +310,7 @@ impl Ctx<'_> {
             })?;
             (self.say)(&format!("undo {step} ..."));
             match *step {
-                "start-kubelet" => {
-                    // The rewritten manifest may be in place: take it out and wait until
-                    // etcd has let go of the target.
-                    let current = fs::read(&plan.manifest).ok();
-                    let original = fs::read(self.run.original()).ok();
-                    if current.is_some() && current != original {
-                        let aside = self.run.dir.join("etcd.yaml.rewritten");
-                        host.stop_etcd(&plan.manifest, &aside, &plan.to)?;
-                    }
-                }
+                "start-kubelet" => self.undo_start(host, &plan)?,
                 "copy" => {
                     if plan.target_existed {
                         empty_dir(&plan.to)?;
@@ -350,6 +348,41 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// Undo of start-kubelet: take the rewritten manifest out again, but only while etcd has
+    /// not run on the new data. Once it has, its raft log is ahead of the old data dir: etcd
+    /// started there panics ("tocommit(N) is out of range [lastIndex(M)]", verified on 3.4
+    /// and 3.5) and acknowledged writes could be lost. Then the member stays on the new data
+    /// and the operator resumes instead.
+    fn undo_start(&mut self, host: &dyn Host, plan: &Plan) -> Result<()> {
+        let current = fs::read(&plan.manifest).ok();
+        let original = fs::read(self.run.original()).ok();
+        if current.is_none() || current == original {
+            return Ok(());
+        }
+        let has_run = || {
+            Error::Attention(format!(
+                "etcd has run on the new data dir {}: going back to {} would make it panic \
+                 (its raft log is ahead) and could lose acknowledged writes, so the member \
+                 stays on the new data dir; fix the cause, then `etcdops migrate resume` \
+                 (journal {})",
+                plan.to.display(),
+                plan.from.display(),
+                self.run.dir.display()
+            ))
+        };
+        if !quiesce::check(&plan.to)?.quiesced {
+            return Err(has_run());
+        }
+        let aside = self.run.dir.join("etcd.yaml.rewritten");
+        host.stop_etcd(&plan.manifest, &aside, &plan.to)?;
+        let recorded = fs::read_to_string(self.run.sums()).unwrap_or_default();
+        if recorded.is_empty() || sums(&plan.to)?.sums.text() != recorded {
+            host.put_manifest(&aside, &plan.manifest)?;
+            return Err(has_run());
+        }
+        Ok(())
+    }
+
     pub fn set_state(&mut self, state: &str, reason: Option<String>) -> Result<()> {
         self.record(Record::State {
             ts_ms: now_ms(),
@@ -374,7 +407,10 @@ impl Ctx<'_> {
                 format!("{}; nothing on the node was changed", err.one_line()),
             ));
         }
-        (self.say)(&format!("step {step} failed: {}; rolling back", err.one_line()));
+        (self.say)(&format!(
+            "step {step} failed: {}; rolling back",
+            err.one_line()
+        ));
         match self.rollback(&began) {
             Ok(()) => {
                 self.set_state("rolled-back", Some(err.one_line()))?;
@@ -387,6 +423,14 @@ impl Ctx<'_> {
                         self.run.dir.display()
                     ),
                 ))
+            }
+            Err(rb @ Error::Attention(_)) => {
+                let _ = self.set_state("failed", Some(rb.one_line()));
+                Err(Error::Attention(format!(
+                    "migration step {step} failed ({}); {}",
+                    err.one_line(),
+                    rb.one_line()
+                )))
             }
             Err(rb) => {
                 let _ = self.set_state("failed", Some(rb.one_line()));
@@ -613,10 +657,19 @@ pub fn is_settled(state: &str) -> bool {
     matches!(state, "completed" | "rolled-back" | "finalized")
 }
 
-/// A new run id: UTC time to the second, sortable.
-pub fn new_id() -> String {
+/// A new run id: UTC time to the second, sortable; `-2`, `-3`... when a run of the same
+/// second exists (a quick retry after a refusal or a crash).
+pub fn unique_id(state_dir: &Path) -> String {
     let t = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    t.replace(['-', ':'], "")
+    let base = t.replace(['-', ':'], "");
+    let runs = runs_dir(state_dir);
+    let mut id = base.clone();
+    let mut n = 1;
+    while runs.join(&id).exists() {
+        n += 1;
+        id = format!("{base}-{n}");
+    }
+    id
 }
 
 /// Options of a run, resolved from flags by the command.
@@ -635,7 +688,7 @@ pub fn apply(
     endpoint: &str,
 ) -> Result<Outcome> {
     let _lock = RunLock::acquire(&opts.state_dir)?;
-    let id = new_id();
+    let id = unique_id(&opts.state_dir);
     let pre = preflight::run(
         host,
         &preflight::PreflightInput {
@@ -647,8 +700,11 @@ pub fn apply(
             id: id.clone(),
         },
     );
-    for w in &pre.warnings {
-        (opts.say)(&format!("warning: {w}"));
+    // A refusal is one line on stderr; warnings matter only for a run that goes ahead.
+    if pre.refusal.is_none() {
+        for w in &pre.warnings {
+            (opts.say)(&format!("warning: {w}"));
+        }
     }
     let plan = match (pre.plan, pre.refusal) {
         (Some(plan), None) => plan,
@@ -693,7 +749,9 @@ pub fn find_run(state_dir: &Path, id: Option<&str>) -> Result<PathBuf> {
         Some(id) => runs
             .into_iter()
             .find(|r| r.file_name().is_some_and(|n| n == id))
-            .ok_or_else(|| Error::Usage(format!("no migration run {id} in {}", state_dir.display()))),
+            .ok_or_else(|| {
+                Error::Usage(format!("no migration run {id} in {}", state_dir.display()))
+            }),
         None => runs.into_iter().last().ok_or_else(|| {
             Error::Usage(format!(
                 "no migration run in {}",
@@ -710,7 +768,11 @@ pub fn status(state_dir: &Path, id: Option<&str>) -> Result<RunReport> {
     report(&run, &records, RunLock::held(state_dir))
 }
 
-fn open_ctx<'a>(host: &'a dyn Host, opts: &'a RunOptions, run_dir: PathBuf) -> Result<(Ctx<'a>, Vec<Record>)> {
+fn open_ctx<'a>(
+    host: &'a dyn Host,
+    opts: &'a RunOptions,
+    run_dir: PathBuf,
+) -> Result<(Ctx<'a>, Vec<Record>)> {
     let records = Journal::read(&run_dir)?;
     let Some(Record::Start { plan, .. }) = records.first().cloned() else {
         return Err(Error::input(
@@ -737,16 +799,16 @@ pub fn resume(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<Ou
     let run_dir = find_run(&opts.state_dir, id)?;
     let (mut ctx, records) = open_ctx(host, opts, run_dir)?;
     let current = report(&ctx.run.dir, &records, false)?;
-    if current.state != "interrupted" {
+    if !matches!(current.state.as_str(), "interrupted" | "failed") {
         return Err(Error::refused(
             format!("run {}", current.id),
-            format!("it is {}, not interrupted: nothing to resume", current.state),
+            format!("it is {}: nothing to resume", current.state),
         ));
     }
-    if records.iter().any(|r| matches!(r, Record::UndoBegin { .. })) {
+    if records.iter().any(|r| matches!(r, Record::UndoDone { .. })) {
         return Err(Error::refused(
             format!("run {}", current.id),
-            "it was interrupted while rolling back; run `etcdops migrate rollback` to finish that",
+            "it was partly rolled back; run `etcdops migrate rollback` to finish that",
         ));
     }
     let next = current
@@ -754,7 +816,11 @@ pub fn resume(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<Ou
         .iter()
         .position(|s| s.state != "done")
         .unwrap_or(STEPS.len());
-    (ctx.say)(&format!("resuming run {} at step {}", current.id, STEPS.get(next).unwrap_or(&"end")));
+    (ctx.say)(&format!(
+        "resuming run {} at step {}",
+        current.id,
+        STEPS.get(next).unwrap_or(&"end")
+    ));
     let result = ctx.run_from(next);
     finish(&ctx.run.dir, result)
 }
@@ -765,7 +831,10 @@ pub fn rollback(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<
     let run_dir = find_run(&opts.state_dir, id)?;
     let (mut ctx, records) = open_ctx(host, opts, run_dir)?;
     let current = report(&ctx.run.dir, &records, false)?;
-    if !matches!(current.state.as_str(), "interrupted" | "failed" | "completed") {
+    if !matches!(
+        current.state.as_str(),
+        "interrupted" | "failed" | "completed"
+    ) {
         return Err(Error::refused(
             format!("run {}", current.id),
             format!("it is {}: nothing to roll back", current.state),
@@ -797,7 +866,10 @@ pub fn finalize(opts: &RunOptions, id: Option<&str>, remove_old: bool) -> Result
     if current.state != "completed" {
         return Err(Error::refused(
             format!("run {}", current.id),
-            format!("it is {}; only a completed migration can be finalized", current.state),
+            format!(
+                "it is {}; only a completed migration can be finalized",
+                current.state
+            ),
         ));
     }
     let Some(Record::Start { plan, .. }) = records.first() else {

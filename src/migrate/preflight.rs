@@ -280,7 +280,10 @@ fn check_target(src: &Path, to: &Path) -> Result<String> {
     if !parent.is_dir() {
         return Err(Error::refused(
             to.display().to_string(),
-            format!("parent {} does not exist (mount the new disk first)", parent.display()),
+            format!(
+                "parent {} does not exist (mount the new disk first)",
+                parent.display()
+            ),
         ));
     }
     match std::fs::symlink_metadata(to) {
@@ -340,7 +343,8 @@ fn check_space(to: &Path, bytes: u64, src: &Path, warnings: &mut Vec<String>) ->
     ))
 }
 
-fn check_runs(state_dir: &Path) -> Result<String> {
+/// Refuse (exit 4) while any run of this node is not settled.
+pub fn check_runs(state_dir: &Path) -> Result<String> {
     for run in list_runs(state_dir)? {
         let records = Journal::read(&run)?;
         let r = report(&run, &records, super::RunLock::held(state_dir))?;

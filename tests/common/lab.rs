@@ -31,7 +31,13 @@ impl Lab {
         let out = Command::new(lab_bin())
             .args(["up", "--dir"])
             .arg(dir.path())
-            .args(["--nodes", &nodes.to_string(), "--ip-prefix", &prefix, "--etcd"])
+            .args([
+                "--nodes",
+                &nodes.to_string(),
+                "--ip-prefix",
+                &prefix,
+                "--etcd",
+            ])
             .arg(version.etcd())
             .output()
             .expect("run etcdops-lab up");
@@ -58,7 +64,8 @@ impl Lab {
     }
 
     pub fn manifest(&self, node: usize) -> PathBuf {
-        self.node_dir(node).join("etc/kubernetes/manifests/etcd.yaml")
+        self.node_dir(node)
+            .join("etc/kubernetes/manifests/etcd.yaml")
     }
 
     pub fn data_dir(&self, node: usize) -> PathBuf {
@@ -124,7 +131,8 @@ impl Lab {
     /// etcdops with node `node`'s environment plus `extra` env.
     pub fn etcdops(&self, node: usize, args: &[&str], extra: &[(&str, &str)]) -> Run {
         let env = self.env(node);
-        let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut all: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         all.extend_from_slice(extra);
         let mut run = super::etcdops(&super::args(args), &all, None);
         run.context = self.logs();
@@ -157,8 +165,14 @@ impl Lab {
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", eps.join(",")))
             .arg(format!("--cacert={}", pki.join("ca.crt").display()))
-            .arg(format!("--cert={}", pki.join("healthcheck-client.crt").display()))
-            .arg(format!("--key={}", pki.join("healthcheck-client.key").display()))
+            .arg(format!(
+                "--cert={}",
+                pki.join("healthcheck-client.crt").display()
+            ))
+            .arg(format!(
+                "--key={}",
+                pki.join("healthcheck-client.key").display()
+            ))
             .args(args)
             .output()
             .expect("run etcdctl")
