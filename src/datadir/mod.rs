@@ -6,6 +6,7 @@
 //! that `commands/datadir.rs` and the migration steps call the same code. Nothing here
 //! draws on the terminal: progress goes through the [`Progress`] trait.
 
+pub mod copy;
 pub mod digest;
 pub mod quiesce;
 
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+pub use copy::{CopyOptions, CopyReport, copy};
 pub use digest::{KnownSums, Sums, sums};
 pub use quiesce::{CheckReport, check};
 
