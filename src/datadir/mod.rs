@@ -9,6 +9,7 @@
 pub mod copy;
 pub mod digest;
 pub mod quiesce;
+pub mod verify;
 
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -19,6 +20,7 @@ use crate::error::{Error, Result};
 pub use copy::{CopyOptions, CopyReport, copy};
 pub use digest::{KnownSums, Sums, sums};
 pub use quiesce::{CheckReport, check};
+pub use verify::{Difference, VerifyOptions, VerifyReport, verify};
 
 /// Read and write in chunks of this size: large enough for full-speed sequential I/O and
 /// hashing, small enough that memory stays flat whatever the data size.
