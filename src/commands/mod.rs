@@ -1,6 +1,7 @@
 //! One file per command: each turns its clap Args into library options, calls the library
 //! and hands the report to `output`. clap types stop here.
 
+pub mod datadir;
 pub mod health;
 
 use crate::cli::{Cli, Command, GlobalArgs, OutputFormat};
@@ -13,6 +14,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let global = &cli.global;
     match cli.command {
         Command::Health(args) => health::exec(global, args),
+        Command::Datadir(args) => datadir::exec(global, args),
     }
 }
 
