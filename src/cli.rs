@@ -140,6 +140,8 @@ pub enum Command {
     /// Save or verify a snapshot.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Check, copy, verify and checksum an etcd data dir (etcd must be stopped to copy).
+    Datadir(DatadirArgs),
 }
 
 #[derive(Debug, Args)]
@@ -298,6 +300,69 @@ pub struct SnapshotSaveArgs {
 pub struct SnapshotVerifyArgs {
     /// The snapshot file.
     pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DatadirArgs {
+    #[command(subcommand)]
+    pub command: DatadirCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatadirCommand {
+    /// Validate the layout (member/snap/db, member/wal/*.wal), report sizes, and tell whether
+    /// etcd still runs on it. Exit 0 quiesced, 4 in use, 2 not a data dir.
+    Check(DatadirCheckArgs),
+
+    /// Copy a stopped data dir to DST (new or empty), keeping owner, mode and mtime; durable,
+    /// atomic, and nothing left behind on failure.
+    Copy(DatadirCopyArgs),
+
+    /// Compare two trees (type, size, mode, owner, mtime, blake3 content) and list every
+    /// difference. Exit 0 identical, 1 different.
+    Verify(DatadirVerifyArgs),
+
+    /// Print b3sum-compatible lines `<blake3>  <path>`, sorted: `cd DIR && b3sum --check`
+    /// accepts them.
+    Sums(DatadirSumsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DatadirCheckArgs {
+    /// The data dir (etcd's --data-dir on the host).
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DatadirCopyArgs {
+    /// The data dir to copy; etcd must be stopped.
+    pub src: PathBuf,
+    /// Where the copy goes: must not exist or be an empty directory, outside SRC.
+    pub dst: PathBuf,
+
+    /// Also write SRC's sums (b3sum lines, as read during the copy) to this new file, for
+    /// `datadir verify --sums`.
+    #[arg(long, value_name = "FILE")]
+    pub sums: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DatadirVerifyArgs {
+    /// The original tree.
+    pub src: PathBuf,
+    /// The copy.
+    pub dst: PathBuf,
+
+    /// SRC's sums written by `datadir copy --sums`: SRC files unchanged since (by ctime)
+    /// are not read again.
+    #[arg(long, value_name = "FILE")]
+    pub sums: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DatadirSumsArgs {
+    /// The tree to checksum.
+    pub dir: PathBuf,
 }
 
 /// `--quota-backend-bytes`, shared by health, defrag and maintain.

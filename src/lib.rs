@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod datadir;
 pub mod error;
 pub mod etcd;
 pub mod lab;

@@ -202,12 +202,12 @@ impl Host for FailAt<'_> {
         self.inner.start_kubelet()?;
         self.hit("start_kubelet")
     }
-    fn copy(&self, src: &Path, dst: &Path) -> Result<CopyReport> {
-        let r = self.inner.copy(src, dst)?;
+    fn copy(&self, src: &Path, dst: &Path, sums_file: &Path) -> Result<CopyReport> {
+        let r = self.inner.copy(src, dst, sums_file)?;
         self.hit("copy").map(|_| r)
     }
-    fn verify(&self, src: &Path, dst: &Path) -> Result<VerifyReport> {
-        let r = self.inner.verify(src, dst)?;
+    fn verify(&self, src: &Path, dst: &Path, src_sums: Option<&Path>) -> Result<VerifyReport> {
+        let r = self.inner.verify(src, dst, src_sums)?;
         self.hit("verify").map(|_| r)
     }
     fn rewrite(&self, manifest_copy: &Path, new: &Path, backup_dir: &Path) -> Result<()> {

@@ -85,7 +85,10 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
         ));
     }
     // An unfinished run may have moved the manifest out: say that, not "manifest missing".
-    if matches!(args.command, MigrateCommand::Plan(_) | MigrateCommand::Apply(_)) {
+    if matches!(
+        args.command,
+        MigrateCommand::Plan(_) | MigrateCommand::Apply(_)
+    ) {
         preflight::check_runs(&state_dir)?;
     }
     match args.command {

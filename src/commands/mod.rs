@@ -3,6 +3,7 @@
 
 pub mod alarm;
 pub mod compact;
+pub mod datadir;
 pub mod defrag;
 pub mod health;
 pub mod kubelet;
@@ -29,6 +30,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Maintain(args) => maintain::exec(global, args),
         Command::Alarm(cmd) => alarm::exec(global, cmd),
         Command::Snapshot(cmd) => snapshot::exec(global, cmd),
+        Command::Datadir(args) => datadir::exec(global, args),
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::datadir::copy::{CopyOptions, CopyReport, copy};
+use crate::datadir::digest::KnownSums;
 use crate::datadir::verify::{VerifyOptions, VerifyReport, verify};
 use crate::datadir::{Progress, quiesce};
 use crate::error::{Error, Result};
@@ -32,8 +33,10 @@ pub trait Host {
     fn stop_etcd(&self, manifest: &Path, moved_to: &Path, data_dir: &Path) -> Result<()>;
     fn stop_kubelet(&self) -> Result<()>;
     fn start_kubelet(&self) -> Result<()>;
-    fn copy(&self, src: &Path, dst: &Path) -> Result<CopyReport>;
-    fn verify(&self, src: &Path, dst: &Path) -> Result<VerifyReport>;
+    /// Copy the data dir, writing the source's sums (as read during the copy) to `sums_file`.
+    fn copy(&self, src: &Path, dst: &Path, sums_file: &Path) -> Result<CopyReport>;
+    /// Compare the trees; source files unchanged since `src_sums` was written are not read.
+    fn verify(&self, src: &Path, dst: &Path, src_sums: Option<&Path>) -> Result<VerifyReport>;
     /// Rewrite the data hostPath of the moved-out manifest copy.
     fn rewrite(&self, manifest_copy: &Path, new: &Path, backup_dir: &Path) -> Result<()>;
     /// Put a manifest into the manifests dir atomically.
@@ -162,19 +165,25 @@ impl Host for RealHost<'_> {
         self.kubelet.start()
     }
 
-    fn copy(&self, src: &Path, dst: &Path) -> Result<CopyReport> {
+    fn copy(&self, src: &Path, dst: &Path, sums_file: &Path) -> Result<CopyReport> {
         copy(&CopyOptions {
             src: src.to_path_buf(),
             dst: dst.to_path_buf(),
             progress: self.progress,
             cancel: None,
+            sums_file: Some(sums_file.to_path_buf()),
         })
     }
 
-    fn verify(&self, src: &Path, dst: &Path) -> Result<VerifyReport> {
+    fn verify(&self, src: &Path, dst: &Path, src_sums: Option<&Path>) -> Result<VerifyReport> {
+        let src_sums = match src_sums {
+            Some(p) if p.is_file() => Some(KnownSums::load(p)?),
+            _ => None,
+        };
         verify(&VerifyOptions {
             src: src.to_path_buf(),
             dst: dst.to_path_buf(),
+            src_sums,
         })
     }
 

@@ -251,16 +251,16 @@ impl Ctx<'_> {
                     // verify step proves it.
                     return Ok(serde_json::json!({"resumed": "target already complete"}));
                 }
-                let report = host.copy(&plan.from, &plan.to)?;
-                fs::write(self.run.sums(), report.sums.text())
-                    .map_err(|e| Error::io("write", self.run.sums(), e))?;
+                // A sums file from an attempt that died before its rename is stale.
+                let _ = fs::remove_file(self.run.sums());
+                let report = host.copy(&plan.from, &plan.to, &self.run.sums())?;
                 Ok(
                     serde_json::json!({"files": report.files, "bytes": report.bytes,
                     "digest": report.digest}),
                 )
             }
             "verify" => {
-                let report = host.verify(&plan.from, &plan.to)?;
+                let report = host.verify(&plan.from, &plan.to, Some(&self.run.sums()))?;
                 if !report.identical {
                     let first: Vec<String> = report
                         .differences

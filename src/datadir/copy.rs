@@ -1,0 +1,702 @@
+//! `datadir copy`: copy a quiesced etcd data dir to a new place, keeping every file's and
+//! directory's owner, mode and mtime, durably, and leaving nothing behind on failure.
+//!
+//! The copy never starts on a live data dir (a db copied under a running etcd is corrupt,
+//! etcd-io/etcd#13109) and holds the db flock until it ends, so an etcd started meanwhile
+//! waits instead of writing. It writes into a staging dir beside the target (same filesystem,
+//! so the final rename is atomic), fsyncs every file and directory, renames into place and
+//! fsyncs the parent. Any failure, or an interrupt signalled through `cancel`, removes the
+//! staging dir.
+//!
+//! It streams rather than using fs_extra: fs_extra keeps neither directory modes nor (with
+//! progress) file modes, and cannot hash what it copies. Each file is read once in
+//! [`CHUNK`]s; the I/O thread writes a chunk while a second thread hashes it (the source
+//! sums come for free), a third waits on fsyncs so the next file is already being copied,
+//! and writeback is started every few MiB so the disk works while we copy instead of all at
+//! the final fsync. Memory is a handful of chunks whatever the data size.
+
+use std::ffi::OsString;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::fcntl::{FallocateFlags, Flock, FlockArg, PosixFadviseAdvice, RenameFlags};
+use nix::libc;
+use nix::sys::stat::{Mode, fchmod, futimens};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, fchown};
+use serde::Serialize;
+
+use super::digest::{KnownSums, Sums};
+use super::{CHUNK, Entry, Kind, Layout, Meta, Progress, Tree, open_read, quiesce};
+use crate::error::{Error, Result};
+
+/// Chunks in flight between the I/O thread and the hashing thread.
+const BUFFERS: usize = 4;
+
+/// Start writeback of a file every this many bytes written.
+const WRITEBACK: u64 = 8 * 1024 * 1024;
+
+/// Free space the target filesystem must have beyond the data: 10 %.
+const SPACE_MARGIN_PERCENT: u64 = 10;
+
+pub struct CopyOptions<'a> {
+    pub src: PathBuf,
+    pub dst: PathBuf,
+    pub progress: &'a dyn Progress,
+    /// Set (by a SIGINT/SIGTERM handler, a migration's abort) to abandon the copy. Checked
+    /// between chunks and once more just before the rename, the point of no return.
+    pub cancel: Option<&'a AtomicBool>,
+    /// Also write the source's sums here (b3sum lines; see `KnownSums::write`), so that a
+    /// later `verify` need not read the source again. Must not exist yet.
+    pub sums_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyReport {
+    pub src: PathBuf,
+    pub dst: PathBuf,
+    pub files: usize,
+    pub dirs: usize,
+    pub bytes: u64,
+    pub took_ms: u64,
+    /// blake3 over the source's sums lines as read during the copy (see `digest`).
+    pub digest: String,
+    pub sums_file: Option<PathBuf>,
+    /// The source's sums as read during the copy, for `verify` and the migration's run dir.
+    #[serde(skip)]
+    pub sums: KnownSums,
+}
+
+/// Copy the data dir `opts.src` to `opts.dst` (which must not exist, or be an empty
+/// directory). See the module header for the guarantees.
+pub fn copy(opts: &CopyOptions) -> Result<CopyReport> {
+    let started = Instant::now();
+    let layout = Layout::open(&opts.src)?;
+    let target = Target::resolve(&opts.dst, &layout.root)?;
+    let sums_file = match &opts.sums_file {
+        Some(f) => Some(sums_file_path(f, &layout.root, &target.path)?),
+        None => None,
+    };
+    let lock = quiesce::lock(&layout)?;
+    // Walk only once etcd is locked out: the tree cannot change any more.
+    let tree = Tree::walk(&layout.root)?;
+    for e in &tree.entries {
+        if !matches!(e.meta.kind, Kind::Dir | Kind::File) {
+            return Err(Error::input(
+                &e.path,
+                format!(
+                    "is a {}: an etcd data dir holds only directories and regular files; \
+                     resolve it by hand before copying",
+                    e.meta.kind.name()
+                ),
+            ));
+        }
+        if e.rel.contains('\r') {
+            return Err(Error::input(
+                &e.path,
+                "file name contains a carriage return: no b3sum line can name it portably",
+            ));
+        }
+    }
+    target.check_space(&tree)?;
+
+    let staging = Staging::acquire(&target)?;
+    opts.progress.start(tree.file_bytes());
+    let copied = copy_tree(&tree, &staging.path, opts).and_then(|sums| {
+        let known = KnownSums {
+            sums,
+            as_of: staging.created,
+        };
+        if cancelled(opts) {
+            return Err(interrupted());
+        }
+        if let Some(f) = &sums_file {
+            known.write(f)?;
+        }
+        if let Err(e) = target.commit(&staging.path) {
+            if let Some(f) = &sums_file {
+                let _ = fs::remove_file(f);
+            }
+            return Err(e);
+        }
+        Ok(known)
+    });
+    opts.progress.finish();
+    let known = match copied {
+        Ok(known) => {
+            staging.disarm();
+            known
+        }
+        Err(e) => {
+            let what = format!(
+                "copy {} to {}",
+                layout.root.display(),
+                target.path.display()
+            );
+            let cause = if cancelled(opts) {
+                "interrupted".to_string()
+            } else {
+                e.one_line()
+            };
+            let staging_path = staging.path.clone();
+            return Err(match staging.remove() {
+                Ok(()) => Error::failed(
+                    what,
+                    format!(
+                        "{cause}; removed the staging dir {}, nothing was left behind",
+                        staging_path.display()
+                    ),
+                ),
+                Err(rm) => Error::failed(
+                    what,
+                    format!(
+                        "{cause}; and removing the staging dir failed ({rm}): remove it with \
+                         `rm -rf {}`",
+                        staging_path.display()
+                    ),
+                ),
+            });
+        }
+    };
+    drop(lock);
+    Ok(CopyReport {
+        src: layout.root,
+        dst: target.path,
+        files: known.sums.len(),
+        dirs: tree
+            .entries
+            .iter()
+            .filter(|e| e.meta.kind == Kind::Dir)
+            .count(),
+        bytes: tree.file_bytes(),
+        took_ms: started.elapsed().as_millis() as u64,
+        digest: known.sums.digest().to_hex().to_string(),
+        sums_file,
+        sums: known,
+    })
+}
+
+/// Where the sums file goes: a new file, in an existing directory, outside both trees (in
+/// the source it would modify it, in the target it would be an extra file).
+fn sums_file_path(file: &Path, src: &Path, dst: &Path) -> Result<PathBuf> {
+    let name = match file.components().next_back() {
+        Some(Component::Normal(n)) => n.to_os_string(),
+        _ => return Err(Error::input(file, "is not a file name")),
+    };
+    let parent = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let parent = match fs::canonicalize(&parent) {
+        Ok(p) if p.is_dir() => p,
+        Ok(_) => return Err(Error::input(&parent, "is not a directory")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Error::input(&parent, "does not exist"));
+        }
+        Err(e) => return Err(Error::io("resolve", &parent, e)),
+    };
+    let path = parent.join(name);
+    if path.starts_with(src) || path.starts_with(dst) {
+        return Err(Error::input(
+            &path,
+            "the sums file must be outside the source and the target",
+        ));
+    }
+    if fs::symlink_metadata(&path).is_ok() {
+        return Err(Error::refused(
+            path.display().to_string(),
+            "exists: the sums file must be new",
+        ));
+    }
+    Ok(path)
+}
+
+fn cancelled(opts: &CopyOptions) -> bool {
+    opts.cancel.is_some_and(|c| c.load(Ordering::SeqCst))
+}
+
+/// Only stops the copy: `copy` words the error once it has removed the staging dir.
+fn interrupted() -> Error {
+    Error::failed("copy", "interrupted")
+}
+
+/// Where the copy goes, resolved and checked before anything is written.
+struct Target {
+    /// Canonical parent joined with the last component of `dst`.
+    path: PathBuf,
+    parent: PathBuf,
+    name: OsString,
+    /// `dst` exists as an empty directory, which the rename replaces.
+    replace_empty: bool,
+}
+
+impl Target {
+    fn resolve(dst: &Path, src: &Path) -> Result<Target> {
+        let name = match dst.components().next_back() {
+            Some(Component::Normal(n)) => n.to_os_string(),
+            _ => {
+                return Err(Error::input(
+                    dst,
+                    "name the directory to create, e.g. /mnt/etcd-disk/etcd (not /, . or ..)",
+                ));
+            }
+        };
+        let parent = match dst.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let parent = match fs::canonicalize(&parent) {
+            Ok(p) if p.is_dir() => p,
+            Ok(_) => return Err(Error::input(&parent, "is not a directory")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::input(
+                    &parent,
+                    "does not exist: mount the new disk and create the parent directory first",
+                ));
+            }
+            Err(e) => return Err(Error::io("resolve", &parent, e)),
+        };
+        let path = parent.join(&name);
+        if path.starts_with(src) {
+            return Err(Error::input(
+                &path,
+                format!(
+                    "is inside the source {}: choose a target outside it",
+                    src.display()
+                ),
+            ));
+        }
+        if src.starts_with(&path) {
+            return Err(Error::input(
+                &path,
+                format!(
+                    "contains the source {}: choose a target outside it",
+                    src.display()
+                ),
+            ));
+        }
+        let replace_empty = match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(Error::io("stat", &path, e)),
+            Ok(m) if m.file_type().is_dir() => {
+                let mut rd = fs::read_dir(&path).map_err(|e| Error::io("read dir", &path, e))?;
+                if rd.next().is_some() {
+                    return Err(Error::refused(
+                        path.display().to_string(),
+                        "exists and is not empty: copy into a new or empty directory",
+                    ));
+                }
+                let parent_dev = fs::metadata(&parent)
+                    .map_err(|e| Error::io("stat", &parent, e))?
+                    .dev();
+                if m.dev() != parent_dev {
+                    // The staging dir beside it would be on the parent's filesystem, and a
+                    // mount point cannot be renamed over.
+                    return Err(Error::input(
+                        &path,
+                        format!(
+                            "is a mount point: copy into a directory below it, e.g. {}",
+                            path.join("etcd").display()
+                        ),
+                    ));
+                }
+                true
+            }
+            Ok(_) => {
+                return Err(Error::refused(
+                    path.display().to_string(),
+                    "exists and is not a directory",
+                ));
+            }
+        };
+        Ok(Target {
+            path,
+            parent,
+            name,
+            replace_empty,
+        })
+    }
+
+    fn staging_path(&self) -> PathBuf {
+        let mut name = OsString::from(".");
+        name.push(&self.name);
+        name.push(".etcdops-staging");
+        self.parent.join(name)
+    }
+
+    /// Refuse (exit 4) unless the target's filesystem has room for the data + 10 % and an
+    /// inode per entry.
+    fn check_space(&self, tree: &Tree) -> Result<()> {
+        let st = nix::sys::statvfs::statvfs(&self.parent)
+            .map_err(|e| Error::io("statvfs", &self.parent, e.into()))?;
+        let available = st.blocks_available() as u128 * st.fragment_size() as u128;
+        let data = tree.file_bytes() as u128;
+        let needed = data + data * SPACE_MARGIN_PERCENT as u128 / 100;
+        if available < needed {
+            return Err(Error::refused(
+                self.path.display().to_string(),
+                format!(
+                    "not enough free space on the filesystem of {}: need {} (data {} + {} %), \
+                     {} available",
+                    self.parent.display(),
+                    crate::output::bytes(needed as u64),
+                    crate::output::bytes(data as u64),
+                    SPACE_MARGIN_PERCENT,
+                    crate::output::bytes(available as u64)
+                ),
+            ));
+        }
+        let entries = tree.entries.len() as u64 + 1;
+        // Filesystems without an inode limit (btrfs, some FUSE) report zero inodes.
+        if st.files() > 0 && (st.files_available() as u64) < entries {
+            return Err(Error::refused(
+                self.path.display().to_string(),
+                format!(
+                    "not enough free inodes on the filesystem of {}: need {entries}, {} available",
+                    self.parent.display(),
+                    st.files_available()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rename the finished staging dir into place and make the rename durable. A target
+    /// that did not exist must still not exist (RENAME_NOREPLACE); an empty one is replaced
+    /// only if still empty (rename(2) refuses a non-empty directory).
+    fn commit(&self, staging: &Path) -> Result<()> {
+        let parent = File::open(&self.parent).map_err(|e| Error::io("open", &self.parent, e))?;
+        let flags = if self.replace_empty {
+            RenameFlags::empty()
+        } else {
+            RenameFlags::RENAME_NOREPLACE
+        };
+        let staging_name = staging.file_name().expect("staging has a name");
+        nix::fcntl::renameat2(&parent, staging_name, &parent, self.name.as_os_str(), flags)
+            .map_err(|e| Error::io("rename into place", &self.path, e.into()))?;
+        if let Err(e) = parent.sync_all() {
+            // The copy is not durable: move it back under the staging name so that the
+            // caller's cleanup removes it like any failed copy. (An empty target directory
+            // that the rename replaced is not recreated.)
+            let _ = nix::fcntl::renameat2(
+                &parent,
+                self.name.as_os_str(),
+                &parent,
+                staging_name,
+                RenameFlags::RENAME_NOREPLACE,
+            );
+            return Err(Error::io("fsync", &self.parent, e));
+        }
+        Ok(())
+    }
+}
+
+/// The staging dir, locked by us (flock on the directory) while we fill it, removed when
+/// dropped unless disarmed. A staging dir left by a killed run is unlocked: it is removed
+/// and made again; one locked by a running copy is refused.
+struct Staging {
+    path: PathBuf,
+    _lock: Flock<File>,
+    armed: bool,
+    /// Its ctime: a filesystem timestamp taken before any source file is read, the
+    /// `as_of` of the sums.
+    created: (i64, i64),
+}
+
+impl Staging {
+    fn acquire(target: &Target) -> Result<Staging> {
+        let path = target.staging_path();
+        for _ in 0..3 {
+            match DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => {
+                    let lock = lock_dir(&path)?.ok_or_else(|| busy(target, &path))?;
+                    let meta = lock.metadata().map_err(|e| Error::io("stat", &path, e))?;
+                    return Ok(Staging {
+                        path,
+                        _lock: lock,
+                        armed: true,
+                        created: (meta.ctime(), meta.ctime_nsec()),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let meta =
+                        fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
+                    if !meta.is_dir() {
+                        return Err(Error::refused(
+                            path.display().to_string(),
+                            "is in the way of the staging dir and is not a directory: remove it",
+                        ));
+                    }
+                    let stale = lock_dir(&path)?.ok_or_else(|| busy(target, &path))?;
+                    fs::remove_dir_all(&path)
+                        .map_err(|e| Error::io("remove stale staging dir", &path, e))?;
+                    drop(stale);
+                }
+                Err(e) => return Err(Error::io("create", &path, e)),
+            }
+        }
+        Err(busy(target, &path))
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+
+    fn remove(mut self) -> io::Result<()> {
+        self.armed = false;
+        match fs::remove_dir_all(&self.path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // Reached armed only on a panic: still leave nothing behind.
+        if self.armed {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn busy(target: &Target, staging: &Path) -> Error {
+    Error::refused(
+        target.path.display().to_string(),
+        format!(
+            "another etcdops copy is writing to it (its staging dir {} is locked)",
+            staging.display()
+        ),
+    )
+}
+
+/// flock a directory without blocking: `None` when someone else holds it.
+fn lock_dir(path: &Path) -> Result<Option<Flock<File>>> {
+    let dir = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(Error::io("flock", path, e.into())),
+    }
+}
+
+/// Copy every entry of `tree` below `root` (the staging dir, which exists): directories,
+/// then files through the pipeline, then directory metadata bottom-up (adding entries
+/// changes a directory's mtime, so it is set last) and fsyncs. Returns the source sums.
+fn copy_tree(tree: &Tree, root: &Path, opts: &CopyOptions) -> Result<Sums> {
+    for e in tree.entries.iter().filter(|e| e.meta.kind == Kind::Dir) {
+        let path = root.join(&e.rel);
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|err| Error::io("create", &path, err))?;
+    }
+    let files: Vec<&Entry> = tree.files().collect();
+    let hashes = copy_files(&files, root, opts)?;
+    let sums = Sums::new(
+        files
+            .iter()
+            .zip(hashes)
+            .map(|(e, h)| (e.rel.clone(), h))
+            .collect(),
+    )?;
+    for e in tree
+        .entries
+        .iter()
+        .rev()
+        .filter(|e| e.meta.kind == Kind::Dir)
+    {
+        finish_dir(&root.join(&e.rel), &e.meta)?;
+    }
+    finish_dir(root, &tree.root_meta)?;
+    Ok(sums)
+}
+
+/// Set a directory's owner, mode and times, then fsync it (its entries become durable).
+fn finish_dir(path: &Path, meta: &Meta) -> Result<()> {
+    let dir = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    apply_meta(&dir, path, meta)?;
+    dir.sync_all().map_err(|e| Error::io("fsync", path, e))
+}
+
+/// Owner first: chown clears setuid/setgid, so the mode goes after it; times last.
+fn apply_meta(file: &File, path: &Path, meta: &Meta) -> Result<()> {
+    fchown(
+        file,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+    )
+    .map_err(|e| Error::io("chown", path, e.into()))?;
+    fchmod(file, Mode::from_bits_truncate(meta.mode as libc::mode_t))
+        .map_err(|e| Error::io("chmod", path, e.into()))?;
+    futimens(
+        file,
+        &TimeSpec::new(meta.atime.0, meta.atime.1),
+        &TimeSpec::new(meta.mtime.0, meta.mtime.1),
+    )
+    .map_err(|e| Error::io("set times", path, e.into()))
+}
+
+/// What the I/O thread hands the hashing thread.
+enum Chunk {
+    Data(Vec<u8>, usize),
+    EndOfFile,
+}
+
+/// Copy `files` (in order) into `root`, returning their blake3 hashes in the same order.
+fn copy_files(files: &[&Entry], root: &Path, opts: &CopyOptions) -> Result<Vec<blake3::Hash>> {
+    std::thread::scope(|s| {
+        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        for _ in 0..BUFFERS {
+            free_tx.send(vec![0u8; CHUNK]).expect("receiver alive");
+        }
+        let (hash_tx, hash_rx) = mpsc::channel::<Chunk>();
+        let (sync_tx, sync_rx) = mpsc::channel::<(PathBuf, File)>();
+
+        let returned = free_tx.clone();
+        let hasher = s.spawn(move || {
+            let mut hashes = Vec::new();
+            let mut h = blake3::Hasher::new();
+            for chunk in hash_rx {
+                match chunk {
+                    Chunk::Data(buf, len) => {
+                        h.update(&buf[..len]);
+                        // The I/O thread may have stopped; then the buffer is just freed.
+                        let _ = returned.send(buf);
+                    }
+                    Chunk::EndOfFile => {
+                        hashes.push(h.finalize());
+                        h = blake3::Hasher::new();
+                    }
+                }
+            }
+            hashes
+        });
+        let syncer = s.spawn(move || -> Result<()> {
+            for (path, file) in sync_rx {
+                file.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
+            }
+            Ok(())
+        });
+
+        let mut pipe = Pipe {
+            free_tx,
+            free_rx,
+            hash_tx,
+            sync_tx,
+        };
+        let copied = files
+            .iter()
+            .try_for_each(|e| copy_file(e, &root.join(&e.rel), &mut pipe, opts));
+        drop(pipe);
+        let hashes = hasher.join().expect("the hashing thread does not panic");
+        let synced = syncer.join().expect("the fsync thread does not panic");
+        // A send to a stopped fsync thread fails with a vaguer error than its own.
+        match (copied, synced) {
+            (_, Err(e)) | (Err(e), _) => Err(e),
+            (Ok(()), Ok(())) => Ok(hashes),
+        }
+    })
+}
+
+struct Pipe {
+    free_tx: mpsc::Sender<Vec<u8>>,
+    free_rx: mpsc::Receiver<Vec<u8>>,
+    hash_tx: mpsc::Sender<Chunk>,
+    sync_tx: mpsc::Sender<(PathBuf, File)>,
+}
+
+fn copy_file(e: &Entry, dst_path: &Path, pipe: &mut Pipe, opts: &CopyOptions) -> Result<()> {
+    let mut src = open_read(&e.path)?;
+    // Readahead hint for a cold cache; harmless if ignored.
+    let _ = nix::fcntl::posix_fadvise(&src, 0, 0, PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL);
+    let mut dst = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dst_path)
+        .map_err(|err| Error::io("create", dst_path, err))?;
+    if e.meta.size > 0 {
+        // Reserve the space up front: a full disk fails here, before the bytes are written,
+        // and the file is laid out contiguously. Filesystems without fallocate just write.
+        match nix::fcntl::fallocate(&dst, FallocateFlags::empty(), 0, e.meta.size as i64) {
+            Ok(()) | Err(Errno::EOPNOTSUPP | Errno::ENOSYS) => {}
+            Err(err) => return Err(Error::io("allocate", dst_path, err.into())),
+        }
+    }
+    let stopped = || Error::failed("copy", "the hashing thread stopped");
+    let mut written = 0u64;
+    let mut flushed = 0u64;
+    loop {
+        if cancelled(opts) {
+            return Err(interrupted());
+        }
+        let mut buf = pipe.free_rx.recv().map_err(|_| stopped())?;
+        let n = read_full(&mut src, &mut buf).map_err(|err| Error::io("read", &e.path, err))?;
+        if n == 0 {
+            pipe.free_tx.send(buf).map_err(|_| stopped())?;
+            break;
+        }
+        dst.write_all(&buf[..n])
+            .map_err(|err| Error::io("write", dst_path, err))?;
+        pipe.hash_tx
+            .send(Chunk::Data(buf, n))
+            .map_err(|_| stopped())?;
+        written += n as u64;
+        opts.progress.advance(n as u64);
+        if written - flushed >= WRITEBACK {
+            start_writeback(&dst, flushed, written - flushed);
+            flushed = written;
+        }
+    }
+    pipe.hash_tx.send(Chunk::EndOfFile).map_err(|_| stopped())?;
+    if written != e.meta.size {
+        return Err(Error::failed(
+            format!("copy {}", e.path.display()),
+            format!(
+                "it changed size during the copy ({} bytes before, {written} read): \
+                 is something writing to the data dir?",
+                e.meta.size
+            ),
+        ));
+    }
+    apply_meta(&dst, dst_path, &e.meta)?;
+    pipe.sync_tx
+        .send((dst_path.to_path_buf(), dst))
+        .map_err(|_| Error::failed("copy", "the fsync thread stopped"))
+}
+
+/// Fill `buf` from `r` unless the end comes first; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Ask the kernel to start writing a range back now, without waiting. Only a head start for
+/// the fsync that follows, which reports any error: the result is ignored.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    // SAFETY: plain syscall on an open descriptor; no memory is passed.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
