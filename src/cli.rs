@@ -26,6 +26,8 @@ pub struct Cli {
 pub enum OutputFormat {
     Table,
     Json,
+    /// node_exporter textfile format (`health` only).
+    Prometheus,
 }
 
 /// Flags every command accepts.

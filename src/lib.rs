@@ -11,3 +11,4 @@ pub mod etcd;
 pub mod lab;
 pub mod manifest;
 pub mod output;
+pub mod prometheus;

@@ -12,10 +12,20 @@ use crate::output::Format;
 /// Run the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let global = &cli.global;
+    if global.output == OutputFormat::Prometheus && !exports_metrics(&cli.command) {
+        return Err(Error::Usage(
+            "-o prometheus is only for `etcdops health`; use -o table or -o json".into(),
+        ));
+    }
     match cli.command {
         Command::Health(args) => health::exec(global, args),
         Command::Manifest(args) => manifest::exec(global, args),
     }
+}
+
+/// Commands whose report can be printed as Prometheus metrics.
+fn exports_metrics(command: &Command) -> bool {
+    matches!(command, Command::Health(_))
 }
 
 /// The output format the operator chose.
@@ -23,6 +33,7 @@ pub fn format(global: &GlobalArgs) -> Format {
     match global.output {
         OutputFormat::Table => Format::Table,
         OutputFormat::Json => Format::Json,
+        OutputFormat::Prometheus => Format::Prometheus,
     }
 }
 

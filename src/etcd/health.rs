@@ -81,6 +81,10 @@ pub struct HealthReport {
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
     pub quota_backend_bytes: u64,
+    /// Whether the alarm list was read: an empty `alarms` then means "none active" rather
+    /// than "unknown" (metrics export zeros only in the first case).
+    #[serde(skip)]
+    pub alarms_listed: bool,
 }
 
 impl HealthReport {
@@ -264,10 +268,12 @@ pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
     }
 
     let mut alarms = Vec::new();
+    let mut alarms_listed = false;
     // Any member that answered can list alarms (they are cluster-wide state).
     if let Some(first) = endpoints.iter().find(|e| e.status.is_some()) {
         match alarm_list(conn, &first.endpoint).await {
             Ok(list) => {
+                alarms_listed = true;
                 for a in list {
                     problems.push(format!(
                         "alarm {} active on member {}",
@@ -299,6 +305,7 @@ pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
         problems,
         warnings,
         quota_backend_bytes: opts.quota,
+        alarms_listed,
     }
 }
 
