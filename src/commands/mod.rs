@@ -1,7 +1,9 @@
 //! One file per command: each turns its clap Args into library options, calls the library
 //! and hands the report to `output`. clap types stop here.
 
+pub mod completions;
 pub mod health;
+pub mod man;
 pub mod manifest;
 
 use crate::cli::{Cli, Command, GlobalArgs, OutputFormat};
@@ -20,6 +22,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Health(args) => health::exec(global, args),
         Command::Manifest(args) => manifest::exec(global, args),
+        Command::Completions(args) => completions::exec(args),
+        Command::Man(args) => man::exec(args),
     }
 }
 
