@@ -10,5 +10,6 @@ pub mod error;
 pub mod etcd;
 pub mod lab;
 pub mod manifest;
+pub mod mounts;
 pub mod output;
 pub mod prometheus;

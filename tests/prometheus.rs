@@ -8,6 +8,8 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{Cluster, Spec, Version, args, etcdops};
@@ -380,9 +382,20 @@ fn healthy_cluster_then_a_killed_member() {
         assert_eq!(a.map(|a| a.value), Some(0.0), "{}", run.dump());
     }
 
-    // One member down: exit 4 as with -o table, and the metrics still say which.
-    let dead = cluster.members[2].client_url.clone();
-    cluster.kill(2);
+    // One follower down: exit 4 as with -o table, and the metrics still say which. (A
+    // follower, so that no election makes the survivors briefly fail their reads too.)
+    let leader = find(&s, "etcdops_endpoint_is_leader")
+        .into_iter()
+        .find(|x| x.value == 1.0)
+        .map(|x| x.label("endpoint").to_string())
+        .unwrap();
+    let victim = cluster
+        .members
+        .iter()
+        .position(|m| m.client_url != leader)
+        .unwrap();
+    let dead = cluster.members[victim].client_url.clone();
+    cluster.kill(victim);
     let run = etcdops(&a, &[], Some(&cluster));
     run.code(4);
     let s = samples(&run);
@@ -483,4 +496,84 @@ fn prometheus_is_for_health_only() {
 
     let run = etcdops(&args(["-o", "prometheus-ish", "health"]), &[], None);
     run.code(2);
+}
+
+/// A kubeadm-format manifest for member 0 of `cluster` (TLS): container paths mapped to the
+/// test's PKI and data dir through hostPath volumes.
+fn kubeadm_manifest(cluster: &Cluster, dir: &Path) -> PathBuf {
+    let pki = cluster.pki.clone().expect("a TLS cluster");
+    let manifest = dir.join("etcd.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: etcd
+  namespace: kube-system
+spec:
+  containers:
+  - command:
+    - etcd
+    - --cert-file=/etc/kubernetes/pki/etcd/server.crt
+    - --data-dir=/var/lib/etcd
+    - --key-file=/etc/kubernetes/pki/etcd/server.key
+    - --listen-client-urls={url}
+    - --trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt
+    image: registry.k8s.io/etcd:3.5.12-0
+    name: etcd
+    volumeMounts:
+    - mountPath: /var/lib/etcd
+      name: etcd-data
+    - mountPath: /etc/kubernetes/pki/etcd
+      name: etcd-certs
+  hostNetwork: true
+  volumes:
+  - hostPath:
+      path: {pki}
+      type: DirectoryOrCreate
+    name: etcd-certs
+  - hostPath:
+      path: {data}
+      type: DirectoryOrCreate
+    name: etcd-data
+"#,
+            url = cluster.members[0].client_url,
+            pki = pki.dir.display(),
+            data = cluster.members[0].data_dir.display()
+        ),
+    )
+    .unwrap();
+    manifest
+}
+
+/// On a kubeadm node the manifest names the data dir: the metrics then say which filesystem
+/// holds it (the mount point `stat -c %m` reports), for the disk-space alert to join on.
+#[test]
+fn data_dir_filesystem_from_the_manifest() {
+    let cluster = Cluster::start(Spec::new(Version::V35, 1).tls());
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = kubeadm_manifest(&cluster, dir.path());
+    let data = cluster.members[0].data_dir.clone();
+    let env = [("ETCDOPS_MANIFEST", manifest.to_str().unwrap())];
+    let run = etcdops(&args(["health", "-o", "prometheus"]), &env, Some(&cluster));
+    run.code(0);
+    let s = samples(&run);
+    let info = find(&s, "etcdops_data_dir_info");
+    assert_eq!(info.len(), 1, "{}", run.dump());
+    assert_eq!(info[0].value, 1.0);
+    assert_eq!(info[0].label("path"), data.to_str().unwrap());
+    let stat = Command::new("stat")
+        .args(["-c", "%m"])
+        .arg(&data)
+        .output()
+        .expect("run stat");
+    let expected = String::from_utf8_lossy(&stat.stdout).trim().to_string();
+    assert!(stat.status.success() && !expected.is_empty());
+    assert_eq!(info[0].label("mountpoint"), expected, "{}", run.dump());
+
+    // Table and JSON do not change: the data dir is a metrics-only addition.
+    let run = etcdops(&args(["health", "-o", "json"]), &env, Some(&cluster));
+    run.code(0);
+    assert!(run.json().get("data_dir").is_none(), "{}", run.dump());
 }

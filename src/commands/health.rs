@@ -1,12 +1,15 @@
 //! `etcdops health [--cluster]`.
 
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::cli::{GlobalArgs, HealthArgs};
 use crate::error::Result;
 use crate::etcd::health::{self, HealthOptions, HealthReport};
 use crate::etcd::quota_backend_bytes;
-use crate::output::{self, Render, Table, bytes, millis};
+use crate::manifest::StaticPod;
+use crate::mounts::{self, Location};
+use crate::output::{self, Format, Render, Table, bytes, millis};
 use crate::prometheus::{Gauge, flag, render};
 
 /// Alarms etcd 3.4/3.5 can raise; exported as 0 when inactive so that alert rules see a series.
@@ -19,9 +22,25 @@ pub fn exec(global: &GlobalArgs, args: HealthArgs) -> Result<()> {
         cluster: args.cluster,
         quota: quota_backend_bytes(args.quota.quota_backend_bytes, &given.manifest_path())?,
     };
-    let report = super::block_on(health::check(&conn, &opts));
-    output::print(super::format(global), &report);
+    let mut report = super::block_on(health::check(&conn, &opts));
+    let format = super::format(global);
+    if format == Format::Prometheus {
+        report.data_dir = data_dir_location(&given.manifest_path());
+    }
+    output::print(format, &report);
     report.verdict()
+}
+
+/// The data dir's host path and its filesystem's mount point, from the manifest. None when
+/// there is no readable manifest (flags alone name the endpoints): the metric is then left
+/// out, and an alert that joins on it stays silent rather than wrong.
+fn data_dir_location(manifest: &Path) -> Option<Location> {
+    if !manifest.is_file() {
+        return None;
+    }
+    let pod = StaticPod::load(manifest).ok()?;
+    let path = pod.data_volume().ok()?.data_host_path;
+    mounts::locate(&path).ok()
 }
 
 impl Render for HealthReport {
@@ -189,6 +208,20 @@ fn metrics(r: &HealthReport, now: f64) -> String {
         }
     }
 
+    let mut data_dir = Gauge::new(
+        "etcdops_data_dir_info",
+        "The etcd data dir on this host and the mount point of its filesystem; join node_filesystem_* on mountpoint.",
+    );
+    if let Some(loc) = &r.data_dir {
+        data_dir.sample(
+            &[
+                ("path", &loc.path.to_string_lossy()),
+                ("mountpoint", &loc.mount_point.to_string_lossy()),
+            ],
+            1.0,
+        );
+    }
+
     let mut members = Gauge::new(
         "etcdops_cluster_members",
         "Members in the member list (health --cluster).",
@@ -219,6 +252,7 @@ fn metrics(r: &HealthReport, now: f64) -> String {
         in_use,
         usage,
         alarms,
+        data_dir,
         members,
         leaders_agree,
         hashes_agree,
@@ -276,6 +310,10 @@ mod tests {
             warnings: vec![],
             quota_backend_bytes: 2147483648,
             alarms_listed: true,
+            data_dir: Some(Location {
+                path: "/mnt/etcd disk/etcd".into(),
+                mount_point: "/mnt/etcd disk".into(),
+            }),
         }
     }
 
@@ -299,6 +337,8 @@ mod tests {
             "etcdops_cluster_members 3".into(),
             "etcdops_cluster_leaders_agree 1".into(),
             "etcdops_cluster_hashes_agree 0".into(),
+            r#"etcdops_data_dir_info{path="/mnt/etcd disk/etcd",mountpoint="/mnt/etcd disk"} 1"#
+                .into(),
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -320,12 +360,14 @@ mod tests {
         r.alarms.clear();
         r.alarms_listed = false;
         r.cluster = None;
+        r.data_dir = None;
         let text = metrics(&r, 0.0);
         for family in [
             "etcdops_alarm_active",
             "etcdops_cluster_members",
             "etcdops_cluster_leaders_agree",
             "etcdops_cluster_hashes_agree",
+            "etcdops_data_dir_info",
         ] {
             assert!(!text.contains(family), "{family} in\n{text}");
         }

@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::client::{Alarm, Endpoint, HashKv, Member, Status};
 use super::connect::Connection;
 use crate::error::{Error, Result};
+use crate::mounts::Location;
 use crate::output::hex_id;
 
 /// etcd's default `--quota-backend-bytes`.
@@ -85,6 +86,10 @@ pub struct HealthReport {
     /// than "unknown" (metrics export zeros only in the first case).
     #[serde(skip)]
     pub alarms_listed: bool,
+    /// Where the data dir is on this node and which filesystem holds it, when the manifest
+    /// says (filled in by the command for metrics; health itself does not read the manifest).
+    #[serde(skip)]
+    pub data_dir: Option<Location>,
 }
 
 impl HealthReport {
@@ -306,6 +311,7 @@ pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
         warnings,
         quota_backend_bytes: opts.quota,
         alarms_listed,
+        data_dir: None,
     }
 }
 
