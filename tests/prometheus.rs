@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{Cluster, Spec, Version, args, etcdops};
@@ -576,4 +576,187 @@ fn data_dir_filesystem_from_the_manifest() {
     let run = etcdops(&args(["health", "-o", "json"]), &env, Some(&cluster));
     run.code(0);
     assert!(run.json().get("data_dir").is_none(), "{}", run.dump());
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// The shipped alert rules refer only to metrics etcdops exports (taken from a real run
+/// on a kubeadm-format node, which exports every family) or to node_exporter's filesystem
+/// metrics, and their annotations only use labels that survive the expression.
+#[test]
+fn alert_rules_use_only_exported_metrics_and_labels() {
+    let cluster = Cluster::start(Spec::new(Version::V35, 1).tls());
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = kubeadm_manifest(&cluster, dir.path());
+    let env = [("ETCDOPS_MANIFEST", manifest.to_str().unwrap())];
+    let run = etcdops(
+        &args(["health", "--cluster", "-o", "prometheus"]),
+        &env,
+        Some(&cluster),
+    );
+    run.code(0);
+    let s = samples(&run);
+    let mut labels_of: HashMap<String, HashSet<String>> = HashMap::new();
+    for sample in &s {
+        labels_of
+            .entry(sample.name.clone())
+            .or_default()
+            .extend(sample.labels.keys().cloned());
+    }
+    let node_metrics: HashMap<&str, [&str; 3]> = [
+        (
+            "node_filesystem_avail_bytes",
+            ["device", "fstype", "mountpoint"],
+        ),
+        (
+            "node_filesystem_size_bytes",
+            ["device", "fstype", "mountpoint"],
+        ),
+    ]
+    .into();
+
+    let path = repo_file("contrib/prometheus/etcdops-alerts.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("the rules file is YAML");
+    let rules = doc["groups"][0]["rules"]
+        .as_sequence()
+        .expect("groups[0].rules");
+    let mut alerts = Vec::new();
+    for rule in rules {
+        let alert = rule["alert"].as_str().expect("every rule is an alert");
+        alerts.push(alert.to_string());
+        let expr = rule["expr"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{alert}: expr"));
+        assert!(rule["for"].as_str().is_some(), "{alert}: for");
+        let severity = rule["labels"]["severity"].as_str();
+        assert!(
+            matches!(severity, Some("warning" | "critical")),
+            "{alert}: severity {severity:?}"
+        );
+        let mut available: HashSet<String> = ["job".to_string()].into();
+        if !expr.contains("without (instance)") {
+            available.insert("instance".into());
+        }
+        let idents = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'));
+        let mut referenced = 0;
+        for ident in idents {
+            if ident.starts_with("etcdops_") {
+                let labels = labels_of
+                    .get(ident)
+                    .unwrap_or_else(|| panic!("{alert}: {ident} is not exported\n{}", run.dump()));
+                available.extend(labels.iter().cloned());
+                referenced += 1;
+            } else if ident.starts_with("node_") {
+                let labels = node_metrics
+                    .get(ident)
+                    .unwrap_or_else(|| panic!("{alert}: unknown node_exporter metric {ident}"));
+                available.extend(labels.iter().map(|l| l.to_string()));
+            }
+        }
+        assert!(referenced > 0, "{alert} uses no etcdops metric: {expr}");
+        for key in ["summary", "description"] {
+            let text = rule["annotations"][key]
+                .as_str()
+                .unwrap_or_else(|| panic!("{alert}: annotations.{key}"));
+            for used in text.split("$labels.").skip(1) {
+                let label: String = used
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    available.contains(&label),
+                    "{alert}: {key} uses $labels.{label}, not in {available:?}"
+                );
+            }
+        }
+    }
+    // The alerts the operator guide promises.
+    for want in [
+        "EtcdMemberUnhealthy",
+        "EtcdDataInconsistent",
+        "EtcdAlarmActive",
+        "EtcdQuotaUsageHigh",
+        "EtcdDataDirDiskSpaceLow",
+    ] {
+        assert!(alerts.iter().any(|a| a == want), "no {want} in {alerts:?}");
+    }
+    if have("promtool") {
+        let out = Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+/// contrib/prometheus/etcdops-textfile.sh: writes etcd.prom atomically, keeps reporting
+/// when the cluster is unhealthy or unreachable (the alerts need those metrics), and
+/// leaves the previous file alone when etcdops printed nothing.
+#[test]
+fn textfile_script_writes_atomically_and_reports_outages() {
+    let mut cluster = Cluster::start(Spec::new(Version::V35, 1).tls());
+    let out_dir = tempfile::tempdir().unwrap();
+    let script = repo_file("contrib/prometheus/etcdops-textfile.sh");
+    let client_args = cluster.client_args();
+    let run_script = |extra: &[String]| {
+        let mut cmd = Command::new("sh");
+        cmd.arg(&script)
+            .args(&client_args)
+            .args(extra)
+            .env("ETCDOPS_TEXTFILE_DIR", out_dir.path())
+            .env("ETCDOPS_BIN", env!("CARGO_BIN_EXE_etcdops"))
+            .env_remove("ETCDOPS_MANIFEST");
+        cmd.output().expect("run the textfile script")
+    };
+    let prom = out_dir.path().join("etcd.prom");
+    let listing = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(out_dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let parse =
+        |text: &str| -> Vec<Sample> { validate(text).unwrap_or_else(|e| panic!("{e}\n{text}")).0 };
+
+    let out = run_script(&[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(listing(), ["etcd.prom"]);
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert_eq!(one(&parse(&text), "etcdops_health_healthy"), 1.0);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&prom).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o644, "node_exporter must be able to read it");
+
+    // A flag etcdops rejects (exit 2): no metrics, so the old file stays and the unit fails.
+    let out = run_script(&args(["--no-such-flag"]));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&prom).unwrap(), text);
+    assert_eq!(listing(), ["etcd.prom"]);
+
+    // The only member down (etcdops exits 3): still exported, as unhealthy.
+    cluster.kill(0);
+    let out = run_script(&args(["--dial-timeout=500ms"]));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(listing(), ["etcd.prom"]);
+    let s = parse(&std::fs::read_to_string(&prom).unwrap());
+    assert_eq!(one(&s, "etcdops_health_healthy"), 0.0);
+    assert_eq!(one(&s, "etcdops_endpoint_healthy"), 0.0);
 }
