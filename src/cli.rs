@@ -7,11 +7,18 @@ use std::time::Duration;
 use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// The exit-code table (DESIGN.md), for `--help` and the man page.
+const EXIT_CODES: &str = "Exit codes: 0 success, healthy; 1 an operation ran and failed \
+(rolled back); 2 invalid usage or input; 3 cannot reach etcd; 4 refused or unhealthy \
+(nothing changed); 5 needs attention: a migration was interrupted or its rollback failed \
+(`etcdops migrate status` says where it stands).";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "etcdops",
     version,
     about = "Move a kubeadm etcd member's data dir safely, and keep etcd healthy.",
+    after_long_help = EXIT_CODES,
     propagate_version = true
 )]
 pub struct Cli {
@@ -26,6 +33,8 @@ pub struct Cli {
 pub enum OutputFormat {
     Table,
     Json,
+    /// node_exporter textfile format (`health` only).
+    Prometheus,
 }
 
 /// Flags every command accepts.
@@ -142,6 +151,25 @@ pub enum Command {
     Snapshot(SnapshotCommand),
     /// Check, copy, verify and checksum an etcd data dir (etcd must be stopped to copy).
     Datadir(DatadirArgs),
+    /// Print a shell completion script, e.g. `etcdops completions bash > /etc/bash_completion.d/etcdops`.
+    Completions(CompletionsArgs),
+
+    /// Print the man page (roff) on stdout, or write one page per command to --out-dir.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write etcdops.1 and etcdops-<command>.1 for every command into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -12,5 +12,7 @@ pub mod etcd;
 pub mod lab;
 pub mod manifest;
 pub mod migrate;
+pub mod mounts;
 pub mod node;
 pub mod output;
+pub mod prometheus;

@@ -6,18 +6,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
-/// How reports are printed (`-o table|json`).
+/// How reports are printed (`-o table|json|prometheus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Format {
     #[default]
     Table,
     Json,
+    /// node_exporter's textfile format; only for reports that export metrics (`health`).
+    Prometheus,
 }
 
-/// A report that can be printed both ways.
+/// A report that can be printed both ways (and, for some, as metrics).
 pub trait Render: Serialize {
     /// The human form: aligned columns, sizes in human units.
     fn table(&self) -> String;
+
+    /// The report as Prometheus metrics, for reports that have them.
+    fn prometheus(&self) -> Option<String> {
+        None
+    }
 }
 
 static PRINTED: AtomicBool = AtomicBool::new(false);
@@ -32,6 +39,10 @@ pub fn print<T: Render>(format: Format, report: &T) {
     let text = match format {
         Format::Table => report.table(),
         Format::Json => serde_json::to_string_pretty(report).expect("reports serialize"),
+        // `commands::run` refuses `-o prometheus` for commands without metrics.
+        Format::Prometheus => report
+            .prometheus()
+            .expect("-o prometheus is admitted only for reports with metrics"),
     };
     emit(&text);
 }

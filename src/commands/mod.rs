@@ -3,11 +3,13 @@
 
 pub mod alarm;
 pub mod compact;
+pub mod completions;
 pub mod datadir;
 pub mod defrag;
 pub mod health;
 pub mod kubelet;
 pub mod maintain;
+pub mod man;
 pub mod manifest;
 pub mod migrate;
 pub mod snapshot;
@@ -20,6 +22,11 @@ use crate::output::Format;
 /// Run the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let global = &cli.global;
+    if global.output == OutputFormat::Prometheus && !exports_metrics(&cli.command) {
+        return Err(Error::Usage(
+            "-o prometheus is only for `etcdops health`; use -o table or -o json".into(),
+        ));
+    }
     match cli.command {
         Command::Health(args) => health::exec(global, args),
         Command::Migrate(args) => migrate::exec(global, args),
@@ -31,7 +38,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Alarm(cmd) => alarm::exec(global, cmd),
         Command::Snapshot(cmd) => snapshot::exec(global, cmd),
         Command::Datadir(args) => datadir::exec(global, args),
+        Command::Completions(args) => completions::exec(args),
+        Command::Man(args) => man::exec(args),
     }
+}
+
+/// Commands whose report can be printed as Prometheus metrics.
+fn exports_metrics(command: &Command) -> bool {
+    matches!(command, Command::Health(_))
 }
 
 /// The output format the operator chose.
@@ -39,6 +53,7 @@ pub fn format(global: &GlobalArgs) -> Format {
     match global.output {
         OutputFormat::Table => Format::Table,
         OutputFormat::Json => Format::Json,
+        OutputFormat::Prometheus => Format::Prometheus,
     }
 }
 

@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::client::{Alarm, Endpoint, HashKv, Member, Status};
 use super::connect::Connection;
 use crate::error::{Error, Result};
+use crate::mounts::Location;
 use crate::output::hex_id;
 
 /// etcd's default `--quota-backend-bytes`.
@@ -82,6 +83,14 @@ pub struct HealthReport {
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
     pub quota_backend_bytes: u64,
+    /// Whether the alarm list was read: an empty `alarms` then means "none active" rather
+    /// than "unknown" (metrics export zeros only in the first case).
+    #[serde(skip)]
+    pub alarms_listed: bool,
+    /// Where the data dir is on this node and which filesystem holds it, when the manifest
+    /// says (filled in by the command for metrics; health itself does not read the manifest).
+    #[serde(skip)]
+    pub data_dir: Option<Location>,
 }
 
 impl HealthReport {
@@ -294,10 +303,12 @@ pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
     }
 
     let mut alarms = Vec::new();
+    let mut alarms_listed = false;
     // Any member that answered can list alarms (they are cluster-wide state).
     if let Some(first) = endpoints.iter().find(|e| e.status.is_some()) {
         match alarm_list(conn, &first.endpoint).await {
             Ok(list) => {
+                alarms_listed = true;
                 for a in list {
                     problems.push(alarm_problem(&a.alarm, &hex_id(a.member_id)));
                     alarms.push(AlarmReport {
@@ -325,6 +336,8 @@ pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
         problems,
         warnings,
         quota_backend_bytes: opts.quota,
+        alarms_listed,
+        data_dir: None,
     }
 }
 
