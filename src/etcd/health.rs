@@ -445,7 +445,11 @@ async fn hash_agreement(
     endpoints: &[EndpointHealth],
     problems: &mut Vec<String>,
 ) -> (Option<i64>, Option<bool>) {
-    let healthy: Vec<&EndpointHealth> = endpoints.iter().filter(|e| e.healthy).collect();
+    // Learners refuse HashKV ("rpc not supported for learner"): compare voting members.
+    let healthy: Vec<&EndpointHealth> = endpoints
+        .iter()
+        .filter(|e| e.healthy && !e.is_learner)
+        .collect();
     let Some(revision) = healthy.iter().filter_map(|e| e.revision).min() else {
         return (None, None);
     };
