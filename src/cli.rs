@@ -223,14 +223,6 @@ pub struct RollingArgs {
     pub continue_on_error: bool,
 }
 
-/// `--dry-run`, with one meaning everywhere.
-#[derive(Debug, Clone, Args)]
-pub struct DryRunArgs {
-    /// Show what would change; change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum AlarmCommand {
     /// List the active alarms.
@@ -261,6 +253,14 @@ pub struct SnapshotSaveArgs {
 pub struct SnapshotVerifyArgs {
     /// The snapshot file.
     pub file: PathBuf,
+}
+
+/// `--dry-run`, with one meaning everywhere: show what would change, change nothing.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct DryRunArgs {
+    /// Show what would change and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `--quota-backend-bytes`, shared by health, defrag and maintain.
