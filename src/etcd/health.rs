@@ -294,8 +294,13 @@ pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
     }
 
     let mut alarms = Vec::new();
-    // Any member that answered can list alarms (they are cluster-wide state).
-    if let Some(first) = endpoints.iter().find(|e| e.status.is_some()) {
+    // Any voting member that answered can list alarms (they are cluster-wide state); a
+    // learner refuses the call.
+    let voter = endpoints
+        .iter()
+        .find(|e| e.status.as_ref().is_some_and(|s| !s.is_learner))
+        .or_else(|| endpoints.iter().find(|e| e.status.is_some()));
+    if let Some(first) = voter {
         match alarm_list(conn, &first.endpoint).await {
             Ok(list) => {
                 for a in list {
