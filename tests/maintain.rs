@@ -538,6 +538,107 @@ fn interrupted_snapshot_leaves_nothing() {
     assert!(!file.exists(), "a partial snapshot was renamed into place");
 }
 
+/// A learner passes the health gate (it refuses linearizable reads by design) and is
+/// skipped: etcd rejects defragment on learners.
+#[test]
+fn learners_are_skipped() {
+    let cluster = Cluster::start(Spec::new(Version::V35, 3));
+    let peer = format!("http://127.0.0.1:{}", common::free_port());
+    let client = format!("http://127.0.0.1:{}", common::free_port());
+    // etcd refuses reconfiguration until every member has been connected for a few seconds.
+    let start = std::time::Instant::now();
+    loop {
+        let out = cluster.etcdctl(&[
+            "member",
+            "add",
+            "learner",
+            "--learner",
+            &format!("--peer-urls={peer}"),
+        ]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "member add: {out:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let initial: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url))
+        .chain([format!("learner={peer}")])
+        .collect();
+    let data = cluster.dir.path().join("learner");
+    let log = std::fs::File::create(cluster.dir.path().join("learner.log")).unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _learner = Kill(
+        std::process::Command::new(Version::V35.etcd())
+            .args([
+                "--name=learner".to_string(),
+                format!("--data-dir={}", data.display()),
+                format!("--listen-client-urls={client}"),
+                format!("--advertise-client-urls={client}"),
+                format!("--listen-peer-urls={peer}"),
+                format!("--initial-advertise-peer-urls={peer}"),
+                format!("--initial-cluster={}", initial.join(",")),
+                "--initial-cluster-state=existing".into(),
+                "--heartbeat-interval=50".into(),
+                "--election-timeout=500".into(),
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    // Wait until the learner is started and answers health (a clean Status).
+    let start = std::time::Instant::now();
+    loop {
+        let r = run(&cluster, &["health", "--cluster", "-o", "json"]);
+        if r.code == 0 {
+            let doc = r.json();
+            let eps = doc["endpoints"].as_array().unwrap();
+            assert_eq!(eps.len(), 4, "{}", r.dump());
+            assert!(eps.iter().any(|e| e["is_learner"] == true), "{}", r.dump());
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the learner never became healthy\n{}\n--- learner log ---\n{}",
+            r.dump(),
+            std::fs::read_to_string(cluster.dir.path().join("learner.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let r = run(&cluster, &["defrag", "--cluster", "-o", "json"]);
+    r.code(0);
+    let doc = r.json();
+    let ms = members(&doc);
+    assert_eq!(ms.len(), 4, "{}", r.dump());
+    assert_eq!(ms[0]["is_learner"], true, "{}", r.dump());
+    assert_eq!(ms[0]["action"], "skipped");
+    assert!(ms[0]["reason"].as_str().unwrap().contains("learner"));
+    assert_eq!(
+        actions(&doc)[1..],
+        ["defragmented", "defragmented", "defragmented"],
+        "{}",
+        r.dump()
+    );
+    assert_eq!(ms[3]["is_leader"], true, "{}", r.dump());
+
+    // Given the learner's endpoint first, commands that need a voting member skip it.
+    let mut a = args([format!("--endpoints={client},{}", cluster.endpoints_csv())]);
+    a.extend(args(["alarm", "list"]));
+    etcdops(&a, &[], Some(&cluster)).code(0);
+}
+
 #[test]
 fn bad_rules_are_exit_2_before_contacting_etcd() {
     // Nothing listens on port 1: reaching etcd would be exit 3.

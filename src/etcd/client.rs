@@ -80,7 +80,8 @@ impl Endpoint {
     }
 
     /// The first of the connection's endpoints that answers `Status` within the command
-    /// timeout, connected with `request_timeout` for what follows. None answering is exit 3.
+    /// timeout and is a voting member (learners refuse compact, alarms and snapshots),
+    /// connected with `request_timeout` for what follows. None answering is exit 3.
     pub async fn first_answering(
         conn: &Connection,
         request_timeout: Duration,
@@ -93,6 +94,7 @@ impl Endpoint {
                 Ok::<_, String>((ep, status))
             };
             match attempt.await {
+                Ok((_, s)) if s.is_learner => errors.push(format!("{url}: a learner")),
                 Ok(found) => return Ok(found),
                 Err(e) => errors.push(format!("{url}: {e}")),
             }

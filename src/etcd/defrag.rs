@@ -491,8 +491,10 @@ async fn member(
     report: &DefragReport,
 ) -> MemberOutcome {
     let mut out = outcome(t, is_leader, Action::Failed, None);
-    // One client for this member, made with the long timeout; quick calls get their own limit.
-    let mut ep = match Endpoint::connect_with_timeout(conn, &t.url, opts.defrag_timeout).await {
+    // One client for this member, made with the longer of the two timeouts; each call is
+    // held to its own limit by `within`.
+    let client_timeout = opts.defrag_timeout.max(conn.command_timeout);
+    let mut ep = match Endpoint::connect_with_timeout(conn, &t.url, client_timeout).await {
         Ok(ep) => ep,
         Err(e) => {
             out.reason = Some(format!("connect: {e}"));

@@ -304,8 +304,13 @@ pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
 
     let mut alarms = Vec::new();
     let mut alarms_listed = false;
-    // Any member that answered can list alarms (they are cluster-wide state).
-    if let Some(first) = endpoints.iter().find(|e| e.status.is_some()) {
+    // Any voting member that answered can list alarms (they are cluster-wide state); a
+    // learner refuses the call.
+    let voter = endpoints
+        .iter()
+        .find(|e| e.status.as_ref().is_some_and(|s| !s.is_learner))
+        .or_else(|| endpoints.iter().find(|e| e.status.is_some()));
+    if let Some(first) = voter {
         match alarm_list(conn, &first.endpoint).await {
             Ok(list) => {
                 alarms_listed = true;
@@ -458,7 +463,11 @@ async fn hash_agreement(
     endpoints: &[EndpointHealth],
     problems: &mut Vec<String>,
 ) -> (Option<i64>, Option<bool>) {
-    let healthy: Vec<&EndpointHealth> = endpoints.iter().filter(|e| e.healthy).collect();
+    // Learners refuse HashKV ("rpc not supported for learner"): compare voting members.
+    let healthy: Vec<&EndpointHealth> = endpoints
+        .iter()
+        .filter(|e| e.healthy && !e.is_learner)
+        .collect();
     let Some(revision) = healthy.iter().filter_map(|e| e.revision).min() else {
         return (None, None);
     };
