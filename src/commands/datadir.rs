@@ -79,10 +79,10 @@ pub fn exec(global: &GlobalArgs, args: DatadirArgs) -> Result<()> {
 
 /// The copy's progress bar: bytes, rate and ETA on stderr, only when stderr is a terminal
 /// and the output is a table (JSON output and pipes stay clean).
-struct Bar(Option<ProgressBar>);
+pub struct Bar(Option<ProgressBar>);
 
 impl Bar {
-    fn new(format: Format) -> Bar {
+    pub fn new(format: Format) -> Bar {
         if format != Format::Table || !std::io::stderr().is_terminal() {
             return Bar(None);
         }

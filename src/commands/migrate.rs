@@ -4,7 +4,6 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use crate::cli::{GlobalArgs, MigrateArgs, MigrateCommand};
-use crate::datadir::Silent;
 use crate::error::{Error, Result};
 use crate::etcd::quota_backend_bytes;
 use crate::manifest::DEFAULT_MANIFEST;
@@ -56,8 +55,9 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
             run.manifest()
         }))
     };
+    let bar = super::datadir::Bar::new(format);
     // Built lazily: status and finalize need no etcd.
-    let host = || -> Result<RealHost<'static>> {
+    let host = || -> Result<RealHost<'_>> {
         let mut given = super::given(global);
         given.manifest = discovery_manifest()?;
         let conn = given.resolve()?;
@@ -70,7 +70,7 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
             stop_timeout: global.node.stop_timeout,
             start_timeout: global.node.start_timeout,
             quota: quota_backend_bytes(quota_flag, &manifest)?,
-            progress: &Silent,
+            progress: &bar,
         })
     };
     // Before anything else (even reading certificates): the rest needs root anyway.
