@@ -1,0 +1,122 @@
+//! The lab's kubelet stand-in behaves like kubelet where the migration depends on it:
+//! etcd survives the stand-in being stopped, a manifest change restarts etcd, a dotfile is
+//! ignored, a second etcd manifest is reported, and `down` stops only what `up` started.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Version;
+use common::lab::Lab;
+
+fn etcd_pid(lab: &Lab, node: usize) -> Option<i32> {
+    let text = std::fs::read_to_string(lab.node_dir(node).join("etcd.pid")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+fn alive(pid: i32) -> bool {
+    etcdops::lab::kubelet::alive(pid)
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    etcdops::node::wait_until(
+        what,
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || Ok(f()),
+    )
+    .unwrap();
+}
+
+#[test]
+fn stand_in_behaves_like_kubelet() {
+    let lab = Lab::up(Version::V35, 1);
+    let status = lab.lab(&["status"]);
+    status.code(0);
+    assert!(status.stdout.contains("running"), "{}", status.dump());
+    let first = etcd_pid(&lab, 1).expect("etcd pid");
+
+    // Stopping the stand-in leaves etcd running (as `systemctl stop kubelet` does).
+    lab.lab(&["kubelet", "stop", "--node", "1"]).code(0);
+    lab.lab(&["kubelet", "status", "--node", "1"]).code(3);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(alive(first), "etcd died with the stand-in");
+    lab.etcdops(1, &["health"], &[]).code(0);
+
+    // A manifest removed while the stand-in is down takes effect when it comes back.
+    let manifest = lab.manifest(1);
+    let aside = lab.path().join("etcd.yaml.aside");
+    std::fs::rename(&manifest, &aside).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(alive(first), "etcd stopped without a kubelet");
+    lab.lab(&["kubelet", "start", "--node", "1"]).code(0);
+    lab.lab(&["kubelet", "status", "--node", "1"]).code(0);
+    wait_for("etcd to stop once the stand-in sees no manifest", || {
+        !alive(first)
+    });
+
+    // Back in place: etcd starts again.
+    std::fs::rename(&aside, &manifest).unwrap();
+    wait_for("etcd to start from the manifest", || {
+        etcd_pid(&lab, 1).is_some_and(alive)
+    });
+    let second = etcd_pid(&lab, 1).unwrap();
+    assert_ne!(first, second);
+    wait_for("etcd healthy", || {
+        lab.etcdops(1, &["health"], &[]).code == 0
+    });
+
+    // A dotfile is ignored: no restart.
+    let dot = manifest.parent().unwrap().join(".etcd.yaml.swp");
+    std::fs::write(&dot, std::fs::read(&manifest).unwrap()).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(etcd_pid(&lab, 1), Some(second));
+    std::fs::remove_file(&dot).unwrap();
+
+    // A non-dot copy is another static pod for kubelet: reported in its log.
+    let bak = manifest.parent().unwrap().join("etcd.yaml.bak");
+    std::fs::write(&bak, std::fs::read(&manifest).unwrap()).unwrap();
+    wait_for("the stand-in to report the second etcd pod", || {
+        std::fs::read_to_string(lab.node_dir(1).join("kubelet.log"))
+            .unwrap_or_default()
+            .contains("the real kubelet would start it too")
+    });
+    std::fs::remove_file(&bak).unwrap();
+
+    // A changed manifest restarts etcd.
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str("# edited\n");
+    std::fs::write(&manifest, text).unwrap();
+    wait_for("etcd to restart on the changed manifest", || {
+        etcd_pid(&lab, 1).is_some_and(|p| p != second && alive(p))
+    });
+    let third = etcd_pid(&lab, 1).unwrap();
+
+    // `up` again on the same dir is refused; `down` stops the stand-in and etcd.
+    let again = lab.lab(&["up", "--etcd", Version::V35.etcd().to_str().unwrap()]);
+    again.code(4);
+    lab.lab(&["down"]).code(0);
+    assert!(!alive(third));
+    lab.lab(&["kubelet", "status", "--node", "1"]).code(3);
+}
+
+#[test]
+fn env_points_etcdops_at_a_node() {
+    let lab = Lab::up(Version::V34, 1);
+    let env = lab.env(1);
+    let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    for k in [
+        "ETCDOPS_MANIFEST",
+        "ETCDOPS_STATE_DIR",
+        "ETCDOPS_KUBELET_STOP_CMD",
+        "ETCDOPS_KUBELET_START_CMD",
+        "ETCDOPS_KUBELET_STATUS_CMD",
+    ] {
+        assert!(keys.contains(&k), "{k} missing from {keys:?}");
+    }
+    lab.etcdops(1, &["kubelet", "status"], &[]).code(0);
+    lab.etcdops(1, &["kubelet", "stop"], &[]).code(0);
+    lab.etcdops(1, &["kubelet", "status"], &[]).code(4);
+    lab.etcdops(1, &["kubelet", "start"], &[]).code(0);
+    lab.lab(&["env", "--node", "2"]).code(2);
+}
