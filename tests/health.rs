@@ -248,58 +248,9 @@ fn bad_usage_is_exit_2() {
 /// certs; `health` needs no flag but `--manifest`.
 fn manifest_discovery(version: Version) {
     let cluster = Cluster::start(Spec::new(version, 1).tls());
-    let pki = cluster.pki.clone().unwrap();
     let url = &cluster.members[0].client_url;
     let dir = tempfile::tempdir().unwrap();
-    let manifest = dir.path().join("etcd.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"apiVersion: v1
-kind: Pod
-metadata:
-  annotations:
-    kubeadm.kubernetes.io/etcd.advertise-client-urls: https://10.0.0.5:2379
-  labels:
-    component: etcd
-    tier: control-plane
-  name: etcd
-  namespace: kube-system
-spec:
-  containers:
-  - command:
-    - etcd
-    - --advertise-client-urls=https://10.0.0.5:2379
-    - --cert-file=/etc/kubernetes/pki/etcd/server.crt
-    - --client-cert-auth=true
-    - --data-dir=/var/lib/etcd
-    - --key-file=/etc/kubernetes/pki/etcd/server.key
-    - --listen-client-urls={url},https://10.0.0.5:2379
-    - --quota-backend-bytes=8589934592
-    - --trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt
-    image: registry.k8s.io/etcd:3.5.12-0
-    name: etcd
-    volumeMounts:
-    - mountPath: /var/lib/etcd
-      name: etcd-data
-    - mountPath: /etc/kubernetes/pki/etcd
-      name: etcd-certs
-  hostNetwork: true
-  volumes:
-  - hostPath:
-      path: {pki}
-      type: DirectoryOrCreate
-    name: etcd-certs
-  - hostPath:
-      path: /var/lib/etcd
-      type: DirectoryOrCreate
-    name: etcd-data
-status: {{}}
-"#,
-            pki = pki.dir.display()
-        ),
-    )
-    .unwrap();
+    let manifest = cluster.kubeadm_manifest(dir.path(), Some(8589934592));
     let run = etcdops(
         &args(["health", "-o", "json"]),
         &[("ETCDOPS_MANIFEST", manifest.to_str().unwrap())],

@@ -498,62 +498,13 @@ fn prometheus_is_for_health_only() {
     run.code(2);
 }
 
-/// A kubeadm-format manifest for member 0 of `cluster` (TLS): container paths mapped to the
-/// test's PKI and data dir through hostPath volumes.
-fn kubeadm_manifest(cluster: &Cluster, dir: &Path) -> PathBuf {
-    let pki = cluster.pki.clone().expect("a TLS cluster");
-    let manifest = dir.join("etcd.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: etcd
-  namespace: kube-system
-spec:
-  containers:
-  - command:
-    - etcd
-    - --cert-file=/etc/kubernetes/pki/etcd/server.crt
-    - --data-dir=/var/lib/etcd
-    - --key-file=/etc/kubernetes/pki/etcd/server.key
-    - --listen-client-urls={url}
-    - --trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt
-    image: registry.k8s.io/etcd:3.5.12-0
-    name: etcd
-    volumeMounts:
-    - mountPath: /var/lib/etcd
-      name: etcd-data
-    - mountPath: /etc/kubernetes/pki/etcd
-      name: etcd-certs
-  hostNetwork: true
-  volumes:
-  - hostPath:
-      path: {pki}
-      type: DirectoryOrCreate
-    name: etcd-certs
-  - hostPath:
-      path: {data}
-      type: DirectoryOrCreate
-    name: etcd-data
-"#,
-            url = cluster.members[0].client_url,
-            pki = pki.dir.display(),
-            data = cluster.members[0].data_dir.display()
-        ),
-    )
-    .unwrap();
-    manifest
-}
-
 /// On a kubeadm node the manifest names the data dir: the metrics then say which filesystem
 /// holds it (the mount point `stat -c %m` reports), for the disk-space alert to join on.
 #[test]
 fn data_dir_filesystem_from_the_manifest() {
     let cluster = Cluster::start(Spec::new(Version::V35, 1).tls());
     let dir = tempfile::tempdir().unwrap();
-    let manifest = kubeadm_manifest(&cluster, dir.path());
+    let manifest = cluster.kubeadm_manifest(dir.path(), None);
     let data = cluster.members[0].data_dir.clone();
     let env = [("ETCDOPS_MANIFEST", manifest.to_str().unwrap())];
     let run = etcdops(&args(["health", "-o", "prometheus"]), &env, Some(&cluster));
@@ -597,7 +548,7 @@ fn repo_file(rel: &str) -> PathBuf {
 fn alert_rules_use_only_exported_metrics_and_labels() {
     let cluster = Cluster::start(Spec::new(Version::V35, 1).tls());
     let dir = tempfile::tempdir().unwrap();
-    let manifest = kubeadm_manifest(&cluster, dir.path());
+    let manifest = cluster.kubeadm_manifest(dir.path(), None);
     let env = [("ETCDOPS_MANIFEST", manifest.to_str().unwrap())];
     let run = etcdops(
         &args(["health", "--cluster", "-o", "prometheus"]),

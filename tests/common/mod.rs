@@ -384,6 +384,69 @@ impl Cluster {
         })
     }
 
+    /// A kubeadm-format manifest for member 0 (TLS cluster) in `dir`: its certificate flags
+    /// are container paths that hostPath volumes map to the test's PKI, the data volume maps
+    /// to member 0's data dir, the certs volume is listed first (as kubeadm does), and
+    /// `quota` becomes `--quota-backend-bytes`.
+    pub fn kubeadm_manifest(&self, dir: &Path, quota: Option<u64>) -> PathBuf {
+        let pki = self.pki.clone().expect("a TLS cluster");
+        let m = &self.members[0];
+        let quota = quota.map_or(String::new(), |q| {
+            format!("    - --quota-backend-bytes={q}\n")
+        });
+        let manifest = dir.join("etcd.yaml");
+        fs::write(
+            &manifest,
+            format!(
+                r#"apiVersion: v1
+kind: Pod
+metadata:
+  annotations:
+    kubeadm.kubernetes.io/etcd.advertise-client-urls: https://10.0.0.5:2379
+  labels:
+    component: etcd
+    tier: control-plane
+  name: etcd
+  namespace: kube-system
+spec:
+  containers:
+  - command:
+    - etcd
+    - --advertise-client-urls=https://10.0.0.5:2379
+    - --cert-file=/etc/kubernetes/pki/etcd/server.crt
+    - --client-cert-auth=true
+    - --data-dir=/var/lib/etcd
+    - --key-file=/etc/kubernetes/pki/etcd/server.key
+    - --listen-client-urls={url},https://10.0.0.5:2379
+{quota}    - --trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt
+    image: registry.k8s.io/etcd:3.5.12-0
+    name: etcd
+    volumeMounts:
+    - mountPath: /var/lib/etcd
+      name: etcd-data
+    - mountPath: /etc/kubernetes/pki/etcd
+      name: etcd-certs
+  hostNetwork: true
+  volumes:
+  - hostPath:
+      path: {pki}
+      type: DirectoryOrCreate
+    name: etcd-certs
+  - hostPath:
+      path: {data}
+      type: DirectoryOrCreate
+    name: etcd-data
+status: {{}}
+"#,
+                url = m.client_url,
+                pki = pki.dir.display(),
+                data = m.data_dir.display(),
+            ),
+        )
+        .expect("write manifest");
+        manifest
+    }
+
     /// The last lines of every member's log.
     pub fn logs(&self) -> String {
         let mut out = String::new();
