@@ -51,6 +51,17 @@ fn etcd_pid_file(lab: &Lab, node: usize) -> PathBuf {
     lab.node_dir(node).join("etcd.pid")
 }
 
+/// A log file opened for appending, twice: for a child's stdout and stderr.
+fn open_log(path: &Path) -> Result<(fs::File, fs::File)> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    let err = log.try_clone().map_err(|e| Error::io("dup", path, e))?;
+    Ok((log, err))
+}
+
 /// Whether `pid` is a live (not zombie) process.
 pub fn alive(pid: i32) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -89,14 +100,7 @@ pub fn start(lab: &Lab, node: usize) -> Result<()> {
         return Ok(());
     }
     let log_path = lab.node_dir(node).join("kubelet.log");
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| Error::io("open", &log_path, e))?;
-    let err_log = log
-        .try_clone()
-        .map_err(|e| Error::io("dup", &log_path, e))?;
+    let (log, err_log) = open_log(&log_path)?;
     let mut cmd = Command::new(&lab.config.lab_bin);
     cmd.args(["kubelet", "run", "--dir"])
         .arg(&lab.dir)
@@ -376,14 +380,7 @@ fn start_etcd(lab: &Lab, node: usize, manifest: &Path) -> Result<Child> {
     words.remove(0);
 
     let log_path = lab.node_dir(node).join("etcd.log");
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| Error::io("open", &log_path, e))?;
-    let err_log = log
-        .try_clone()
-        .map_err(|e| Error::io("dup", &log_path, e))?;
+    let (log, err_log) = open_log(&log_path)?;
     let mut cmd = Command::new(&program);
     cmd.args(&words)
         .current_dir("/")
