@@ -135,17 +135,27 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
         MigrateCommand::Status(a) => {
             let report = migrate::status(&state_dir, a.id.as_deref())?;
             output::print(format, &report);
+            let at = report
+                .steps
+                .iter()
+                .rfind(|s| s.state != "pending")
+                .map_or(String::new(), |s| format!(" at step {}", s.name));
+            let partly_undone = report.steps.iter().any(|s| s.state == "undone");
             match report.state.as_str() {
-                "interrupted" | "failed" => Err(Error::Attention(format!(
-                    "run {} is {}{}; `etcdops migrate resume` finishes it, `etcdops migrate \
-                     rollback` returns to {}",
+                "interrupted" | "failed" if partly_undone => Err(Error::Attention(format!(
+                    "run {} is {}{} and partly rolled back; fix the cause, then `etcdops migrate \
+                     rollback` finishes returning to {}",
                     report.id,
                     report.state,
-                    report
-                        .steps
-                        .iter()
-                        .rfind(|s| s.state != "pending")
-                        .map_or(String::new(), |s| format!(" at step {}", s.name)),
+                    at,
+                    report.from.display()
+                ))),
+                "interrupted" | "failed" => Err(Error::Attention(format!(
+                    "run {} is {}{}; `etcdops migrate resume` finishes it, `etcdops migrate \
+                     rollback` returns to {} while etcd has not run on the new data",
+                    report.id,
+                    report.state,
+                    at,
                     report.from.display()
                 ))),
                 _ => Ok(()),

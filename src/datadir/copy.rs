@@ -74,6 +74,19 @@ pub struct CopyReport {
     pub sums: KnownSums,
 }
 
+/// Where a copy to `dst` stages its files: a dotfile dir beside it, on the same filesystem.
+/// A copy killed mid-way leaves it behind; the next copy or a migration's rollback removes it.
+pub fn staging_path_for(dst: &Path) -> Option<PathBuf> {
+    Some(staging_name(dst.parent()?, dst.file_name()?))
+}
+
+fn staging_name(parent: &Path, name: &std::ffi::OsStr) -> PathBuf {
+    let mut staged = OsString::from(".");
+    staged.push(name);
+    staged.push(".etcdops-staging");
+    parent.join(staged)
+}
+
 /// Copy the data dir `opts.src` to `opts.dst` (which must not exist, or be an empty
 /// directory). See the module header for the guarantees.
 pub fn copy(opts: &CopyOptions) -> Result<CopyReport> {
@@ -325,10 +338,7 @@ impl Target {
     }
 
     fn staging_path(&self) -> PathBuf {
-        let mut name = OsString::from(".");
-        name.push(&self.name);
-        name.push(".etcdops-staging");
-        self.parent.join(name)
+        staging_name(&self.parent, &self.name)
     }
 
     /// Refuse (exit 4) unless the target's filesystem has room for the data + 10 % and an

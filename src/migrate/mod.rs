@@ -312,6 +312,10 @@ impl Ctx<'_> {
             match *step {
                 "start-kubelet" => self.undo_start(host, &plan)?,
                 "copy" => {
+                    // A copy killed mid-way leaves its staging dir beside the target.
+                    if let Some(staging) = crate::datadir::copy::staging_path_for(&plan.to) {
+                        host.remove_tree(&staging)?;
+                    }
                     if plan.target_existed {
                         empty_dir(&plan.to)?;
                     } else {
@@ -596,8 +600,12 @@ pub fn report(run_dir: &Path, records: &[Record], running_now: bool) -> Result<R
                 state: s, reason, ..
             } => {
                 state = Some(s.clone());
-                if s == "failed" {
-                    error = reason.clone().or(error);
+                match s.as_str() {
+                    "failed" => error = reason.clone().or(error),
+                    // A resumed run that completed has no error left to show.
+                    "completed" => error = None,
+                    "finalized" => notes.extend(reason.clone()),
+                    _ => {}
                 }
             }
             _ => {}
@@ -831,10 +839,18 @@ pub fn rollback(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<
     let run_dir = find_run(&opts.state_dir, id)?;
     let (mut ctx, records) = open_ctx(host, opts, run_dir)?;
     let current = report(&ctx.run.dir, &records, false)?;
-    if !matches!(
-        current.state.as_str(),
-        "interrupted" | "failed" | "completed"
-    ) {
+    if current.state == "completed" {
+        return Err(Error::refused(
+            format!("run {}", current.id),
+            format!(
+                "it completed: etcd runs on {} and going back to {} would break raft (its log is \
+                 ahead); to move again, migrate to a new empty dir",
+                current.to.display(),
+                current.from.display()
+            ),
+        ));
+    }
+    if !matches!(current.state.as_str(), "interrupted" | "failed") {
         return Err(Error::refused(
             format!("run {}", current.id),
             format!("it is {}: nothing to roll back", current.state),
@@ -843,6 +859,11 @@ pub fn rollback(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<
     let began = began_steps(&records);
     let result = match ctx.rollback(&began) {
         Ok(()) => ctx.set_state("rolled-back", Some("rolled back by the operator".into())),
+        // The raft rule: the message already says to resume instead.
+        Err(e @ Error::Attention(_)) => {
+            let _ = ctx.set_state("failed", Some(e.one_line()));
+            Err(e)
+        }
         Err(e) => {
             let _ = ctx.set_state("failed", Some(e.one_line()));
             Err(Error::Attention(format!(
