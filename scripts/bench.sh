@@ -80,6 +80,7 @@ if [ ! -d "$src" ]; then
     }
     print "" > f; print "" > f; close(f)
   }'
+  # shellcheck disable=SC2016 # $1..$3 are the inner shell's arguments, expanded there
   find "$work/txn" -type f -print0 | sort -z |
     xargs -0 -P 4 -I{} sh -c 'ETCDCTL_API=3 "$1" --endpoints "$2" txn <"$3" >/dev/null' _ "$etcd35/etcdctl" "$url" {}
   count=$(ETCDCTL_API=3 "$etcd35/etcdctl" --endpoints "$url" get bench/ --prefix --count-only -w fields |
