@@ -11,7 +11,7 @@
 //! It does not use fs_extra: fs_extra keeps neither directory modes nor (with progress) file
 //! modes, and copies every byte through user space. Here the bytes move in the kernel
 //! (copy_file_range, or sendfile across filesystems) while a second thread hashes the source
-//! on the other core (the source sums cost no extra time), a third waits on fsyncs so the
+//! on the other core (the source sums add no wall time while that core is free), a third waits on fsyncs so the
 //! next file is already being copied, and writeback is started every 8 MiB so the disk works
 //! while we copy instead of all at the final fsync. Memory is one hashing buffer whatever the
 //! data size.
@@ -23,7 +23,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -221,7 +221,7 @@ fn sums_file_path(file: &Path, src: &Path, dst: &Path) -> Result<PathBuf> {
 }
 
 fn cancelled(opts: &CopyOptions) -> bool {
-    opts.cancel.is_some_and(|c| c.load(Ordering::SeqCst))
+    opts.cancel.is_some_and(|c| c.load(SeqCst))
 }
 
 /// Only stops the copy: `copy` words the error once it has removed the staging dir.
