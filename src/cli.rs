@@ -401,6 +401,20 @@ pub struct QuotaArgs {
     pub quota_backend_bytes: Option<u64>,
 }
 
+/// Parse the command line of either binary: `--help` and `--version` print and exit 0; a
+/// usage error prints clap's message and exits 2, as every invalid input does.
+pub fn parse_or_exit<T: Parser>() -> T {
+    T::try_parse().unwrap_or_else(|e| {
+        let code = if e.use_stderr() {
+            crate::error::exit::USAGE
+        } else {
+            crate::error::exit::OK
+        };
+        let _ = e.print();
+        std::process::exit(code)
+    })
+}
+
 /// Durations as etcdctl writes them: `2s`, `500ms`, `5m`, `1m30s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim())

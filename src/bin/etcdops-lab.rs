@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 
-use etcdops::error::{Error, Result, exit};
+use etcdops::error::{Error, Result};
 use etcdops::etcd::connect::Given;
 use etcdops::etcd::health::{self, HealthOptions};
 use etcdops::lab::{Lab, LabConfig, kubelet, pki::Authority, podspec, shell_quote};
@@ -91,18 +91,7 @@ enum KubeletCmd {
 }
 
 fn main() {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            };
-            let _ = e.print();
-            std::process::exit(code);
-        }
-    };
+    let cli: Cli = etcdops::cli::parse_or_exit();
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -161,14 +161,7 @@ impl Endpoint {
             .alarm(AlarmAction::Get, AlarmType::None, None)
             .await
             .map_err(|e| describe(&e))?;
-        Ok(resp
-            .alarms()
-            .iter()
-            .map(|a| Alarm {
-                member_id: a.member_id(),
-                alarm: alarm_name(a.alarm()),
-            })
-            .collect())
+        Ok(alarm_list(resp.alarms()))
     }
 
     pub async fn hash_kv(&mut self, revision: i64) -> Result<HashKv, String> {
@@ -235,14 +228,7 @@ impl Endpoint {
             .alarm(AlarmAction::Deactivate, kind, Some(opts))
             .await
             .map_err(|e| describe(&e))?;
-        Ok(resp
-            .alarms()
-            .iter()
-            .map(|a| Alarm {
-                member_id: a.member_id(),
-                alarm: alarm_name(a.alarm()),
-            })
-            .collect())
+        Ok(alarm_list(resp.alarms()))
     }
 
     /// Start streaming a snapshot of this member's backend.
@@ -291,6 +277,16 @@ impl Snapshot {
             Err(e) => Err(describe(&e)),
         }
     }
+}
+
+fn alarm_list(alarms: &[etcd_client::AlarmMember]) -> Vec<Alarm> {
+    alarms
+        .iter()
+        .map(|a| Alarm {
+            member_id: a.member_id(),
+            alarm: alarm_name(a.alarm()),
+        })
+        .collect()
 }
 
 pub(crate) fn alarm_name(a: AlarmType) -> String {
