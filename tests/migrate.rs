@@ -693,3 +693,59 @@ fn rolling_migration_under_writes_loses_nothing() {
     );
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }
+
+/// kill -9 right after a step's `begin` record (the step itself never ran or was cut short):
+/// `resume` re-runs that step and finishes; after a copy killed mid-way, `rollback` also
+/// removes the staging dir it left beside the target.
+#[test]
+fn kill_9_inside_a_step_then_resume_or_rollback() {
+    let lab = Lab::up(Version::V35, 3);
+    put_keys(&lab, "/inside/", 10);
+    for (i, point) in ["stop-etcd:begin", "copy:begin", "start-kubelet:begin"]
+        .into_iter()
+        .enumerate()
+    {
+        let to = lab.path().join(format!("inside-{i}/etcd"));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        let killed = lab.etcdops(
+            1,
+            &["migrate", "apply", "--yes", "--to", to.to_str().unwrap()],
+            &[("ETCDOPS_TEST_KILL_AFTER", point)],
+        );
+        assert_eq!(
+            killed.code,
+            -1,
+            "{point}: expected SIGKILL\n{}",
+            killed.dump()
+        );
+        lab.etcdops(1, &["migrate", "status"], &[]).code(5);
+        let res = lab.etcdops(1, &["migrate", "resume", "-o", "json"], &[]);
+        res.code(0);
+        assert_eq!(res.json()["state"], "completed", "{point}\n{}", res.dump());
+        assert_eq!(data_host_path(&lab.manifest(1)), to, "{point}");
+        assert_eq!(count_keys(&lab, "/inside/"), 10, "{point}");
+    }
+
+    // A copy cut short leaves `.etcd.etcdops-staging` beside the target: rollback removes it.
+    let to = lab.path().join("inside-staging/etcd");
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    let manifest_before = std::fs::read(lab.manifest(1)).unwrap();
+    let killed = lab.etcdops(
+        1,
+        &["migrate", "apply", "--yes", "--to", to.to_str().unwrap()],
+        &[("ETCDOPS_TEST_KILL_AFTER", "copy:begin")],
+    );
+    assert_eq!(killed.code, -1, "{}", killed.dump());
+    let staging = etcdops::datadir::copy::staging_path_for(&to).unwrap();
+    std::fs::create_dir_all(staging.join("member/snap")).unwrap();
+    std::fs::write(staging.join("member/snap/db"), b"partial").unwrap();
+    lab.etcdops(1, &["migrate", "rollback"], &[]).code(0);
+    assert!(
+        !staging.exists(),
+        "staging dir left at {}",
+        staging.display()
+    );
+    assert!(!to.exists());
+    assert_eq!(std::fs::read(lab.manifest(1)).unwrap(), manifest_before);
+    lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
+}
