@@ -255,6 +255,7 @@ fn real_host(lab: &Lab, node: usize) -> RealHost<'static> {
         start_timeout: Duration::from_secs(60),
         quota: etcdops::etcd::health::DEFAULT_QUOTA,
         progress: &Silent,
+        cancel: None,
     }
 }
 
@@ -299,6 +300,7 @@ fn a_fault_at_every_step_rolls_back_or_stops_safely() {
             manifest: manifest.clone(),
             state_dir: lab.state_dir(1),
             say: &say,
+            cancel: None,
         };
         let endpoint = host.inner.conn.endpoints[0].clone();
         let outcome = migrate::apply(&host, &opts, &to, true, &endpoint).unwrap();
@@ -748,4 +750,64 @@ fn kill_9_inside_a_step_then_resume_or_rollback() {
     assert!(!to.exists());
     assert_eq!(std::fs::read(lab.manifest(1)).unwrap(), manifest_before);
     lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
+}
+
+/// SIGTERM (an operator's Ctrl-C or `kill`) during the run: before etcd runs on the copy, the
+/// step in progress stops (a copy removes its staging dir) and the run rolls back, exit 1;
+/// from start-kubelet on it finishes, since going back would be unsafe.
+#[test]
+fn sigterm_rolls_back_before_start_and_finishes_after() {
+    let lab = Lab::up(Version::V35, 3);
+    put_keys(&lab, "/term/", 10);
+    let manifest_before = std::fs::read(lab.manifest(1)).unwrap();
+    for point in ["stop-kubelet:done", "copy:begin"] {
+        let to = lab
+            .path()
+            .join(format!("term-{}/etcd", point.replace(':', "-")));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        let r = lab.etcdops(
+            1,
+            &[
+                "migrate",
+                "apply",
+                "--yes",
+                "--to",
+                to.to_str().unwrap(),
+                "-o",
+                "json",
+            ],
+            &[("ETCDOPS_TEST_TERM_AFTER", point)],
+        );
+        r.code(1);
+        assert_eq!(r.json()["state"], "rolled-back", "{point}\n{}", r.dump());
+        assert!(r.stderr.contains("interrupted"), "{point}\n{}", r.dump());
+        assert_eq!(
+            std::fs::read(lab.manifest(1)).unwrap(),
+            manifest_before,
+            "{point}"
+        );
+        assert!(!to.exists(), "{point}: target left behind");
+        let staging = etcdops::datadir::copy::staging_path_for(&to).unwrap();
+        assert!(!staging.exists(), "{point}: staging left behind");
+        lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
+    }
+    let to = lab.path().join("term-late/etcd");
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    let r = lab.etcdops(
+        1,
+        &[
+            "migrate",
+            "apply",
+            "--yes",
+            "--to",
+            to.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+        &[("ETCDOPS_TEST_TERM_AFTER", "start-kubelet:begin")],
+    );
+    r.code(0);
+    assert_eq!(r.json()["state"], "completed", "{}", r.dump());
+    assert_eq!(data_host_path(&lab.manifest(1)), to);
+    assert_eq!(count_keys(&lab, "/term/"), 10);
 }

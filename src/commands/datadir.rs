@@ -125,7 +125,7 @@ extern "C" fn note_interrupt(_: libc::c_int) {
 /// Turn the first SIGINT/SIGTERM into a request to stop the copy (which then removes its
 /// staging dir); a second one takes the default action, for an operator who must get out
 /// now (a later copy removes the stale staging dir).
-fn cancel_on_signals() -> Result<&'static AtomicBool> {
+pub fn cancel_on_signals() -> Result<&'static AtomicBool> {
     let action = SigAction::new(
         SigHandler::Handler(note_interrupt),
         SaFlags::SA_RESTART | SaFlags::SA_RESETHAND,

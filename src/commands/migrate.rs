@@ -24,10 +24,29 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
             eprintln!("{line}");
         }
     };
+    // Before anything else (even reading certificates): the rest needs root anyway.
+    let changes_node = !matches!(
+        args.command,
+        MigrateCommand::Plan(_) | MigrateCommand::Status(_)
+    );
+    if changes_node && !nix::unistd::geteuid().is_root() {
+        return Err(Error::refused(
+            "migrate",
+            "must run as root (it stops kubelet and writes the manifest and data dirs)",
+        ));
+    }
+    // Ctrl-C or SIGTERM while the node is changing: finish the step, then roll back (or,
+    // once etcd runs on the copy, finish the run). A second signal kills as usual.
+    let cancel = if changes_node {
+        Some(super::datadir::cancel_on_signals()?)
+    } else {
+        None
+    };
     let opts = RunOptions {
         manifest: manifest.clone(),
         state_dir: state_dir.clone(),
         say: &say,
+        cancel,
     };
     let quota_flag = match &args.command {
         MigrateCommand::Plan(a) => a.quota.quota_backend_bytes,
@@ -71,19 +90,9 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
             start_timeout: global.node.start_timeout,
             quota: quota_backend_bytes(quota_flag, &manifest)?,
             progress: &bar,
+            cancel,
         })
     };
-    // Before anything else (even reading certificates): the rest needs root anyway.
-    let changes_node = !matches!(
-        args.command,
-        MigrateCommand::Plan(_) | MigrateCommand::Status(_)
-    );
-    if changes_node && !nix::unistd::geteuid().is_root() {
-        return Err(Error::refused(
-            "migrate",
-            "must run as root (it stops kubelet and writes the manifest and data dirs)",
-        ));
-    }
     // An unfinished run may have moved the manifest out: say that, not "manifest missing".
     if matches!(
         args.command,

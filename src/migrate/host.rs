@@ -4,6 +4,7 @@
 //! and `crate::manifest`, kubelet and the static pod through `crate::node`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::datadir::copy::{CopyOptions, CopyReport, copy};
@@ -55,6 +56,8 @@ pub struct RealHost<'a> {
     pub start_timeout: Duration,
     pub quota: u64,
     pub progress: &'a dyn Progress,
+    /// Set by SIGINT/SIGTERM: the copy stops (and removes its staging dir).
+    pub cancel: Option<&'a AtomicBool>,
 }
 
 impl RealHost<'_> {
@@ -170,7 +173,7 @@ impl Host for RealHost<'_> {
             src: src.to_path_buf(),
             dst: dst.to_path_buf(),
             progress: self.progress,
-            cancel: None,
+            cancel: self.cancel,
             sums_file: Some(sums_file.to_path_buf()),
         })
     }

@@ -136,18 +136,27 @@ impl Journal {
 
 /// Test hook for crash tests: `ETCDOPS_TEST_KILL_AFTER=<step>:<event>` makes the process
 /// SIGKILL itself right after that record is durable, exactly like `kill -9` at that point.
+/// `ETCDOPS_TEST_TERM_AFTER=<step>:<event>` sends SIGTERM instead, as an operator's Ctrl-C
+/// or `kill` would at that point.
 fn crash_point(record: &Record) {
-    let Ok(spec) = std::env::var("ETCDOPS_TEST_KILL_AFTER") else {
-        return;
-    };
-    let here = match record {
+    for (var, signal) in [
+        ("ETCDOPS_TEST_KILL_AFTER", nix::sys::signal::Signal::SIGKILL),
+        ("ETCDOPS_TEST_TERM_AFTER", nix::sys::signal::Signal::SIGTERM),
+    ] {
+        if let Ok(spec) = std::env::var(var)
+            && spec == point_name(record)
+        {
+            let _ = nix::sys::signal::kill(nix::unistd::getpid(), signal);
+        }
+    }
+}
+
+fn point_name(record: &Record) -> String {
+    match record {
         Record::Begin { step, .. } => format!("{step}:begin"),
         Record::Done { step, .. } => format!("{step}:done"),
         Record::UndoBegin { step, .. } => format!("{step}:undo-begin"),
         Record::UndoDone { step, .. } => format!("{step}:undo-done"),
-        _ => return,
-    };
-    if spec == here {
-        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+        _ => String::new(),
     }
 }

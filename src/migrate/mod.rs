@@ -37,6 +37,9 @@ pub const STEPS: [&str; 10] = [
 /// Index of the first step after which a failure must roll back (it changes the node).
 const FIRST_CHANGING_STEP: usize = 2;
 
+/// start-kubelet: from here on etcd may run on the copy, and going back is unsafe.
+const START_STEP: usize = 7;
+
 /// The steps whose undo does something.
 const HAS_UNDO: [&str; 4] = ["start-kubelet", "copy", "stop-kubelet", "stop-etcd"];
 
@@ -174,6 +177,9 @@ pub struct Ctx<'a> {
     pub journal: Journal,
     /// Step progress lines for a person (stderr); silent for JSON.
     pub say: &'a dyn Fn(&str),
+    /// Set by SIGINT/SIGTERM: no new step starts before etcd runs on the copy; the run
+    /// rolls back instead. From start-kubelet on the run finishes (going back is unsafe).
+    pub cancel: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 impl Ctx<'_> {
@@ -184,6 +190,18 @@ impl Ctx<'_> {
     /// Run the steps from `from` on; returns the failing step's index with its error.
     fn forward(&mut self, from: usize) -> std::result::Result<(), (usize, Error)> {
         for (i, step) in STEPS.iter().enumerate().skip(from) {
+            let interrupted = self
+                .cancel
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst));
+            if interrupted && i < START_STEP {
+                return Err((
+                    i,
+                    Error::failed(
+                        format!("migration before step {step}"),
+                        "interrupted by the operator (SIGINT/SIGTERM)",
+                    ),
+                ));
+            }
             (self.say)(&format!("[{}/{}] {step} ...", i + 1, STEPS.len()));
             self.record(Record::Begin {
                 ts_ms: now_ms(),
@@ -685,6 +703,8 @@ pub struct RunOptions<'a> {
     pub manifest: PathBuf,
     pub state_dir: PathBuf,
     pub say: &'a dyn Fn(&str),
+    /// Set by SIGINT/SIGTERM (see `Ctx::cancel`).
+    pub cancel: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 /// `migrate apply`: preflight, then the steps; rolls back by itself on failure.
@@ -733,6 +753,7 @@ pub fn apply(
         run,
         journal,
         say: opts.say,
+        cancel: opts.cancel,
     };
     let result = ctx.run_from(0);
     finish(&ctx.run.dir, result)
@@ -796,6 +817,7 @@ fn open_ctx<'a>(
             run: RunDir { dir: run_dir },
             journal,
             say: opts.say,
+            cancel: opts.cancel,
         },
         records,
     ))
