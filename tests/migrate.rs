@@ -51,6 +51,15 @@ fn data_host_path(manifest: &Path) -> PathBuf {
     pod.data_volume().unwrap().data_host_path
 }
 
+/// `etcdops migrate apply --yes --to TO [-o json]` on node 1, with extra env.
+fn apply(lab: &Lab, to: &str, json: bool, env: &[(&str, &str)]) -> common::Run {
+    let mut args = vec!["migrate", "apply", "--yes", "--to", to];
+    if json {
+        args.extend(["-o", "json"]);
+    }
+    lab.etcdops(1, &args, env)
+}
+
 /// The whole job, on etcd 3.4 and 3.5: plan, apply, health, finalize, fence.
 fn end_to_end(version: Version) {
     let lab = Lab::up(version, 3);
@@ -69,11 +78,7 @@ fn end_to_end(version: Version) {
     );
     assert!(!new.exists(), "plan must change nothing");
 
-    let run = lab.etcdops(
-        1,
-        &["migrate", "apply", "--to", &to, "--yes", "-o", "json"],
-        &[],
-    );
+    let run = apply(&lab, &to, true, &[]);
     run.code(0);
     let doc = run.json();
     assert_eq!(doc["state"], "completed", "{}", run.dump());
@@ -369,9 +374,10 @@ fn kill_9_after_every_step_then_resume_or_rollback() {
         let to = lab.path().join(format!("crash-{i}-a/etcd"));
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         let manifest_before = std::fs::read(lab.manifest(1)).unwrap();
-        let killed = lab.etcdops(
-            1,
-            &["migrate", "apply", "--yes", "--to", to.to_str().unwrap()],
+        let killed = apply(
+            &lab,
+            to.to_str().unwrap(),
+            false,
             &[("ETCDOPS_TEST_KILL_AFTER", &point)],
         );
         assert_eq!(
@@ -384,11 +390,7 @@ fn kill_9_after_every_step_then_resume_or_rollback() {
         st.code(5);
         assert_eq!(st.json()["state"], "interrupted", "{point}");
         // A new apply is refused while the run is unfinished.
-        let again = lab.etcdops(
-            1,
-            &["migrate", "apply", "--yes", "--to", "/nonexistent-x/etcd"],
-            &[],
-        );
+        let again = apply(&lab, "/nonexistent-x/etcd", false, &[]);
         again.code(4);
         let rb = lab.etcdops(1, &["migrate", "rollback", "-o", "json"], &[]);
         // Before start-kubelet etcd cannot have run on the copy: rollback must succeed.
@@ -417,9 +419,10 @@ fn kill_9_after_every_step_then_resume_or_rollback() {
         // 2. killed at the same point, then resumed.
         let to = lab.path().join(format!("crash-{i}-b/etcd"));
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        let killed = lab.etcdops(
-            1,
-            &["migrate", "apply", "--yes", "--to", to.to_str().unwrap()],
+        let killed = apply(
+            &lab,
+            to.to_str().unwrap(),
+            false,
             &[("ETCDOPS_TEST_KILL_AFTER", &point)],
         );
         assert_eq!(
@@ -469,38 +472,20 @@ fn preflight_refusals_change_nothing() {
     let full = lab.path().join("full");
     std::fs::create_dir_all(&full).unwrap();
     std::fs::write(full.join("keep"), b"operator data").unwrap();
-    let r = lab.etcdops(
-        1,
-        &["migrate", "apply", "--yes", "--to", full.to_str().unwrap()],
-        &[],
-    );
+    let r = apply(&lab, full.to_str().unwrap(), false, &[]);
     r.code(4).one_line_error("not empty");
     assert_eq!(std::fs::read(full.join("keep")).unwrap(), b"operator data");
     assert_unchanged("target not empty");
 
     // Target inside the source.
     let inside = lab.data_dir(1).join("member/new");
-    let r = lab.etcdops(
-        1,
-        &[
-            "migrate",
-            "apply",
-            "--yes",
-            "--to",
-            inside.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let r = apply(&lab, inside.to_str().unwrap(), false, &[]);
     r.code(2).one_line_error("inside");
     assert!(!inside.exists());
     assert_unchanged("target inside source");
 
     // Relative target.
-    let r = lab.etcdops(
-        1,
-        &["migrate", "apply", "--yes", "--to", "relative/etcd"],
-        &[],
-    );
+    let r = apply(&lab, "relative/etcd", false, &[]);
     r.code(2).one_line_error("absolute");
     assert_unchanged("relative target");
 
@@ -529,17 +514,7 @@ fn preflight_refusals_change_nothing() {
         assert!(out.status.success());
     }
     let target = small.join("etcd");
-    let r = lab.etcdops(
-        1,
-        &[
-            "migrate",
-            "apply",
-            "--yes",
-            "--to",
-            target.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let r = apply(&lab, target.to_str().unwrap(), false, &[]);
     r.code(4).one_line_error("free");
     assert_eq!(
         std::fs::read_dir(&small).unwrap().count(),
@@ -581,11 +556,7 @@ fn preflight_refusals_change_nothing() {
     let aside = lab.path().join("node3-etcd.yaml");
     std::fs::rename(&m3, &aside).unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let r = lab.etcdops(
-        1,
-        &["migrate", "apply", "--yes", "--to", to.to_str().unwrap()],
-        &[],
-    );
+    let r = apply(&lab, to.to_str().unwrap(), false, &[]);
     r.code(4).one_line_error("unhealthy");
     assert!(!to.exists());
     assert_unchanged("cluster unhealthy");
@@ -709,9 +680,10 @@ fn kill_9_inside_a_step_then_resume_or_rollback() {
     {
         let to = lab.path().join(format!("inside-{i}/etcd"));
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        let killed = lab.etcdops(
-            1,
-            &["migrate", "apply", "--yes", "--to", to.to_str().unwrap()],
+        let killed = apply(
+            &lab,
+            to.to_str().unwrap(),
+            false,
             &[("ETCDOPS_TEST_KILL_AFTER", point)],
         );
         assert_eq!(
@@ -732,9 +704,10 @@ fn kill_9_inside_a_step_then_resume_or_rollback() {
     let to = lab.path().join("inside-staging/etcd");
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
     let manifest_before = std::fs::read(lab.manifest(1)).unwrap();
-    let killed = lab.etcdops(
-        1,
-        &["migrate", "apply", "--yes", "--to", to.to_str().unwrap()],
+    let killed = apply(
+        &lab,
+        to.to_str().unwrap(),
+        false,
         &[("ETCDOPS_TEST_KILL_AFTER", "copy:begin")],
     );
     assert_eq!(killed.code, -1, "{}", killed.dump());
@@ -765,17 +738,10 @@ fn sigterm_rolls_back_before_start_and_finishes_after() {
             .path()
             .join(format!("term-{}/etcd", point.replace(':', "-")));
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        let r = lab.etcdops(
-            1,
-            &[
-                "migrate",
-                "apply",
-                "--yes",
-                "--to",
-                to.to_str().unwrap(),
-                "-o",
-                "json",
-            ],
+        let r = apply(
+            &lab,
+            to.to_str().unwrap(),
+            true,
             &[("ETCDOPS_TEST_TERM_AFTER", point)],
         );
         r.code(1);
@@ -793,17 +759,10 @@ fn sigterm_rolls_back_before_start_and_finishes_after() {
     }
     let to = lab.path().join("term-late/etcd");
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    let r = lab.etcdops(
-        1,
-        &[
-            "migrate",
-            "apply",
-            "--yes",
-            "--to",
-            to.to_str().unwrap(),
-            "-o",
-            "json",
-        ],
+    let r = apply(
+        &lab,
+        to.to_str().unwrap(),
+        true,
         &[("ETCDOPS_TEST_TERM_AFTER", "start-kubelet:begin")],
     );
     r.code(0);
