@@ -397,6 +397,16 @@ fn kill_9_after_every_step_then_resume_or_rollback() {
         // From start-kubelet on it has (or, right after the manifest went back, may have):
         // then rollback refuses with 5 and leaves the member on the new data.
         let may_refuse = i >= STEPS.iter().position(|s| *s == "start-kubelet").unwrap();
+        // After wait-healthy etcd has certainly served on the copy: going back is a bug.
+        let must_refuse = i >= STEPS.iter().position(|s| *s == "wait-healthy").unwrap();
+        if must_refuse {
+            assert_eq!(
+                rb.code,
+                5,
+                "{point}: rollback after etcd ran\n{}",
+                rb.dump()
+            );
+        }
         if rb.code == 5 && may_refuse {
             assert_eq!(rb.json()["state"], "failed", "{point}");
             assert_eq!(data_host_path(&lab.manifest(1)), to, "{point}");
