@@ -92,7 +92,8 @@ pub fn replace_with_backup(
         .into_owned();
     let tmp = dir.join(format!(".{name}.etcdops-{}.tmp", std::process::id()));
 
-    write_temp(&tmp, contents, &meta).inspect_err(|_| {
+    let owner = Some((meta.uid(), meta.gid()));
+    write_temp(&tmp, contents, meta.mode() & 0o7777, owner).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })?;
     let backup = write_backup(backup_dir, &name, expected).inspect_err(|_| {
@@ -134,8 +135,15 @@ pub fn replace_with_backup(
     Ok(backup)
 }
 
-/// The new content in a dotfile beside the target, with the target's owner and mode.
-fn write_temp(tmp: &Path, contents: &[u8], like: &fs::Metadata) -> Result<()> {
+/// Write `contents` to a new file `tmp` (a dotfile beside its destination) with `mode` and,
+/// when given, `owner`, and fsync it: the file is complete before anyone can rename it into
+/// place. Shared by the manifest rewrite and `node::write_atomic`.
+pub(crate) fn write_temp(
+    tmp: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -144,10 +152,12 @@ fn write_temp(tmp: &Path, contents: &[u8], like: &fs::Metadata) -> Result<()> {
         .map_err(|e| Error::io("create", tmp, e))?;
     file.write_all(contents)
         .map_err(|e| Error::io("write", tmp, e))?;
-    std::os::unix::fs::fchown(&file, Some(like.uid()), Some(like.gid()))
-        .map_err(|e| Error::io("chown", tmp, e))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+            .map_err(|e| Error::io("chown", tmp, e))?;
+    }
     // After chown, which may clear set-id bits; and explicitly, since umask applied at create.
-    file.set_permissions(fs::Permissions::from_mode(like.mode() & 0o7777))
+    file.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io("chmod", tmp, e))?;
     file.sync_all().map_err(|e| Error::io("fsync", tmp, e))
 }
@@ -201,7 +211,7 @@ pub fn timestamp(t: SystemTime) -> String {
         .replace(['-', ':'], "")
 }
 
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

@@ -686,8 +686,7 @@ pub fn is_settled(state: &str) -> bool {
 /// A new run id: UTC time to the second, sortable; `-2`, `-3`... when a run of the same
 /// second exists (a quick retry after a refusal or a crash).
 pub fn unique_id(state_dir: &Path) -> String {
-    let t = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let base = t.replace(['-', ':'], "");
+    let base = crate::manifest::atomic::timestamp(std::time::SystemTime::now());
     let runs = runs_dir(state_dir);
     let mut id = base.clone();
     let mut n = 1;

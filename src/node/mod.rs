@@ -6,15 +6,15 @@
 //! its manifest out of the manifests dir and waiting until the data dir is quiesced and the
 //! client port refuses; only then is kubelet stopped.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::manifest::atomic;
 
 /// kubelet control: three shell commands (`systemctl stop|start|is-active kubelet` by
 /// default; the lab's stand-in commands in tests and the demo).
@@ -74,14 +74,12 @@ pub fn run_shell(command: &str) -> Result<String> {
 
 /// fsync a directory so that a rename or unlink in it survives a crash.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync", dir, e))
+    atomic::fsync_dir(dir).map_err(|e| Error::io("fsync", dir, e))
 }
 
 /// Write `bytes` to `dest` atomically: a temp file beside it whose name starts with a dot
 /// (kubelet ignores dotfiles, so this is safe in the manifests dir), fsync, rename, fsync
-/// the dir. `mode`, `uid`, `gid` are given to the file before it appears.
+/// the dir. `mode` and `owner` are given to the file before it appears.
 pub fn write_atomic(dest: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
     let dir = dest
         .parent()
@@ -91,26 +89,12 @@ pub fn write_atomic(dest: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u3
         .ok_or_else(|| Error::input(dest, "has no file name"))?
         .to_string_lossy();
     let tmp = dir.join(format!(".{name}.etcdops-tmp"));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io("create", &tmp, e))?;
-        f.write_all(bytes)
-            .map_err(|e| Error::io("write", &tmp, e))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
-                .map_err(|e| Error::io("chown", &tmp, e))?;
-        }
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io("chmod", &tmp, e))?;
-        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+    // A temp left by a run killed mid-write is ours to replace.
+    let _ = fs::remove_file(&tmp);
+    let result = atomic::write_temp(&tmp, bytes, mode, owner).and_then(|()| {
         fs::rename(&tmp, dest).map_err(|e| Error::io("rename into place", dest, e))?;
         fsync_dir(dir)
-    })();
+    });
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
