@@ -198,6 +198,21 @@ pub fn copy(opts: &CopyOptions) -> Result<CopyReport> {
     })
 }
 
+/// The parent directory of `path` (`.` for a bare name), resolved; it must exist and be a
+/// directory (exit 2 otherwise, with `missing` as the reason when it does not exist).
+fn existing_parent(path: &Path, missing: &str) -> Result<PathBuf> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    match fs::canonicalize(&parent) {
+        Ok(p) if p.is_dir() => Ok(p),
+        Ok(_) => Err(Error::input(&parent, "is not a directory")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::input(&parent, missing)),
+        Err(e) => Err(Error::io("resolve", &parent, e)),
+    }
+}
+
 /// Where the sums file goes: a new file, in an existing directory, outside both trees (in
 /// the source it would modify it, in the target it would be an extra file).
 fn sums_file_path(file: &Path, src: &Path, dst: &Path) -> Result<PathBuf> {
@@ -205,18 +220,7 @@ fn sums_file_path(file: &Path, src: &Path, dst: &Path) -> Result<PathBuf> {
         Some(Component::Normal(n)) => n.to_os_string(),
         _ => return Err(Error::input(file, "is not a file name")),
     };
-    let parent = match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let parent = match fs::canonicalize(&parent) {
-        Ok(p) if p.is_dir() => p,
-        Ok(_) => return Err(Error::input(&parent, "is not a directory")),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(Error::input(&parent, "does not exist"));
-        }
-        Err(e) => return Err(Error::io("resolve", &parent, e)),
-    };
+    let parent = existing_parent(file, "does not exist")?;
     let path = parent.join(name);
     if path.starts_with(src) || path.starts_with(dst) {
         return Err(Error::input(
@@ -263,21 +267,10 @@ impl Target {
                 ));
             }
         };
-        let parent = match dst.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let parent = match fs::canonicalize(&parent) {
-            Ok(p) if p.is_dir() => p,
-            Ok(_) => return Err(Error::input(&parent, "is not a directory")),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::input(
-                    &parent,
-                    "does not exist: mount the new disk and create the parent directory first",
-                ));
-            }
-            Err(e) => return Err(Error::io("resolve", &parent, e)),
-        };
+        let parent = existing_parent(
+            dst,
+            "does not exist: mount the new disk and create the parent directory first",
+        )?;
         let path = parent.join(&name);
         if path.starts_with(src) {
             return Err(Error::input(
