@@ -236,6 +236,7 @@ fn a_fault_at_every_step_rolls_back_or_stops_safely() {
             state_dir: lab.state_dir(1),
             say: &say,
             cancel: None,
+            unfinished: etcdops::runs::check_none_unfinished,
         };
         let endpoint = inner.conn.endpoints[0].clone();
         let outcome = migrate::apply(&host, &opts, &to, true, &endpoint).unwrap();

@@ -85,6 +85,8 @@ pub struct RunOptions<'a> {
     pub say: &'a dyn Fn(&str),
     /// SIGINT/SIGTERM (see `run::Cancel`).
     pub cancel: Option<&'a Cancel>,
+    /// Refuses while any run of any kind is unfinished (`runs::check_none_unfinished`).
+    pub unfinished: fn(&Path) -> Result<String>,
 }
 
 /// A run that got as far as having a journal: its report, and how it ended.
@@ -119,6 +121,7 @@ pub fn apply(
             endpoint,
             snapshot,
             id: id.clone(),
+            unfinished: opts.unfinished,
         },
     );
     // A refusal is one line on stderr; warnings matter only for a run that goes ahead.
@@ -139,10 +142,21 @@ pub fn apply(
     Ok(outcome(&engine, result))
 }
 
-/// `migrate status`: the run's report (running when another process holds the lock).
-pub fn status(state_dir: &Path, id: Option<&str>) -> Result<RunReport> {
-    let dir = crate::run::find_run(state_dir, id)?;
-    crate::runs::report(&dir, RunLock::held(state_dir))
+/// The manifest connection discovery should read for a run's resume or rollback: the one in
+/// the manifests dir, or, while the run has it moved out, the run's copy (the original
+/// first).
+pub fn discovery_manifest(state_dir: &Path, id: Option<&str>, manifest: &Path) -> Result<PathBuf> {
+    if manifest.exists() {
+        return Ok(manifest.to_path_buf());
+    }
+    let run = RunDir {
+        dir: crate::run::find_run(state_dir, id)?,
+    };
+    Ok(if run.original().exists() {
+        run.original()
+    } else {
+        run.manifest()
+    })
 }
 
 fn open<'a>(

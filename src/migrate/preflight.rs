@@ -43,6 +43,9 @@ pub struct PreflightInput<'a> {
     pub endpoint: &'a str,
     pub snapshot: bool,
     pub id: String,
+    /// Refuses while any run of this node, of any kind, is unfinished (`runs`, above the
+    /// sagas, knows every kind).
+    pub unfinished: fn(&Path) -> Result<String>,
 }
 
 /// The `kubeadm-config` change that makes the next `kubeadm upgrade` keep the new path.
@@ -179,7 +182,7 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
             d
         }),
     );
-    check("no-unfinished-run", check_runs(input.state_dir));
+    check("no-unfinished-run", (input.unfinished)(input.state_dir));
 
     let ok = refusal.is_none();
     let target_existed = input.to.exists();
@@ -343,9 +346,4 @@ fn check_space(to: &Path, bytes: u64, src: &Path, warnings: &mut Vec<String>) ->
         crate::output::bytes(avail),
         crate::output::bytes(need)
     ))
-}
-
-/// Refuse (exit 4) while any run of this node, of any kind, is not settled.
-pub fn check_runs(state_dir: &Path) -> Result<String> {
-    crate::runs::check_none_unfinished(state_dir)
 }
