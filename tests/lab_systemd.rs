@@ -304,3 +304,80 @@ fn systemd_down_after_killed_up() {
     lab.lab(&["down"]).code(0);
     assert_down_clean(&lab, &before);
 }
+
+/// Bad `up` flags: exit 2, one line naming the flag, and the lab dir unchanged.
+#[test]
+fn systemd_up_bad_flags_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keep"), "x").unwrap();
+    let before = common::tree_bytes(dir.path());
+    for (flags, needle) in [
+        (vec!["--disk", "ext4"], "--systemd"),
+        (vec!["--systemd", "--disk", "btrfs"], "btrfs"),
+    ] {
+        let out = Command::new(lab_bin())
+            .args(["up", "--dir"])
+            .arg(dir.path())
+            .args(["--etcd"])
+            .arg(Version::V35.etcd())
+            .args(&flags)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(err.contains(needle), "{flags:?}: {err}");
+        assert_eq!(common::tree_bytes(dir.path()), before, "{flags:?}");
+    }
+}
+
+/// An `up` that fails (node 3's client port is taken, so the cluster never gets healthy)
+/// exits 1 saying so and undoes its containers and loop devices itself.
+#[test]
+fn systemd_failed_up_undoes_itself() {
+    let dir = tempfile::Builder::new()
+        .prefix("etcdops-lab-")
+        .tempdir()
+        .unwrap();
+    let prefix = "127.0.214";
+    let _taken = std::net::TcpListener::bind(format!("{prefix}.13:2379")).unwrap();
+    let out = Command::new(lab_bin())
+        .args(["up", "--dir"])
+        .arg(dir.path())
+        .args(["--nodes", "3", "--ip-prefix", prefix, "--timeout", "10s"])
+        .arg("--etcd")
+        .arg(Version::V35.etcd())
+        .args(["--systemd", "--disk", "xfs"])
+        .output()
+        .unwrap();
+    let lab = Lab {
+        dir,
+        nodes: 3,
+        version: Version::V35,
+        systemd: true,
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("not healthy") && err.contains("powered off"),
+        "{err}"
+    );
+    // Nothing recorded is left: the same checks as after `down`, with the images `up` made.
+    let images: Vec<(String, PathBuf)> = (1..=3)
+        .flat_map(|n| ["data", "new"].map(|w| (n, w)))
+        .map(|(n, w)| {
+            (
+                format!("node{n}-{w}"),
+                lab.path().join(format!("disks/node{n}-{w}.img")),
+            )
+        })
+        .collect();
+    assert!(images.iter().all(|(_, f)| f.is_file()));
+    assert_down_clean(
+        &lab,
+        &Created {
+            pids: Vec::new(),
+            loops: images,
+        },
+    );
+}

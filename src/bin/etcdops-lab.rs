@@ -285,29 +285,27 @@ fn up(
     )
     .map_err(|e| Error::io("write", &cfg, e))?;
     let disk = lab.config.disk;
-    for n in 1..=nodes {
+    if let Err(e) = start_nodes(&lab, timeout) {
         if lab.config.systemd {
-            systemd::prepare_disks(&lab, n, disk)?;
-        } else {
-            let data = lab.data_dir(n);
-            std::fs::create_dir_all(&data).map_err(|e| Error::io("create", &data, e))?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| Error::io("chmod", &data, e))?;
+            // Loop devices and containers are not files an operator would clean up by
+            // hand: undo them now (`down` would do the same), keep the logs.
+            let undo = systemd::down(&lab).err().map_or(String::new(), |d| {
+                format!(
+                    "; undoing it failed too ({}): run `etcdops-lab down`",
+                    d.one_line()
+                )
+            });
+            return Err(Error::failed(
+                "etcdops-lab up --systemd",
+                format!(
+                    "{}; the nodes were powered off and their disks detached{undo}; logs: {}/node*/{{console,kubelet,etcd}}.log",
+                    e.one_line(),
+                    lab.dir.display()
+                ),
+            ));
         }
+        return Err(e);
     }
-    if lab.config.systemd {
-        for n in 1..=nodes {
-            systemd::write_node_files(&lab, n)?;
-            systemd::boot(&lab, n)?;
-        }
-        systemd::wait_kubelets(&lab, timeout)?;
-    } else {
-        for n in 1..=nodes {
-            kubelet::start(&lab, n)?;
-        }
-    }
-    wait_healthy(&lab, timeout)?;
     let mode = if lab.config.systemd {
         format!(" (systemd-nspawn nodes, disks: {})", disk.name())
     } else {
@@ -320,6 +318,33 @@ fn up(
         shell_quote(&dir.to_string_lossy())
     );
     Ok(())
+}
+
+/// Disks, containers or stand-ins, then a healthy cluster.
+fn start_nodes(lab: &Lab, timeout: Duration) -> Result<()> {
+    for n in 1..=lab.config.nodes {
+        if lab.config.systemd {
+            systemd::prepare_disks(lab, n, lab.config.disk)?;
+        } else {
+            let data = lab.data_dir(n);
+            std::fs::create_dir_all(&data).map_err(|e| Error::io("create", &data, e))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io("chmod", &data, e))?;
+        }
+    }
+    if lab.config.systemd {
+        for n in 1..=lab.config.nodes {
+            systemd::write_node_files(lab, n)?;
+            systemd::boot(lab, n)?;
+        }
+        systemd::wait_kubelets(lab, timeout)?;
+    } else {
+        for n in 1..=lab.config.nodes {
+            kubelet::start(lab, n)?;
+        }
+    }
+    wait_healthy(lab, timeout)
 }
 
 fn wait_healthy(lab: &Lab, timeout: Duration) -> Result<()> {
