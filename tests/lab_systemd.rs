@@ -132,6 +132,8 @@ fn start_cancels_running_stop(version: Version) {
         t0.elapsed().as_secs_f64()
     );
     assert_eq!(kubelet_state(&lab, 1), (0, "active".into()));
+    let etcd_pid_file = lab.node_dir(1).join("etcd.pid");
+    let etcd_before = std::fs::read_to_string(&etcd_pid_file).unwrap();
 
     let gate = lab.node_dir(1).join("kubelet.stop-gate");
     std::fs::write(&gate, "").unwrap();
@@ -162,6 +164,21 @@ fn start_cancels_running_stop(version: Version) {
     let started = start.wait_with_output().unwrap();
     assert_eq!(started.status.code(), Some(0), "{started:?}");
     assert_eq!(kubelet_state(&lab, 1), (0, "active".into()));
+    // Stopping kubelet.service did not take etcd with it (KillMode=process, as etcd lives
+    // outside kubelet's cgroup on a real node): the new stand-in adopted the same etcd.
+    wait_for(
+        "the new stand-in to log that it adopted etcd",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(lab.node_dir(1).join("kubelet.log"))
+                .unwrap_or_default()
+                .contains("adopted running etcd")
+        },
+    );
+    assert_eq!(
+        std::fs::read_to_string(&etcd_pid_file).unwrap(),
+        etcd_before
+    );
     // And the stand-in systemd restarted is the real thing: etcd serves.
     wait_for("the cluster healthy", Duration::from_secs(30), || {
         lab.etcdops(1, &["health", "--cluster"], &[]).code == 0
