@@ -147,6 +147,55 @@ fn start_cancels_running_stop() {
     lab.etcdops(1, &["health"], &[]).code(0);
 }
 
+/// The failure of issue 10 on the stand-in: the `kubelet stop` command is killed (SIGKILL)
+/// while the stand-in is still stopping; a later start must not take the dying stand-in for
+/// a running one: it waits for it and the stand-in ends running.
+#[test]
+fn start_after_killed_stop_ends_running() {
+    let lab = Lab::up(Version::V35, 1);
+    let first = std::fs::read_to_string(lab.node_dir(1).join("kubelet.pid")).unwrap();
+    let gate = lab.node_dir(1).join("kubelet.stop-gate");
+    std::fs::write(&gate, "").unwrap();
+    let mut stop = std::process::Command::new(common::lab::lab_bin())
+        .args(["kubelet", "stop", "--dir"])
+        .arg(lab.path())
+        .args(["--node", "1"])
+        .spawn()
+        .unwrap();
+    wait_for("the stand-in to be deactivating", || {
+        lab.lab(&["kubelet", "status", "--node", "1"]).stdout.trim() == "deactivating"
+    });
+    stop.kill().unwrap();
+    stop.wait().unwrap();
+    // The stop's command is gone, the stand-in is still on its way out.
+    let status = lab.lab(&["kubelet", "status", "--node", "1"]);
+    status.code(3);
+    assert_eq!(status.stdout.trim(), "deactivating");
+    let start = std::process::Command::new(common::lab::lab_bin())
+        .args(["kubelet", "start", "--dir"])
+        .arg(lab.path())
+        .args(["--node", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the start to be queued", || {
+        std::fs::read_to_string(lab.node_dir(1).join("kubelet.job"))
+            .is_ok_and(|j| j.starts_with("start "))
+    });
+    std::fs::remove_file(&gate).unwrap();
+    let started = start.wait_with_output().unwrap();
+    assert_eq!(started.status.code(), Some(0), "{started:?}");
+    let status = lab.lab(&["kubelet", "status", "--node", "1"]);
+    status.code(0);
+    assert_eq!(status.stdout.trim(), "active");
+    let second = std::fs::read_to_string(lab.node_dir(1).join("kubelet.pid")).unwrap();
+    assert_ne!(
+        first.split_whitespace().next(),
+        second.split_whitespace().next()
+    );
+}
+
 #[test]
 fn env_points_etcdops_at_a_node() {
     let lab = Lab::up(Version::V34, 1);

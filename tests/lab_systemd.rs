@@ -132,6 +132,8 @@ fn start_cancels_running_stop(version: Version) {
         t0.elapsed().as_secs_f64()
     );
     assert_eq!(kubelet_state(&lab, 1), (0, "active".into()));
+    let etcd_pid_file = lab.node_dir(1).join("etcd.pid");
+    let etcd_before = std::fs::read_to_string(&etcd_pid_file).unwrap();
 
     let gate = lab.node_dir(1).join("kubelet.stop-gate");
     std::fs::write(&gate, "").unwrap();
@@ -162,6 +164,21 @@ fn start_cancels_running_stop(version: Version) {
     let started = start.wait_with_output().unwrap();
     assert_eq!(started.status.code(), Some(0), "{started:?}");
     assert_eq!(kubelet_state(&lab, 1), (0, "active".into()));
+    // Stopping kubelet.service did not take etcd with it (KillMode=process, as etcd lives
+    // outside kubelet's cgroup on a real node): the new stand-in adopted the same etcd.
+    wait_for(
+        "the new stand-in to log that it adopted etcd",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(lab.node_dir(1).join("kubelet.log"))
+                .unwrap_or_default()
+                .contains("adopted running etcd")
+        },
+    );
+    assert_eq!(
+        std::fs::read_to_string(&etcd_pid_file).unwrap(),
+        etcd_before
+    );
     // And the stand-in systemd restarted is the real thing: etcd serves.
     wait_for("the cluster healthy", Duration::from_secs(30), || {
         lab.etcdops(1, &["health", "--cluster"], &[]).code == 0
@@ -180,6 +197,57 @@ fn systemd_start_cancels_running_stop_3_5() {
 #[test]
 fn systemd_start_cancels_running_stop_3_4() {
     start_cancels_running_stop(Version::V34);
+}
+
+/// Under real systemd a killed `systemctl stop kubelet` does not stop the stop job: the unit
+/// stays "deactivating", and a later start waits for it and ends active — the behaviour the
+/// stand-in copies (tests/lab.rs, start_after_killed_stop_ends_running).
+#[test]
+fn systemd_start_after_killed_stop_ends_active_3_5() {
+    let lab = Lab::up_systemd(Version::V35, 1, "dir");
+    let gate = lab.node_dir(1).join("kubelet.stop-gate");
+    std::fs::write(&gate, "").unwrap();
+    let mut stop = lab
+        .env_command(1, "ETCDOPS_KUBELET_STOP_CMD")
+        .spawn()
+        .unwrap();
+    wait_for(
+        "systemd to report kubelet deactivating",
+        Duration::from_secs(30),
+        || kubelet_state(&lab, 1).1 == "deactivating",
+    );
+    stop.kill().unwrap();
+    stop.wait().unwrap();
+    assert_eq!(kubelet_state(&lab, 1), (3, "deactivating".into()));
+    let start = lab
+        .env_command(1, "ETCDOPS_KUBELET_START_CMD")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // systemctl in the node, as the env's status command reaches it.
+    let status_cmd = lab
+        .env(1)
+        .into_iter()
+        .find(|(k, _)| k == "ETCDOPS_KUBELET_STATUS_CMD")
+        .unwrap()
+        .1;
+    let list_jobs = status_cmd.replace("is-active kubelet", "list-jobs --no-legend");
+    wait_for(
+        "systemd to queue the start job behind the dying unit",
+        Duration::from_secs(30),
+        || {
+            let out = Command::new("sh")
+                .args(["-c", &list_jobs])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("kubelet.service start")
+        },
+    );
+    std::fs::remove_file(&gate).unwrap();
+    let started = start.wait_with_output().unwrap();
+    assert_eq!(started.status.code(), Some(0), "{started:?}");
+    assert_eq!(kubelet_state(&lab, 1), (0, "active".into()));
 }
 
 fn put_keys(lab: &Lab, n: usize) {

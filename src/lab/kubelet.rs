@@ -13,7 +13,9 @@
 //! - `start` and `stop` behave like systemd's jobs on kubelet.service: one job at a time per
 //!   node (`kubelet.job`, rewritten under a flock on `kubelet.lock`), and a start issued while
 //!   a stop runs replaces it: the stop exits 1 with "Job for kubelet.service canceled.", the
-//!   start waits for the old stand-in to exit and starts a new one. `kubelet.stop-gate` (a
+//!   start waits for the old stand-in to exit and starts a new one. A stop whose command was
+//!   killed still counts (the pid file says `PID stopping`): a later start waits for the
+//!   stand-in to exit and starts a new one, as systemd does. `kubelet.stop-gate` (a
 //!   file tests create) holds a stopping stand-in before it exits, so the stop stays in
 //!   flight for as long as a test needs.
 //!
@@ -92,6 +94,12 @@ pub fn stand_in_pid(lab: &Lab, node: usize) -> Option<i32> {
     read_pid(&kubelet_pid_file(lab, node))
         .map(|(p, _)| p)
         .filter(|p| alive(*p))
+}
+
+/// Whether a stop was issued to the running stand-in (its pid file says `PID stopping`).
+fn stopping(lab: &Lab, node: usize) -> bool {
+    read_pid(&kubelet_pid_file(lab, node))
+        .is_some_and(|(pid, word)| word == "stopping" && alive(pid))
 }
 
 /// The pid of the etcd the stand-in started, if it runs.
@@ -201,6 +209,7 @@ pub fn state(lab: &Lab, node: usize) -> &'static str {
     let running = stand_in_pid(lab, node).is_some();
     match (read_job(lab, node).map(|j| j.kind), running) {
         (Some(JobKind::Stop), true) => "deactivating",
+        (_, true) if stopping(lab, node) => "deactivating",
         (Some(JobKind::Start), false) => "activating",
         (_, true) => "active",
         (_, false) => "inactive",
@@ -254,10 +263,13 @@ pub fn start(lab: &Lab, node: usize) -> Result<()> {
 
 fn start_job(lab: &Lab, node: usize, replaced_stop: bool) -> Result<()> {
     if let Some(pid) = stand_in_pid(lab, node) {
-        if !replaced_stop {
+        if !replaced_stop && !stopping(lab, node) {
             return Ok(());
         }
-        // The canceled stop already sent SIGTERM: the old stand-in is on its way out.
+        // A stop was issued (its command canceled by us, or killed): the old stand-in is on
+        // its way out, as a unit in "deactivating" is even when systemctl stop was killed.
+        // SIGTERM again in case the stop died between marking and signalling.
+        let _ = signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
         if !wait_gone(pid, STOP_TIMEOUT) {
             let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
             wait_gone(pid, Duration::from_secs(5));
@@ -319,6 +331,10 @@ fn stop_job(lab: &Lab, node: usize, me: Job) -> Result<()> {
         let _ = fs::remove_file(kubelet_pid_file(lab, node));
         return Ok(());
     };
+    // Marked before the signal, so that the stand-in counts as stopping even if this
+    // command is killed right after: a later start then waits for it and starts anew.
+    let file = kubelet_pid_file(lab, node);
+    fs::write(&file, format!("{pid} stopping\n")).map_err(|e| Error::io("write", &file, e))?;
     let _ = signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
     let deadline = Instant::now() + STOP_TIMEOUT;
     loop {
