@@ -296,6 +296,40 @@ fn migrate_onto_disk(version: Version, disk: &str) {
     lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
     assert_eq!(count_keys(&lab), 50);
 
+    // The old data dir is a mount point of its own disk: it can be neither renamed nor
+    // replaced by a file, so finalize keeps the old member dir aside inside it and fences
+    // with a file named `member` (etcd cannot create its member dir there).
+    let fin = lab.etcdops(1, &["migrate", "finalize", "-o", "json"], &[]);
+    fin.code(0);
+    assert_eq!(fin.json()["state"], "finalized", "{}", fin.dump());
+    let old = lab.data_dir(1);
+    let env: std::collections::HashMap<String, String> = lab.env(1).into_iter().collect();
+    // `stat` inside node 1's mount namespace, where its disks are mounted.
+    let stat_in_node = |pattern: String| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{} sh -c 'stat -c %F:%a {pattern}'",
+                env["ETCDOPS_LAB_NODE_EXEC"]
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        stat_in_node(format!("{}/member", old.display())),
+        "regular file:444",
+        "no fence file at {}/member: {}",
+        old.display(),
+        fin.dump()
+    );
+    assert_eq!(
+        stat_in_node(format!("{}/member.etcdops-old-*/snap/db", old.display())),
+        "regular file:600",
+        "old member dir not kept aside: {}",
+        fin.dump()
+    );
+
     let before = created(&lab);
     assert_eq!(before.loops.len(), 6, "two disks per node");
     lab.lab(&["down"]).code(0);

@@ -303,20 +303,38 @@ pub fn finalize(
             ),
         ));
     }
+    // The old data dir may be a mount point of its own (its own disk): a mount point cannot
+    // be renamed nor replaced by a file. Then the data moves aside inside it and the fence is
+    // a file named `member` in it: etcd started there finds no member directory and cannot
+    // create one, so it fails loudly instead of bootstrapping an empty member.
     let old = &plan.from;
-    let aside = PathBuf::from(format!("{}.etcdops-old-{}", old.display(), plan.id));
-    if host.is_dir(old)? {
+    let mounted = host.is_dir(old)? && host.is_mount_point(old)?;
+    let (fence_at, aside) = if mounted {
+        (
+            old.join("member"),
+            old.join(format!("member.etcdops-old-{}", plan.id)),
+        )
+    } else {
+        (
+            old.clone(),
+            PathBuf::from(format!("{}.etcdops-old-{}", old.display(), plan.id)),
+        )
+    };
+    if host.is_dir(&fence_at)? {
         if remove_old {
-            host.remove_tree(old)?;
+            if mounted {
+                host.empty_dir(old)?;
+            } else {
+                host.remove_tree(old)?;
+            }
         } else {
-            host.rename(old, &aside)?;
+            host.rename(&fence_at, &aside)?;
         }
     }
     let fence = format!(
         "etcd data moved to {} by etcdops run {} ({}).\n\
          This file stands at the old data path on purpose: a manifest that still points here \
-         fails kubelet's hostPath check (DirectoryOrCreate refuses a file) instead of starting \
-         an empty etcd member.\n\
+         fails ({}) instead of starting an empty etcd member.\n\
          Fix the manifest (etcdops manifest set-data-path {}) and kubeadm-config \
          (ClusterConfiguration.etcd.local.dataDir).\n",
         plan.to.display(),
@@ -326,15 +344,24 @@ pub fn finalize(
         } else {
             format!("old data kept at {}", aside.display())
         },
+        if mounted {
+            "etcd cannot create its member directory where this file is"
+        } else {
+            "kubelet's hostPath check: DirectoryOrCreate refuses a file"
+        },
         plan.to.display()
     );
-    if host.read_file(old)?.is_none() {
-        host.write_file(old, fence.as_bytes(), 0o444)?;
+    if host.read_file(&fence_at)?.is_none() {
+        host.write_file(&fence_at, fence.as_bytes(), 0o444)?;
     }
     engine.finalized(if remove_old {
-        "old data removed, fence written".into()
+        format!("old data removed, fence written at {}", fence_at.display())
     } else {
-        format!("old data moved to {}, fence written", aside.display())
+        format!(
+            "old data moved to {}, fence written at {}",
+            aside.display(),
+            fence_at.display()
+        )
     })?;
     Ok(engine.report())
 }
