@@ -183,11 +183,12 @@ fn real_host(lab: &Lab, node: usize) -> RealHost<'static> {
     .unwrap();
     RealHost {
         conn,
-        kubelet: KubeletCommands {
-            stop: env["ETCDOPS_KUBELET_STOP_CMD"].clone(),
-            start: env["ETCDOPS_KUBELET_START_CMD"].clone(),
-            status: env["ETCDOPS_KUBELET_STATUS_CMD"].clone(),
-        },
+        kubelet: KubeletCommands::new(
+            &env["ETCDOPS_KUBELET_STOP_CMD"],
+            &env["ETCDOPS_KUBELET_START_CMD"],
+            &env["ETCDOPS_KUBELET_STATUS_CMD"],
+            Some(&lab.state_dir(node)),
+        ),
         manifest: manifest.clone(),
         say: &quiet,
         manifests_dir: manifest.parent().unwrap().to_path_buf(),

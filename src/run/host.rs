@@ -333,12 +333,12 @@ impl Host for RealHost<'_> {
     }
 
     fn stop_kubelet(&self) -> Result<()> {
-        self.kubelet.stop()?;
+        self.kubelet.stop(self.say)?;
         self.wait_kubelet(false, &self.kubelet.stop)
     }
 
     fn start_kubelet(&self) -> Result<()> {
-        self.kubelet.start()?;
+        self.kubelet.start(self.say)?;
         self.wait_kubelet(true, &self.kubelet.start)
     }
 
