@@ -475,6 +475,11 @@ fn kill_anywhere_3_5() {
     assert!(out.status.success(), "{out:?}");
     lab.etcdops(1, &["compact"], &[]).code(0);
     lab.etcdops(1, &["defrag", "--cluster"], &[]).code(0);
+    // One write after the compaction: on a cluster compacted to its current revision,
+    // apply fails its identity check today (a bug of its own: see the report), which is
+    // not what this test is about.
+    let out = lab.etcdctl(&["put", "/after-compaction", "x"]);
+    assert!(out.status.success(), "{out:?}");
     let current = lab.data_dir(1);
     let mut node = Node {
         lab,
