@@ -489,8 +489,10 @@ fn kill_anywhere_3_5() {
     // The shorter of two uninterrupted runs: on a loaded machine one run can take twice
     // as long, and instants past the real end would only hit a finished run.
     let (t, startup) = baseline(&mut node).min(baseline(&mut node));
-    let at =
-        |num: u128, den: u128| startup + Duration::from_millis((t.as_millis() * num / den) as u64);
+    // Instant num/den of the run: start-up, then that share of the steps' time.
+    let at = |(t, startup): (Duration, Duration), num: u128, den: u128| {
+        startup + Duration::from_millis((t.as_millis() * num / den) as u64)
+    };
 
     let mut rows = Vec::new();
     let mut broken = false;
@@ -515,7 +517,7 @@ fn kill_anywhere_3_5() {
         let row = iteration(
             &mut node,
             Blow::Kill,
-            at(i as u128, n as u128),
+            at((t, startup), i as u128, n as u128),
             Recovery::alternate(i),
             None,
         );
@@ -534,6 +536,12 @@ fn kill_anywhere_3_5() {
             .unwrap_or(2000)
     };
     let (resume_ms, rollback_ms) = (longest("resume"), longest("rollback"));
+    // The machine's load changes over a long test: measure T again for each later phase,
+    // so its instants stay inside the run instead of after its end.
+    let mut phase_t = (t, startup);
+    if !broken && m > 0 {
+        phase_t = baseline(&mut node);
+    }
     for j in 0..m {
         if broken {
             break;
@@ -549,7 +557,7 @@ fn kill_anywhere_3_5() {
         let row = iteration(
             &mut node,
             Blow::Kill,
-            at(2 * pair + 1, 2 * pairs),
+            at(phase_t, 2 * pair + 1, 2 * pairs),
             kind,
             Some(Duration::from_millis((span * pair / pairs) as u64)),
         );
@@ -562,6 +570,9 @@ fn kill_anywhere_3_5() {
         Blow::Once(Signal::SIGINT),
         Blow::Twice(Signal::SIGINT),
     ] {
+        if !broken && k > 0 {
+            phase_t = baseline(&mut node);
+        }
         for j in 0..k {
             if broken {
                 break;
@@ -569,7 +580,7 @@ fn kill_anywhere_3_5() {
             let row = iteration(
                 &mut node,
                 blow,
-                at(2 * j as u128 + 1, 2 * k as u128),
+                at(phase_t, 2 * j as u128 + 1, 2 * k as u128),
                 Recovery::alternate(j),
                 None,
             );
