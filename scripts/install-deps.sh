@@ -6,7 +6,8 @@
 #   - b3sum and rsync (test and benchmark references)
 #   - the systemd lab (`etcdops-lab up --systemd`): systemd-container (systemd-nspawn, and
 #     systemd itself, booted from the host's /usr in each node), xfsprogs and e2fsprogs
-#     (mkfs of the loop-device disks), util-linux and mount (nsenter, losetup)
+#     (mkfs of the loop-device disks, also for tests/migrate_fs.rs), util-linux and mount
+#     (nsenter, losetup)
 #   - shellcheck, and vagrant (Debian's, without its recommended libvirt stack) for
 #     `vagrant validate` of the lab: CI lints what it cannot run
 # The 3.5 binaries go to .cache/etcd-3.5.1/ (git-ignored). Prints where every binary is.

@@ -39,15 +39,21 @@ fn stand_in_behaves_like_kubelet() {
     // Stopping the stand-in leaves etcd running (as `systemctl stop kubelet` does).
     lab.lab(&["kubelet", "stop", "--node", "1"]).code(0);
     lab.lab(&["kubelet", "status", "--node", "1"]).code(3);
-    std::thread::sleep(Duration::from_millis(500));
+    // The stand-in has exited (status 3), so any signal it would pass on has been sent:
+    // etcd must be alive, serving, and must not have logged a shutdown signal.
     assert!(alive(first), "etcd died with the stand-in");
     lab.etcdops(1, &["health"], &[]).code(0);
+    let etcd_log = std::fs::read_to_string(lab.node_dir(1).join("etcd.log")).unwrap_or_default();
+    assert!(
+        !etcd_log.contains("received signal"),
+        "etcd was signalled when the stand-in stopped:\n{etcd_log}"
+    );
 
     // A manifest removed while the stand-in is down takes effect when it comes back.
     let manifest = lab.manifest(1);
     let aside = lab.path().join("etcd.yaml.aside");
     std::fs::rename(&manifest, &aside).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Nothing runs that could act on the manifests dir (the stand-in is down, status 3).
     assert!(alive(first), "etcd stopped without a kubelet");
     lab.lab(&["kubelet", "start", "--node", "1"]).code(0);
     lab.lab(&["kubelet", "status", "--node", "1"]).code(0);
@@ -66,14 +72,12 @@ fn stand_in_behaves_like_kubelet() {
         lab.etcdops(1, &["health"], &[]).code == 0
     });
 
-    // A dotfile is ignored: no restart.
+    // A dotfile is ignored (no restart, nothing logged about it), and a non-dot copy is
+    // another static pod for kubelet: reported in its log. The dotfile goes in first, so
+    // the scan that reports the copy has seen the dotfile too: no sleep needed to know
+    // the stand-in looked.
     let dot = manifest.parent().unwrap().join(".etcd.yaml.swp");
     std::fs::write(&dot, std::fs::read(&manifest).unwrap()).unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(etcd_pid(&lab, 1), Some(second));
-    std::fs::remove_file(&dot).unwrap();
-
-    // A non-dot copy is another static pod for kubelet: reported in its log.
     let bak = manifest.parent().unwrap().join("etcd.yaml.bak");
     std::fs::write(&bak, std::fs::read(&manifest).unwrap()).unwrap();
     wait_for("the stand-in to report the second etcd pod", || {
@@ -81,6 +85,13 @@ fn stand_in_behaves_like_kubelet() {
             .unwrap_or_default()
             .contains("the real kubelet would start it too")
     });
+    assert_eq!(etcd_pid(&lab, 1), Some(second), "a dotfile restarted etcd");
+    let log = std::fs::read_to_string(lab.node_dir(1).join("kubelet.log")).unwrap();
+    assert!(
+        !log.contains(".etcd.yaml.swp"),
+        "the dotfile was looked at: {log}"
+    );
+    std::fs::remove_file(&dot).unwrap();
     std::fs::remove_file(&bak).unwrap();
 
     // A changed manifest restarts etcd.

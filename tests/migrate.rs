@@ -150,9 +150,16 @@ fn end_to_end(version: Version) {
         text.replace(&to, &old.display().to_string()),
     )
     .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    let log = std::fs::read_to_string(lab.node_dir(1).join("kubelet.log")).unwrap();
-    assert!(log.contains("hostPath type check failed"), "{log}");
+    let kubelet_log = lab.node_dir(1).join("kubelet.log");
+    common::wait_for(
+        "the stand-in to refuse the reverted manifest (hostPath type check)",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&kubelet_log)
+                .unwrap_or_default()
+                .contains("hostPath type check failed")
+        },
+    );
     assert!(old.is_file());
     let h = lab.etcdops(1, &["health", "--cluster"], &[]);
     assert_ne!(h.code, 0, "{}", h.dump());
@@ -498,7 +505,11 @@ fn preflight_refusals_change_nothing() {
     let m3 = lab.manifest(3);
     let aside = lab.path().join("node3-etcd.yaml");
     std::fs::rename(&m3, &aside).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    common::wait_for(
+        "health --cluster to see node 3's etcd gone",
+        Duration::from_secs(60),
+        || lab.etcdops(1, &["health", "--cluster"], &[]).code == 4,
+    );
     let r = apply(&lab, to.to_str().unwrap(), false, &[]);
     r.code(4).one_line_error("unhealthy");
     assert!(!to.exists());

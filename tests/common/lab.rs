@@ -246,6 +246,104 @@ impl Lab {
             .expect("run etcdctl")
     }
 
+    /// An `etcdops` command with node `node`'s environment plus `extra`, for a test that
+    /// spawns it (to signal it) instead of running it to the end.
+    pub fn etcdops_cmd(&self, node: usize, args: &[&str], extra: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcdops"));
+        cmd.args(args);
+        for var in [
+            "ETCDCTL_ENDPOINTS",
+            "ETCDCTL_CACERT",
+            "ETCDCTL_CERT",
+            "ETCDCTL_KEY",
+        ] {
+            cmd.env_remove(var);
+        }
+        for (k, v) in self.env(node) {
+            cmd.env(k, v);
+        }
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// etcdctl against node `node` alone, with node 1's client certificate.
+    pub fn etcdctl_node(&self, node: usize, args: &[&str]) -> std::process::Output {
+        let pki = self.pki(1);
+        Command::new(self.version.etcdctl())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.client_url(node)))
+            .arg(format!("--cacert={}", pki.join("ca.crt").display()))
+            .arg(format!(
+                "--cert={}",
+                pki.join("healthcheck-client.crt").display()
+            ))
+            .arg(format!(
+                "--key={}",
+                pki.join("healthcheck-client.key").display()
+            ))
+            .args(args)
+            .output()
+            .expect("run etcdctl")
+    }
+
+    /// How many keys under `prefix` node `node` serves from its own data (a serializable
+    /// read: answered by that member, not forwarded to the leader). None if it cannot answer.
+    pub fn count_on(&self, node: usize, prefix: &str) -> Option<u64> {
+        let out = self.etcdctl_node(
+            node,
+            &[
+                "get",
+                "--prefix",
+                prefix,
+                "--keys-only",
+                "--consistency=s",
+                "-w",
+                "json",
+            ],
+        );
+        if !out.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(v["count"].as_u64().unwrap_or(0))
+    }
+
+    /// Put `n` keys `prefix<i>` with `size`-byte values through every endpoint, with one
+    /// client (thousands of etcdctl processes would take minutes).
+    pub fn put_many(&self, prefix: &str, n: usize, size: usize) {
+        let endpoints: Vec<String> = (1..=self.nodes).map(|i| self.client_url(i)).collect();
+        let pki = self.pki(1);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let value = "k".repeat(size);
+        rt.block_on(async move {
+            let read = |f: &str| std::fs::read(pki.join(f)).expect("read lab pki");
+            let opts = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(std::time::Duration::from_secs(2))
+                .with_timeout(std::time::Duration::from_secs(10))
+                .with_tls(
+                    etcd_client::TlsOptions::new()
+                        .ca_certificate(etcd_client::Certificate::from_pem(read("ca.crt")))
+                        .identity(etcd_client::Identity::from_pem(
+                            read("healthcheck-client.crt"),
+                            read("healthcheck-client.key"),
+                        )),
+                );
+            let mut c = etcd_client::Client::connect(endpoints, Some(opts))
+                .await
+                .expect("connect to the lab");
+            for i in 0..n {
+                c.put(format!("{prefix}{i}"), value.clone(), None)
+                    .await
+                    .unwrap_or_else(|e| panic!("put {prefix}{i}: {e}"));
+            }
+        });
+    }
+
     /// The client URL of a node, read from its manifest's advertise URL.
     pub fn client_url(&self, node: usize) -> String {
         let text = std::fs::read_to_string(self.node_dir(node).join("../lab.json")).unwrap();
