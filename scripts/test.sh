@@ -9,6 +9,11 @@ scripts/install-deps.sh
 scripts/lint-ops.sh
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
+# Kill anywhere (tests/kill_anywhere.rs): 40 SIGKILLs of `migrate apply` spread by time over
+# a run (the minimum), 4 of resume/rollback, 2 of each signal once and twice.
+export ETCDOPS_KILL_INSTANTS="${ETCDOPS_KILL_INSTANTS:-40}"
+export ETCDOPS_KILL_RECOVERY_INSTANTS="${ETCDOPS_KILL_RECOVERY_INSTANTS:-4}"
+export ETCDOPS_KILL_SIGNAL_INSTANTS="${ETCDOPS_KILL_SIGNAL_INSTANTS:-2}"
 cargo test --all-targets -- --test-threads="${ETCDOPS_TEST_THREADS:-4}"
 # The .deb: build, dpkg -i, --version, man, units, dpkg -r.
 scripts/test-deb.sh
