@@ -67,6 +67,11 @@ impl StepKind for MigrateStep {
         self.index() >= StartKubelet.index()
     }
 
+    /// From stop-etcd until wait-healthy is done the member may be down.
+    fn member_down(self) -> bool {
+        (StopEtcd.index()..=WaitHealthy.index()).contains(&self.index())
+    }
+
     fn downtime_starts(self) -> bool {
         self == StopEtcd
     }

@@ -161,6 +161,11 @@ pub trait StepKind: Copy + Eq + Debug + Serialize + DeserializeOwned + 'static {
     /// From this step on etcd may run on the new data: a signal no longer stops the run, and
     /// the saga's undo must prove etcd has not run there before going back.
     fn past_raft_rule(self) -> bool;
+    /// While this step runs, or after it and before the next one, this member may be down:
+    /// the cluster-wide guard (one member down for etcdops at a time) is held.
+    fn member_down(self) -> bool {
+        false
+    }
     /// Downtime is measured from this step's begin...
     fn downtime_starts(self) -> bool {
         false
@@ -198,6 +203,13 @@ pub trait Saga {
     /// Undo one step (idempotent). `Error::Attention` means "going back is unsafe" (the raft
     /// rule): the run stops `failed` and the message says what to do.
     fn undo_step(&self, run: &RunCtx<Self::Plan>, step: Self::Step) -> Result<()>;
+    /// Take (or, for this run, take over) the cluster-wide guard before this member goes
+    /// down; refused (exit 4, naming the holder) while another run holds it.
+    fn hold_guard(&self, _plan: &Self::Plan) -> Result<()> {
+        Ok(())
+    }
+    /// Release the guard once the member is back.
+    fn release_guard(&self) {}
     /// After a rollback that finished: what the operator can rely on now.
     fn rolled_back_state(&self, run: &RunCtx<Self::Plan>) -> String;
     /// After a rollback that failed: where things are, so the operator can act.
@@ -412,8 +424,9 @@ impl<'a, G: Saga> Engine<'a, G> {
         format!("{} step {}", G::KIND.noun(), step.name())
     }
 
-    /// Run the steps from the first one not done; the failing step with its error.
-    fn forward(&mut self) -> std::result::Result<(), (G::Step, Error)> {
+    /// Run the steps from the first one not done; the failing step with its error, and
+    /// whether it had begun.
+    fn forward(&mut self) -> std::result::Result<(), (G::Step, Error, bool)> {
         let all = G::Step::ALL;
         while let Some(step) = self.log.next_step() {
             let i = step.index();
@@ -432,15 +445,21 @@ impl<'a, G: Saga> Engine<'a, G> {
                             format!("{} before step {}", G::KIND.noun(), step.name()),
                             "interrupted by the operator (SIGINT/SIGTERM)",
                         ),
+                        false,
                     ));
                 }
+            }
+            if step.member_down()
+                && let Err(e) = self.saga.hold_guard(&self.log.plan)
+            {
+                return Err((step, e, false));
             }
             (self.say)(&format!("[{}/{}] {} ...", i + 1, all.len(), step.name()));
             self.record(Record::Begin {
                 ts_ms: now_ms(),
                 step,
             })
-            .map_err(|e| (step, e))?;
+            .map_err(|e| (step, e, false))?;
             let start = Instant::now();
             let ctx = RunCtx {
                 plan: &self.log.plan,
@@ -463,7 +482,11 @@ impl<'a, G: Saga> Engine<'a, G> {
                         took_ms,
                         data,
                     })
-                    .map_err(|e| (step, e))?;
+                    .map_err(|e| (step, e, true))?;
+                    let next_down = self.log.next_step().is_some_and(|n| n.member_down());
+                    if step.member_down() && !next_down {
+                        self.saga.release_guard();
+                    }
                 }
                 Err(e) => {
                     let _ = self.record(Record::Failed {
@@ -471,7 +494,7 @@ impl<'a, G: Saga> Engine<'a, G> {
                         step,
                         error: e.one_line(),
                     });
-                    return Err((step, e));
+                    return Err((step, e, true));
                 }
             }
         }
@@ -481,7 +504,11 @@ impl<'a, G: Saga> Engine<'a, G> {
     /// Undo every step whose effects may be on the node, newest first. Stops at the first
     /// undo that fails.
     fn undo_all(&mut self) -> Result<()> {
-        for step in self.log.to_undo() {
+        let steps = self.log.to_undo();
+        if steps.iter().any(|s| s.member_down()) {
+            self.saga.hold_guard(&self.log.plan)?;
+        }
+        for step in steps {
             self.record(Record::UndoBegin {
                 ts_ms: now_ms(),
                 step,
@@ -498,16 +525,23 @@ impl<'a, G: Saga> Engine<'a, G> {
                 step,
             })?;
         }
+        self.saga.release_guard();
         Ok(())
     }
 
     /// Run forward from where the log stands; on failure roll back by the engine's policy.
     pub fn run(&mut self) -> Result<()> {
-        let Err((step, err)) = self.forward() else {
+        let Err((step, err, began)) = self.forward() else {
             self.set_state(RunState::Completed, None)?;
             return Ok(());
         };
         let what = self.what(step);
+        if !began && self.log.to_undo().is_empty() {
+            // Refused before the step began (the guard is held elsewhere, a signal came):
+            // nothing on the node changed; the refusal keeps its own exit code.
+            self.set_state(RunState::RolledBack, Some(err.one_line()))?;
+            return Err(err);
+        }
         if !step.changes_node() && self.log.to_undo().is_empty() {
             self.set_state(RunState::RolledBack, Some(err.one_line()))?;
             return Err(Error::failed(

@@ -49,6 +49,9 @@ impl StepKind for T {
     fn past_raft_rule(self) -> bool {
         matches!(self, T::Start | T::Wait)
     }
+    fn member_down(self) -> bool {
+        self != T::Check
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +112,11 @@ struct Fake {
     fail_undo: RefCell<Option<T>>,
     /// Panic (a kill) at this effect number.
     crash_at: Option<usize>,
+    /// The guard: held now, refused to us.
+    guard_held: RefCell<bool>,
+    guard_refused: bool,
+    /// Steps that ran (or undos) while the guard was not held though the member was down.
+    unguarded: RefCell<Vec<String>>,
 }
 
 impl Fake {
@@ -126,7 +134,22 @@ impl Saga for Fake {
     type Plan = P;
     const KIND: RunKind = RunKind::Migrate;
 
+    fn hold_guard(&self, _: &P) -> Result<()> {
+        if self.guard_refused {
+            return Err(Error::refused("guard", "held by node2 (migrate run x)"));
+        }
+        self.guard_held.replace(true);
+        Ok(())
+    }
+
+    fn release_guard(&self) {
+        self.guard_held.replace(false);
+    }
+
     fn run_step(&self, _: &RunCtx<P>, step: T) -> Result<serde_json::Value> {
+        if step.member_down() && !*self.guard_held.borrow() {
+            self.unguarded.borrow_mut().push(step.name().into());
+        }
         if self.fail_do.borrow().as_ref() == Some(&step) {
             self.fail_do.replace(None);
             return Err(Error::failed(step.name(), "injected fault"));
@@ -149,6 +172,11 @@ impl Saga for Fake {
     }
 
     fn undo_step(&self, _: &RunCtx<P>, step: T) -> Result<()> {
+        if !*self.guard_held.borrow() {
+            self.unguarded
+                .borrow_mut()
+                .push(format!("undo {}", step.name()));
+        }
         if self.fail_undo.borrow().as_ref() == Some(&step) {
             self.fail_undo.replace(None);
             return Err(Error::failed(
@@ -477,4 +505,34 @@ fn today_s_migration_journals_still_read() {
             ..
         }
     ));
+}
+
+#[test]
+fn the_guard_is_held_while_the_member_may_be_down_and_a_refusal_changes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    fresh(&d.path().join("a"), &fake).unwrap();
+    assert!(fake.unguarded.borrow().is_empty(), "{:?}", fake.unguarded);
+    assert!(
+        !*fake.guard_held.borrow(),
+        "released when the member is back"
+    );
+
+    // A failure: the rollback holds the guard too, and releases it at the end.
+    let fake = Fake::default();
+    fake.fail_do.replace(Some(T::Start));
+    fresh(&d.path().join("b"), &fake).unwrap_err();
+    assert!(fake.unguarded.borrow().is_empty(), "{:?}", fake.unguarded);
+    assert!(!*fake.guard_held.borrow());
+
+    // Held by another run: refused before anything changed, with the refusal's exit code.
+    let fake = Fake {
+        guard_refused: true,
+        ..Default::default()
+    };
+    let err = fresh(&d.path().join("c"), &fake).unwrap_err();
+    assert_eq!(err.exit_code(), 4, "{}", err.one_line());
+    assert!(err.one_line().contains("node2"), "{}", err.one_line());
+    assert_eq!(*fake.node.borrow(), INITIAL);
+    assert_eq!(state_of(&d.path().join("c")), RunState::RolledBack);
 }
