@@ -122,7 +122,12 @@ fn read_archive(archive: &Path, extract: Option<&Path>) -> Result<Read1> {
             let mut entry = entry?;
             let path = entry.path()?.to_string_lossy().into_owned();
             last = path.clone();
-            if !entry.header().entry_type().is_file() {
+            let kind = entry.header().entry_type();
+            // A hand-made tar (extracted, fixed, re-packed) has directory entries: harmless.
+            if kind.is_dir() {
+                continue;
+            }
+            if !kind.is_file() {
                 problems.push(format!("entry {path}: not a regular file"));
                 continue;
             }

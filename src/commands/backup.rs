@@ -107,7 +107,7 @@ fn interruptible<T>(what: &str, fut: impl Future<Output = Result<T>>) -> Result<
 impl Render for BackupReport {
     fn table(&self) -> String {
         let mut out = format!(
-            "{} {} ({}, snapshot {}) in {}\nnode {} member {} ({}) of cluster {}, etcd {}\nrevision {}, {} keys, HashKV {:x}\nid {}, {} entries\n",
+            "{} {} ({}, snapshot {}) in {}, read back in {}\nnode {} member {} ({}) of cluster {}, etcd {}\nrevision {}, {} keys, HashKV {:x}\nid {}, {} entries\n",
             if self.verified {
                 "wrote and verified"
             } else {
@@ -117,6 +117,7 @@ impl Render for BackupReport {
             bytes(self.size),
             bytes(self.snapshot_size),
             millis(self.took_ms),
+            millis(self.verify_ms),
             self.node,
             self.member_id,
             self.endpoint,
