@@ -17,3 +17,4 @@ pub mod mounts;
 pub mod node;
 pub mod output;
 pub mod prometheus;
+pub mod restore;

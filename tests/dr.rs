@@ -515,3 +515,62 @@ fn dr_bad_inputs_are_refused_and_change_nothing() {
         assert!(names(&empty).is_empty(), "{args:?} wrote into {e}");
     }
 }
+
+/// The engine-independent restore pieces on a real archive: the plan from the lab node's
+/// manifest and the archive's member list, etcd's own restore tool run with it (3.4's etcdctl
+/// and 3.5's etcdutl), and the refusals.
+fn restore_plan_and_tool(v: Version) {
+    use etcdops::backup::tool::find_restore_tool;
+    use etcdops::restore::plan::{plan_from_contents, read_archive, run_restore};
+    let (lab, archive, report) = lab_with_archive(v);
+    let (contents, source) = read_archive(&archive).unwrap();
+    let plan = plan_from_contents(&lab.manifest(1), source, &contents).unwrap();
+    assert_eq!(plan.name, "node1");
+    assert_eq!(
+        plan.token,
+        format!("etcd-restore-{}", report["id"].as_str().unwrap())
+    );
+    assert_eq!(plan.data_dir, lab.data_dir(1));
+    assert_eq!(plan.initial_cluster, format!("node1={}", plan.peer_url));
+    let snap = lab.path().join("snapshot.db");
+    let entries = read_entries(&archive);
+    fs::write(&snap, &entries[0].2).unwrap();
+    let tool = find_restore_tool(Some(&tool(v)), None, None).unwrap();
+    let dest = lab.path().join("restored");
+    run_restore(&tool, &plan, &snap, &dest).unwrap();
+    assert!(dest.join("member/snap/db").is_file());
+    assert!(fs::read_dir(dest.join("member/wal")).unwrap().count() > 0);
+    // Never into an existing dir.
+    assert_eq!(
+        run_restore(&tool, &plan, &snap, &dest)
+            .unwrap_err()
+            .exit_code(),
+        4
+    );
+
+    // An archive whose snapshot fails its sums is refused, as is a manifest whose member is
+    // not in the archive.
+    let mut bad = entries.clone();
+    entry(&mut bad, "snapshot.db")[5000] ^= 1;
+    let bad_path = lab.path().join("bad.tar.zst");
+    write_entries(&bad_path, &bad);
+    let e = read_archive(&bad_path).unwrap_err();
+    assert_eq!(e.exit_code(), 4, "{}", e.one_line());
+    let other = lab.path().join("other.yaml");
+    let text = fs::read_to_string(lab.manifest(1)).unwrap();
+    fs::write(&other, text.replace("--name=node1", "--name=node9")).unwrap();
+    let (contents, source) = read_archive(&archive).unwrap();
+    let e = plan_from_contents(&other, source, &contents).unwrap_err();
+    assert_eq!(e.exit_code(), 4);
+    assert!(e.one_line().contains("node9"), "{}", e.one_line());
+}
+
+#[test]
+fn dr_restore_plan_and_tool_35() {
+    restore_plan_and_tool(Version::V35);
+}
+
+#[test]
+fn dr_restore_plan_and_tool_34() {
+    restore_plan_and_tool(Version::V34);
+}
