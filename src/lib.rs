@@ -18,3 +18,5 @@ pub mod node;
 pub mod output;
 pub mod prometheus;
 pub mod restore;
+pub mod run;
+pub mod runs;

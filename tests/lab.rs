@@ -100,6 +100,53 @@ fn stand_in_behaves_like_kubelet() {
     lab.lab(&["kubelet", "status", "--node", "1"]).code(3);
 }
 
+/// The plain stand-in behaves like systemd's job queue: a `kubelet start` issued while a
+/// `kubelet stop` still runs (held by the stop gate) cancels the stop, which exits 1 with
+/// systemctl's words, and the stand-in ends running.
+#[test]
+fn start_cancels_running_stop() {
+    let lab = Lab::up(Version::V35, 1);
+    let first = std::fs::read_to_string(lab.node_dir(1).join("kubelet.pid")).unwrap();
+    let gate = lab.node_dir(1).join("kubelet.stop-gate");
+    std::fs::write(&gate, "").unwrap();
+    let stop = std::process::Command::new(common::lab::lab_bin())
+        .args(["kubelet", "stop", "--dir"])
+        .arg(lab.path())
+        .args(["--node", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the stand-in to be deactivating", || {
+        lab.lab(&["kubelet", "status", "--node", "1"]).stdout.trim() == "deactivating"
+    });
+    let start = std::process::Command::new(common::lab::lab_bin())
+        .args(["kubelet", "start", "--dir"])
+        .arg(lab.path())
+        .args(["--node", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stopped = stop.wait_with_output().unwrap();
+    assert_eq!(stopped.status.code(), Some(1), "{stopped:?}");
+    let err = String::from_utf8_lossy(&stopped.stderr);
+    assert!(err.contains("Job for kubelet.service canceled."), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    std::fs::remove_file(&gate).unwrap();
+    let started = start.wait_with_output().unwrap();
+    assert_eq!(started.status.code(), Some(0), "{started:?}");
+    let status = lab.lab(&["kubelet", "status", "--node", "1"]);
+    status.code(0);
+    assert_eq!(status.stdout.trim(), "active");
+    let second = std::fs::read_to_string(lab.node_dir(1).join("kubelet.pid")).unwrap();
+    assert_ne!(
+        first, second,
+        "the old stand-in must have exited, a new one started"
+    );
+    lab.etcdops(1, &["health"], &[]).code(0);
+}
+
 #[test]
 fn env_points_etcdops_at_a_node() {
     let lab = Lab::up(Version::V34, 1);

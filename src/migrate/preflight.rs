@@ -6,12 +6,11 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Serialize;
 
-use super::host::Host;
-use super::journal::Journal;
-use super::{Identity, Plan, is_settled, list_runs, report};
+use super::{Identity, Plan};
 use crate::datadir::{Layout, Tree};
 use crate::error::{Error, Result};
 use crate::manifest::StaticPod;
+use crate::run::host::Host;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
@@ -44,6 +43,9 @@ pub struct PreflightInput<'a> {
     pub endpoint: &'a str,
     pub snapshot: bool,
     pub id: String,
+    /// Refuses while any run of this node, of any kind, is unfinished (`runs`, above the
+    /// sagas, knows every kind).
+    pub unfinished: fn(&Path) -> Result<String>,
 }
 
 /// The `kubeadm-config` change that makes the next `kubeadm upgrade` keep the new path.
@@ -180,7 +182,7 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
             d
         }),
     );
-    check("no-unfinished-run", check_runs(input.state_dir));
+    check("no-unfinished-run", (input.unfinished)(input.state_dir));
 
     let ok = refusal.is_none();
     let target_existed = input.to.exists();
@@ -203,7 +205,10 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
         warnings,
         from,
         to: input.to.to_path_buf(),
-        steps: super::STEPS.iter().map(|s| s.to_string()).collect(),
+        steps: <super::MigrateStep as crate::run::StepKind>::ALL
+            .iter()
+            .map(|s| crate::run::StepKind::name(*s).to_string())
+            .collect(),
         kubeadm_config: kubeadm_config_hint(input.to),
         plan,
         refusal,
@@ -341,23 +346,4 @@ fn check_space(to: &Path, bytes: u64, src: &Path, warnings: &mut Vec<String>) ->
         crate::output::bytes(avail),
         crate::output::bytes(need)
     ))
-}
-
-/// Refuse (exit 4) while any run of this node is not settled.
-pub fn check_runs(state_dir: &Path) -> Result<String> {
-    for run in list_runs(state_dir)? {
-        let records = Journal::read(&run)?;
-        let r = report(&run, &records, super::RunLock::held(state_dir))?;
-        if !is_settled(&r.state) {
-            return Err(Error::refused(
-                format!("run {}", r.id),
-                format!(
-                    "an unfinished migration ({}) exists; run `etcdops migrate status`, then \
-                     `etcdops migrate resume` or `etcdops migrate rollback`",
-                    r.state
-                ),
-            ));
-        }
-    }
-    Ok("no unfinished run".into())
 }
