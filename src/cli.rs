@@ -154,6 +154,10 @@ pub enum Command {
     /// Archive this node for disaster recovery (snapshot, pki, manifests, kubeconfigs);
     /// `backup verify` and `backup list` check and show archives.
     Backup(BackupArgs),
+    /// Restore this node from a backup archive or snapshot (`plan` so far: what a restore
+    /// of this node would run, and every refusal).
+    #[command(subcommand)]
+    Restore(RestoreCommand),
     /// Print a shell completion script, e.g. `etcdops completions bash > /etc/bash_completion.d/etcdops`.
     Completions(CompletionsArgs),
 
@@ -598,4 +602,24 @@ pub struct BackupListArgs {
     /// The backup dir [default: <state-dir>/backups].
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RestoreCommand {
+    /// Check the archive or snapshot and this node's manifest; print this member's name and
+    /// peer URL, --initial-cluster, the cluster token and the restore tool's command line.
+    /// Changes nothing.
+    Plan(RestorePlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestorePlanArgs {
+    /// An etcdops backup archive (.tar.zst) or a snapshot file from `snapshot save`.
+    #[arg(long, value_name = "ARCHIVE|SNAPSHOT")]
+    pub from: PathBuf,
+
+    /// etcd's restore tool: etcdutl (3.5+) or etcdctl (3.4) [default: PATH, then next to the
+    /// manifest's etcd].
+    #[arg(long, value_name = "PATH")]
+    pub etcdutl: Option<PathBuf>,
 }

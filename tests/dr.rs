@@ -574,3 +574,148 @@ fn dr_restore_plan_and_tool_35() {
 fn dr_restore_plan_and_tool_34() {
     restore_plan_and_tool(Version::V34);
 }
+
+/// `restore plan` on a 3-node lab: the plan names this member and every member of the
+/// archive, the commands it prints restore for real, and every refusal changes nothing
+/// (no stamp, no file).
+#[test]
+fn dr_restore_plan_prints_commands_that_work_and_refuses_bad_sources() {
+    let lab = Lab::up(Version::V35, 3);
+    put_keys(&lab, 5);
+    let run = lab.etcdops(2, &["-o", "json", "backup"], &[]);
+    run.code(0);
+    let archive = run.json()["archive"].as_str().unwrap().to_string();
+    let t = tool(Version::V35).display().to_string();
+    let run = lab.etcdops(
+        3,
+        &[
+            "-o",
+            "json",
+            "restore",
+            "plan",
+            "--from",
+            &archive,
+            "--etcdutl",
+            &t,
+        ],
+        &[],
+    );
+    run.code(0);
+    let j = run.json();
+    assert_eq!(j["name"], "node3");
+    let ic = j["initial_cluster"].as_str().unwrap();
+    for n in 1..=3 {
+        assert!(ic.contains(&format!("node{n}=https://")), "{ic}");
+    }
+    assert!(j["token"].as_str().unwrap().starts_with("etcd-restore-"));
+    // What it prints is what works.
+    let script = format!(
+        "set -e; {}; {}",
+        j["extract"].as_str().unwrap(),
+        j["restore"].as_str().unwrap()
+    );
+    let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored = PathBuf::from(j["restore_dir"].as_str().unwrap());
+    assert!(restored.join("member/snap/db").is_file());
+
+    // A bare snapshot: members from the manifest's --initial-cluster.
+    let snap = lab.path().join("bare.db");
+    let s = snap.display().to_string();
+    lab.etcdops(1, &["snapshot", "save", &s], &[]).code(0);
+    let run = lab.etcdops(
+        1,
+        &[
+            "-o",
+            "json",
+            "restore",
+            "plan",
+            "--from",
+            &s,
+            "--etcdutl",
+            &t,
+        ],
+        &[],
+    );
+    run.code(0);
+    assert_eq!(run.json()["source"]["kind"], "snapshot");
+    assert_eq!(run.json()["initial_cluster"].as_str().unwrap(), ic);
+
+    // Refusals, nothing changed.
+    let mut bytes = fs::read(&snap).unwrap();
+    bytes[5000] ^= 1;
+    let bad_snap = lab.path().join("bad.db");
+    fs::write(&bad_snap, &bytes).unwrap();
+    let mut entries = read_entries(Path::new(&archive));
+    entry(&mut entries, "kubernetes/manifests/etcd.yaml").push(b'#');
+    let bad_archive = lab.path().join("bad.tar.zst");
+    write_entries(&bad_archive, &entries);
+    let other = lab.path().join("other.yaml");
+    let text = fs::read_to_string(lab.manifest(3)).unwrap();
+    fs::write(&other, text.replace("--name=node3", "--name=node9")).unwrap();
+    let (bs, ba, o) = (
+        bad_snap.display().to_string(),
+        bad_archive.display().to_string(),
+        other.display().to_string(),
+    );
+    let missing = lab.path().join("missing.tar.zst").display().to_string();
+    let before = (tree_bytes(lab.path()), names(lab.path()));
+    for (args, env, code, needle) in [
+        (
+            vec!["--from", bs.as_str(), "--etcdutl", &t],
+            vec![],
+            4,
+            "sha256 trailer mismatch",
+        ),
+        (
+            vec!["--from", &ba, "--etcdutl", &t],
+            vec![],
+            4,
+            "kubernetes/manifests/etcd.yaml",
+        ),
+        (
+            vec!["--from", &archive, "--etcdutl", &t, "--manifest", &o],
+            vec![],
+            4,
+            "node9",
+        ),
+        (vec!["--from", &missing], vec![], 2, "no such archive"),
+        (
+            vec!["--from", &archive],
+            vec![("PATH", "/nonexistent-bin")],
+            4,
+            "/nonexistent-bin/etcdutl",
+        ),
+        (vec![], vec![], 2, "--from"),
+    ] {
+        let mut a = vec!["restore", "plan"];
+        a.extend(args.iter().copied());
+        let run = lab.etcdops(3, &a, &env);
+        run.code(code);
+        assert!(run.stderr.contains(needle), "{needle}\n{}", run.dump());
+        if !run.stderr.starts_with("error:") {
+            run.one_line_error(needle);
+        }
+        // The etcd logs under the lab dir grow on their own; compare everything else.
+        let strip = |v: Vec<(PathBuf, Vec<u8>)>| -> Vec<(PathBuf, Vec<u8>)> {
+            v.into_iter()
+                .filter(|(p, _)| {
+                    !p.to_string_lossy().ends_with(".log")
+                        && !p.starts_with(lab.path().join("node1/var/lib/etcd"))
+                        && !p.starts_with(lab.path().join("node2/var/lib/etcd"))
+                        && !p.starts_with(lab.path().join("node3/var/lib/etcd"))
+                })
+                .collect()
+        };
+        assert_eq!(
+            strip(tree_bytes(lab.path())),
+            strip(before.0.clone()),
+            "{a:?} changed a file"
+        );
+        assert_eq!(names(lab.path()), before.1, "{a:?} added or removed a file");
+    }
+}

@@ -305,6 +305,22 @@ pub fn read_contents(archive: &Path) -> Result<Option<Contents>> {
     Ok(read_archive(archive, None)?.contents)
 }
 
+/// Check an archive without leaving a stamp (for callers that must change nothing):
+/// its contents when readable, and every problem found.
+pub fn check(archive: &Path) -> Result<(Option<Contents>, Vec<String>)> {
+    let read = read_archive(archive, None)?;
+    Ok((read.contents, read.problems))
+}
+
+/// Whether a file starts like an archive (a zstd frame), as opposed to a bare snapshot.
+pub fn looks_like_archive(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == ZSTD_MAGIC
+}
+
 /// Options of the trial restore.
 #[derive(Debug, Clone)]
 pub struct RestoreTestOptions {

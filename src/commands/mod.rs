@@ -13,6 +13,7 @@ pub mod maintain;
 pub mod man;
 pub mod manifest;
 pub mod migrate;
+pub mod restore;
 pub mod snapshot;
 
 use crate::cli::{Cli, Command, GlobalArgs, OutputFormat};
@@ -40,6 +41,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Snapshot(cmd) => snapshot::exec(global, cmd),
         Command::Datadir(args) => datadir::exec(global, args),
         Command::Backup(args) => backup::exec(global, args),
+        Command::Restore(cmd) => restore::exec(global, cmd),
         Command::Completions(args) => completions::exec(args),
         Command::Man(args) => man::exec(args),
     }

@@ -43,7 +43,7 @@ pub fn token(id: &str) -> String {
     format!("etcd-restore-{id}")
 }
 
-/// `name=url,...` in the member list's order; learners are not restored as members (etcd's
+/// `name=url,...` sorted by name; learners are not restored as members (etcd's
 /// restore would make them voters). Refuses a member without a name or with several peer
 /// URLs (the restore takes one per member).
 pub fn initial_cluster(contents: &Contents) -> Result<String> {
@@ -71,6 +71,8 @@ pub fn initial_cluster(contents: &Contents) -> Result<String> {
         };
         parts.push(format!("{}={url}", m.name));
     }
+    // Sorted, so that every node writes the same string whatever order its source lists.
+    parts.sort();
     Ok(parts.join(","))
 }
 
@@ -152,26 +154,109 @@ fn beside(dir: &Path, suffix: &str) -> Result<PathBuf> {
     Ok(dir.with_file_name(format!("{name}.{suffix}")))
 }
 
-/// Read and verify an archive; refuse (exit 4) when any sum or the trailer fails.
+/// Read and verify an archive; refuse (exit 4) when any sum or the trailer fails. Leaves no
+/// stamp: planning changes nothing.
 pub fn read_archive(archive: &Path) -> Result<(Contents, Source)> {
-    let report = crate::backup::verify::verify_and_stamp(archive)?;
+    let (contents, problems) = crate::backup::verify::check(archive)?;
     let what = format!("restore from {}", archive.display());
-    if !report.ok {
+    if !problems.is_empty() {
         return Err(Error::refused(
             what,
             format!(
                 "the archive does not verify: {}; nothing was changed",
-                report.problems.join("; ")
+                problems.join("; ")
             ),
         ));
     }
-    let contents = crate::backup::verify::read_contents(archive)?
-        .ok_or_else(|| Error::refused(&what, "the archive has no contents.json"))?;
+    let contents =
+        contents.ok_or_else(|| Error::refused(&what, "the archive has no contents.json"))?;
     let source = Source::Archive {
         path: archive.to_path_buf(),
         id: contents.id.clone(),
     };
     Ok((contents, source))
+}
+
+/// A bare snapshot: its sha256 trailer must hold; the member list is this manifest's
+/// `--initial-cluster` (the cluster as this node was told it); the id is the first 16 hex
+/// digits of the file's blake3, as an archive's would be.
+pub fn read_snapshot(snapshot: &Path, manifest: &Path) -> Result<(Contents, Source)> {
+    let report = crate::etcd::snapshot::verify(snapshot)?;
+    if let Some(p) = report.problem {
+        return Err(Error::refused(
+            format!("restore from {}", snapshot.display()),
+            format!("the snapshot fails its check: {p}; nothing was changed"),
+        ));
+    }
+    let pod = StaticPod::load(manifest)?;
+    let cluster = pod
+        .etcd_flag("initial-cluster")?
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            Error::input(
+                manifest,
+                "no --initial-cluster to take the member list from; restore from an etcdops backup archive instead",
+            )
+        })?;
+    let mut members = Vec::new();
+    for part in cluster.split(',') {
+        let (name, url) = part.split_once('=').ok_or_else(|| {
+            Error::input(
+                manifest,
+                format!("--initial-cluster item {part:?} is not name=url"),
+            )
+        })?;
+        match members
+            .iter_mut()
+            .find(|m: &&mut crate::backup::MemberInfo| m.name == name)
+        {
+            Some(m) => m.peer_urls.push(url.to_string()),
+            None => members.push(crate::backup::MemberInfo {
+                id: String::new(),
+                name: name.to_string(),
+                peer_urls: vec![url.to_string()],
+                client_urls: Vec::new(),
+                is_learner: false,
+            }),
+        }
+    }
+    let id = report.blake3[..16].to_string();
+    let contents = Contents {
+        format: crate::backup::FORMAT,
+        id: id.clone(),
+        node: String::new(),
+        created: String::new(),
+        etcd_version: String::new(),
+        cluster_id: String::new(),
+        member_id: String::new(),
+        endpoint: String::new(),
+        members,
+        revision: 0,
+        hash_kv: 0,
+        compact_revision: 0,
+        key_count: 0,
+        kubernetes_dir: PathBuf::new(),
+        manifest: manifest.to_path_buf(),
+        entries: Vec::new(),
+    };
+    let source = Source::Snapshot {
+        path: snapshot.to_path_buf(),
+        id,
+    };
+    Ok((contents, source))
+}
+
+/// The plan for `--from FILE`: an archive or a bare snapshot, told apart by its first bytes.
+pub fn plan(manifest: &Path, from: &Path) -> Result<RestorePlan> {
+    if !from.is_file() {
+        return Err(Error::input(from, "no such archive or snapshot file"));
+    }
+    let (contents, source) = if crate::backup::verify::looks_like_archive(from) {
+        read_archive(from)?
+    } else {
+        read_snapshot(from, manifest)?
+    };
+    plan_from_contents(manifest, source, &contents)
 }
 
 /// The restore tool's command line: program, arguments, environment. Pure.
@@ -228,6 +313,63 @@ pub fn run_restore(
         });
     }
     Ok(())
+}
+
+/// `restore plan`: the plan, the tool, and the exact commands a restore of this node runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub kind: &'static str,
+    #[serde(flatten)]
+    pub plan: RestorePlan,
+    pub tool: PathBuf,
+    /// Where the snapshot is read from: the bare snapshot, or the file an archive's
+    /// `snapshot.db` is extracted to (beside the restore dir).
+    pub snapshot: PathBuf,
+    /// For an archive: the command that extracts its snapshot.
+    pub extract: Option<String>,
+    /// The restore tool's command line, shell-quoted.
+    pub restore: String,
+}
+
+fn quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+impl PlanReport {
+    pub fn new(plan: RestorePlan, tool: &RestoreTool) -> Self {
+        let (snapshot, extract) = match &plan.source {
+            Source::Snapshot { path, .. } => (path.clone(), None),
+            Source::Archive { path, .. } => {
+                let snap = PathBuf::from(format!("{}.snapshot.db", plan.restore_dir.display()));
+                let extract = format!(
+                    "zstd -dc {} | tar xOf - snapshot.db > {}",
+                    quote(&path.display().to_string()),
+                    quote(&snap.display().to_string()),
+                );
+                (snap, Some(extract))
+            }
+        };
+        let (program, args, env) = restore_command(tool, &plan, &snapshot, &plan.restore_dir);
+        let mut words: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        words.push(quote(&program.display().to_string()));
+        words.extend(args.iter().map(|a| quote(a)));
+        PlanReport {
+            kind: "restore",
+            plan,
+            tool: tool.path.clone(),
+            snapshot,
+            extract,
+            restore: words.join(" "),
+        }
+    }
 }
 
 #[cfg(test)]
