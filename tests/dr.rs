@@ -445,7 +445,9 @@ fn dr_bad_inputs_are_refused_and_change_nothing() {
         (vec!["backup", "--manifest", &bm], &[], 2, "expected Pod"),
         (vec!["backup", "--manifest", &em], &[], 2, "pki"),
         (
-            vec!["backup", "--endpoints", "https://127.0.0.1:1"],
+            // Into the empty dir: nothing may be left there (no .part), and no name clash
+            // with the archive made in this same second.
+            vec!["backup", "--endpoints", "https://127.0.0.1:1", "--dir", &e],
             &[],
             3,
             "127.0.0.1:1",
