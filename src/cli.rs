@@ -161,6 +161,13 @@ pub enum Command {
     Snapshot(SnapshotCommand),
     /// Check, copy, verify and checksum an etcd data dir (etcd must be stopped to copy).
     Datadir(DatadirArgs),
+    /// Archive this node for disaster recovery (snapshot, pki, manifests, kubeconfigs);
+    /// `backup verify` and `backup list` check and show archives.
+    Backup(BackupArgs),
+    /// Restore this node from a backup archive or snapshot (`plan` so far: what a restore
+    /// of this node would run, and every refusal).
+    #[command(subcommand)]
+    Restore(RestoreCommand),
     /// Print a shell completion script, e.g. `etcdops completions bash > /etc/bash_completion.d/etcdops`.
     Completions(CompletionsArgs),
 
@@ -536,4 +543,93 @@ pub enum KubeletAction {
     Start,
     /// Exit 0 when kubelet is active, 4 when not.
     Status,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub command: Option<BackupCommand>,
+
+    #[command(flatten)]
+    pub create: BackupCreateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupCreateArgs {
+    /// Where archives go [default: <state-dir>/backups].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Keep this node's N newest archives (the new one included) once the new one verified.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep: Option<u64>,
+
+    /// Longest wait for the snapshot stream to start or for its next chunk.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub idle_timeout: Duration,
+
+    /// zstd compression level (1 fastest .. 19 smallest).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub level: i32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Check every sum, the snapshot's sha256 trailer and contents.json; with
+    /// --restore-test, restore the snapshot into a throwaway etcd and compare its data.
+    /// Exit 0 good, 1 any mismatch.
+    Verify(BackupVerifyArgs),
+    /// Archives in the backup dir: time, revision, size, verified or not.
+    List(BackupListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupVerifyArgs {
+    /// The archive (etcd-backup-<node>-<time>.tar.zst).
+    pub file: PathBuf,
+
+    /// Also restore the snapshot with etcd's own tool and run it on a free loopback port.
+    #[arg(long)]
+    pub restore_test: bool,
+
+    /// etcd's restore tool: etcdutl (3.5+) or etcdctl (3.4) [default: PATH, then next to the
+    /// manifest's etcd].
+    #[arg(long, value_name = "PATH")]
+    pub etcdutl: Option<PathBuf>,
+
+    /// The etcd binary for the trial restore [default: next to the restore tool, then PATH].
+    #[arg(long, value_name = "PATH")]
+    pub etcd: Option<PathBuf>,
+
+    /// Longest wait for the throwaway etcd to answer.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub restore_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupListArgs {
+    /// The backup dir [default: <state-dir>/backups].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RestoreCommand {
+    /// Check the archive or snapshot and this node's manifest; print this member's name and
+    /// peer URL, --initial-cluster, the cluster token and the restore tool's command line.
+    /// Changes nothing.
+    Plan(RestorePlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestorePlanArgs {
+    /// An etcdops backup archive (.tar.zst) or a snapshot file from `snapshot save`.
+    #[arg(long, value_name = "ARCHIVE|SNAPSHOT")]
+    pub from: PathBuf,
+
+    /// etcd's restore tool: etcdutl (3.5+) or etcdctl (3.4) [default: PATH, then next to the
+    /// manifest's etcd].
+    #[arg(long, value_name = "PATH")]
+    pub etcdutl: Option<PathBuf>,
 }

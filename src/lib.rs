@@ -4,6 +4,7 @@
 //! The binary (`src/main.rs`) only parses, runs and maps errors to exit codes; `commands/`
 //! translates arguments into options for the library modules below.
 
+pub mod backup;
 pub mod cli;
 pub mod commands;
 pub mod datadir;
@@ -16,5 +17,6 @@ pub mod mounts;
 pub mod node;
 pub mod output;
 pub mod prometheus;
+pub mod restore;
 pub mod run;
 pub mod runs;

@@ -2,6 +2,7 @@
 //! and hands the report to `output`. clap types stop here.
 
 pub mod alarm;
+pub mod backup;
 pub mod compact;
 pub mod completions;
 pub mod datadir;
@@ -12,6 +13,7 @@ pub mod maintain;
 pub mod man;
 pub mod manifest;
 pub mod migrate;
+pub mod restore;
 pub mod snapshot;
 
 use crate::cli::{Cli, Command, GlobalArgs, OutputFormat};
@@ -38,6 +40,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Alarm(cmd) => alarm::exec(global, cmd),
         Command::Snapshot(cmd) => snapshot::exec(global, cmd),
         Command::Datadir(args) => datadir::exec(global, args),
+        Command::Backup(args) => backup::exec(global, args),
+        Command::Restore(cmd) => restore::exec(global, cmd),
         Command::Completions(args) => completions::exec(args),
         Command::Man(args) => man::exec(args),
     }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use etcd_client::{
-    AlarmAction, AlarmOptions, AlarmType, Client, CompactionOptions, SnapshotStreaming,
+    AlarmAction, AlarmOptions, AlarmType, Client, CompactionOptions, GetOptions, SnapshotStreaming,
 };
 
 use super::connect::{Connection, describe};
@@ -179,6 +179,21 @@ impl Endpoint {
 }
 
 impl Endpoint {
+    /// How many keys the store held at `revision` (a count-only range over every key), as
+    /// `etcdctl get "" --prefix --count-only --rev R` reports it.
+    pub async fn key_count(&mut self, revision: i64) -> Result<i64, String> {
+        let opts = GetOptions::new()
+            .with_all_keys()
+            .with_count_only()
+            .with_revision(revision);
+        let resp = self
+            .client
+            .get(vec![0u8], Some(opts))
+            .await
+            .map_err(|e| describe(&e))?;
+        Ok(resp.count())
+    }
+
     /// Compact the key-value history up to `revision`; with `physical`, return only once the
     /// backend has really dropped the old revisions (so that a defrag after it frees them).
     /// Returns the header revision.

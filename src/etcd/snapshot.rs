@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::output::hex_id;
 
 /// Length of etcd's sha256 trailer.
-const TRAILER: usize = 32;
+pub const TRAILER: usize = 32;
 
 /// bbolt's magic number, at byte 16 of the first meta page.
 const BOLT_MAGIC: u32 = 0xED0C_DAED;
@@ -115,8 +115,9 @@ fn parent(file: &Path) -> PathBuf {
 }
 
 /// Hashes of a stream: the whole (sha256, blake3), and etcd's check of the body against the
-/// trailer, computed by holding back the last 32 bytes seen.
-struct Digests {
+/// trailer, computed by holding back the last 32 bytes seen. Public so that `backup` checks
+/// the snapshot it streams into an archive, and the one it reads back, the same way.
+pub struct Digests {
     whole_sha: Context,
     whole_b3: blake3::Hasher,
     body_sha: Context,
@@ -124,8 +125,14 @@ struct Digests {
     size: u64,
 }
 
+impl Default for Digests {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Digests {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Digests {
             whole_sha: Context::new(&SHA256),
             whole_b3: blake3::Hasher::new(),
@@ -135,7 +142,7 @@ impl Digests {
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
+    pub fn update(&mut self, data: &[u8]) {
         self.whole_sha.update(data);
         self.whole_b3.update(data);
         self.size += data.len() as u64;
@@ -155,8 +162,13 @@ impl Digests {
         }
     }
 
-    /// `(sha256, blake3, trailer problem)`.
-    fn finish(self, head: &[u8]) -> (String, String, Option<String>) {
+    /// Bytes seen so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// `(sha256, blake3, trailer problem)`; `head` is the first 64 bytes of the stream.
+    pub fn finish(self, head: &[u8]) -> (String, String, Option<String>) {
         let sha = hex(self.whole_sha.finish().as_ref());
         let b3 = self.whole_b3.finalize().to_hex().to_string();
         let problem = if self.size < (TRAILER + 4096) as u64 {

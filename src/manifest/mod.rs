@@ -4,6 +4,7 @@
 //! holds `--data-dir`) is found here.
 
 pub mod atomic;
+pub mod flags;
 pub mod rewrite;
 pub mod show;
 

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Measures `etcdops backup` on a large db (>= 400 MB by default) against `etcdctl snapshot
+# save` of the same member in the same run: a 1-node lab (etcd 3.5, release build),
+# BENCH_KEYS keys of BENCH_VALUE bytes written in transactions, then
+#   etcdctl snapshot save (before), etcdops backup, etcdctl snapshot save (after),
+#   etcdops backup verify, etcdops backup verify --restore-test,
+# each timed with its peak RSS (ru_maxrss of the child). Prints a table and checks the
+# targets: backup <= 1.3 x the mean snapshot save, backup peak RSS <= 64 MiB.
+#
+# Usage: scripts/bench-backup.sh    BENCH_DIR (default a temp dir under /var/tmp, on disk),
+#        BENCH_KEYS (4200), BENCH_VALUE (102400), BENCH_LEVEL (zstd level, 3).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+keys=${BENCH_KEYS:-4200}
+value_size=${BENCH_VALUE:-102400}
+level=${BENCH_LEVEL:-3}
+
+scripts/install-deps.sh >/dev/null
+cargo build --release --quiet --bins
+bin="$root/target/release"
+etcd35="$root/.cache/etcd-3.5.1"
+
+mkdir -p /var/tmp
+work=${BENCH_DIR:-$(mktemp -d /var/tmp/etcdops-bench-backup.XXXXXX)}
+lab="$work/lab"
+cleanup() { "$bin/etcdops-lab" down --dir "$lab" >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+"$bin/etcdops-lab" up --dir "$lab" --nodes 1 --etcd "$etcd35/etcd" --ip-prefix 127.0.7 >/dev/null
+eval "$("$bin/etcdops-lab" env --dir "$lab" --node 1)"
+pki="$lab/node1/etc/kubernetes/pki/etcd"
+ctl=("$etcd35/etcdctl" --endpoints=https://127.0.7.11:2379 --cacert="$pki/ca.crt"
+     --cert="$pki/healthcheck-client.crt" --key="$pki/healthcheck-client.key"
+     --command-timeout=60s)
+
+echo "bench-backup: writing $keys keys of $value_size bytes (10 per transaction)" >&2
+# Printable random values (etcdctl's txn reads text lines): base64, so zstd has something
+# to gain, as on a real cluster's mix of JSON and protobuf.
+value=$(python3 -c 'import base64, os, sys; n = int(sys.argv[1]); print(base64.b64encode(os.urandom(n)).decode()[:n])' "$value_size")
+for ((i = 0; i < keys; i += 10)); do
+  {
+    echo
+    for ((j = i; j < i + 10 && j < keys; j++)); do echo "put bench/$j $value"; done
+    echo
+    echo
+  } | "${ctl[@]}" txn >/dev/null
+done
+db=$(stat -c %s "$lab/node1/var/lib/etcd/member/snap/db")
+echo "bench-backup: node 1's db holds $((db / 1000000)) MB" >&2
+
+# Run a command; append "name wall_ms maxrss_kib exit" to the results.
+results="$work/results"
+: > "$results"
+measure() {
+  local name=$1; shift
+  python3 - "$name" "$results" "$@" <<'PY'
+import resource, subprocess, sys, time
+name, out, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
+t = time.monotonic()
+r = subprocess.run(cmd, stdout=subprocess.DEVNULL)
+ms = (time.monotonic() - t) * 1000
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+with open(out, "a") as f:
+    f.write(f"{name} {ms:.0f} {rss} {r.returncode}\n")
+PY
+}
+
+dir="$work/backups"
+mkdir -p "$dir"
+sync
+measure "etcdctl-snapshot-save-1" "${ctl[@]}" snapshot save "$work/snap1.db"
+sync
+measure "etcdops-backup" "$bin/etcdops" backup --dir "$dir" --level "$level"
+sync
+measure "etcdctl-snapshot-save-2" "${ctl[@]}" snapshot save "$work/snap2.db"
+archive=$(ls "$dir"/etcd-backup-*.tar.zst)
+measure "etcdops-backup-verify" "$bin/etcdops" backup verify "$archive"
+measure "etcdops-backup-verify-restore-test" "$bin/etcdops" backup verify --restore-test \
+  --etcdutl "$etcd35/etcdutl" "$archive"
+size=$(stat -c %s "$archive")
+
+python3 - "$results" "$db" "$size" "$level" <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1])]
+db, size, level = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+r = {n: (int(ms), int(rss), int(rc)) for n, ms, rss, rc in rows}
+print(f"db {db/1e6:.0f} MB; archive {size/1e6:.0f} MB (zstd level {level}, {100*size/db:.0f}% of the db)")
+print(f"{'command':<38}{'wall ms':>9}{'peak RSS MiB':>14}{'exit':>6}")
+for n, (ms, rss, rc) in r.items():
+    print(f"{n:<38}{ms:>9}{rss/1024:>14.1f}{rc:>6}")
+snap = (r["etcdctl-snapshot-save-1"][0] + r["etcdctl-snapshot-save-2"][0]) / 2
+b_ms, b_rss, b_rc = r["etcdops-backup"]
+ratio = b_ms / snap
+print(f"backup / mean snapshot save = {ratio:.2f} (target <= 1.3); backup peak RSS {b_rss/1024:.1f} MiB (target <= 64)")
+ok = all(rc == 0 for _, _, rc in r.values()) and ratio <= 1.3 and b_rss <= 64 * 1024
+sys.exit(0 if ok else 1)
+PY

@@ -1,0 +1,495 @@
+//! The restore plan of one node and the restore tool's command line. Reading an archive
+//! verifies it whole (`backup::verify`); a bare snapshot is checked against its trailer.
+//! Every refusal is exit 4 (a precondition: nothing was changed), bad input exit 2.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde::Serialize;
+
+use crate::backup::Contents;
+use crate::backup::tool::{RestoreTool, ToolKind};
+use crate::error::{Error, Result};
+use crate::manifest::StaticPod;
+
+/// Where the data comes from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Source {
+    /// An `etcdops backup` archive: member list and id from its `contents.json`.
+    Archive { path: PathBuf, id: String },
+    /// A bare snapshot: members from this manifest's `--initial-cluster`, id from its blake3.
+    Snapshot { path: PathBuf, id: String },
+}
+
+/// What every node of the restore computes alike, and what is this node's own.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestorePlan {
+    pub source: Source,
+    /// This member's `--name` and `--initial-advertise-peer-urls` (from the manifest).
+    pub name: String,
+    pub peer_url: String,
+    /// `name=peer URL,...` of every member restored: the archive's member list.
+    pub initial_cluster: String,
+    /// `etcd-restore-<archive id>`: equal on every node without them talking.
+    pub token: String,
+    /// The data dir on the host (from the manifest), and the new dir beside it.
+    pub data_dir: PathBuf,
+    pub restore_dir: PathBuf,
+}
+
+/// `etcd-restore-<id>`.
+pub fn token(id: &str) -> String {
+    format!("etcd-restore-{id}")
+}
+
+/// `name=url,...` sorted by name; learners are not restored as members (etcd's
+/// restore would make them voters). Refuses a member without a name or with several peer
+/// URLs (the restore takes one per member).
+pub fn initial_cluster(contents: &Contents) -> Result<String> {
+    let what = "plan the restore";
+    let mut parts = Vec::new();
+    for m in contents.members.iter().filter(|m| !m.is_learner) {
+        if m.name.is_empty() {
+            return Err(Error::refused(
+                what,
+                format!(
+                    "member {} in the archive has no name (it never started); restore from an archive taken when every member was up",
+                    m.id
+                ),
+            ));
+        }
+        let [url] = m.peer_urls.as_slice() else {
+            return Err(Error::refused(
+                what,
+                format!(
+                    "member {} has {} peer URLs in the archive; a restore takes exactly one",
+                    m.name,
+                    m.peer_urls.len()
+                ),
+            ));
+        };
+        parts.push(format!("{}={url}", m.name));
+    }
+    // Sorted, so that every node writes the same string whatever order its source lists.
+    parts.sort();
+    Ok(parts.join(","))
+}
+
+/// Build this node's plan from a verified archive's contents and the manifest.
+pub fn plan_from_contents(
+    manifest: &Path,
+    source: Source,
+    contents: &Contents,
+) -> Result<RestorePlan> {
+    let pod = StaticPod::load(manifest)?;
+    let name = pod
+        .etcd_flag("name")?
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| Error::input(manifest, "the etcd command has no --name"))?;
+    let peer_url = pod
+        .etcd_flag("initial-advertise-peer-urls")?
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            Error::input(
+                manifest,
+                "the etcd command has no --initial-advertise-peer-urls",
+            )
+        })?;
+    let what = format!("restore on member {name}");
+    let initial = initial_cluster(contents)?;
+    let names: Vec<&str> = contents
+        .members
+        .iter()
+        .filter(|m| !m.is_learner)
+        .map(|m| m.name.as_str())
+        .collect();
+    match contents
+        .members
+        .iter()
+        .find(|m| m.name == name && !m.is_learner)
+    {
+        None => {
+            return Err(Error::refused(
+                &what,
+                format!(
+                    "the archive's member list ({}) does not contain this node's --name {name}: restoring here would start a member the others do not know",
+                    names.join(", ")
+                ),
+            ));
+        }
+        Some(m) if !m.peer_urls.iter().any(|u| u == &peer_url) => {
+            return Err(Error::refused(
+                &what,
+                format!(
+                    "the archive knows {name} at {}, the manifest says --initial-advertise-peer-urls={peer_url}: every node must restore the same member list",
+                    m.peer_urls.join(",")
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
+    let data_dir = pod.data_volume()?.data_host_path;
+    let id = match &source {
+        Source::Archive { id, .. } | Source::Snapshot { id, .. } => id.clone(),
+    };
+    let restore_dir = beside(&data_dir, &format!("restore-{id}"))?;
+    Ok(RestorePlan {
+        source,
+        name,
+        peer_url,
+        initial_cluster: initial,
+        token: token(&id),
+        data_dir,
+        restore_dir,
+    })
+}
+
+/// `<dir>.<suffix>` beside `dir` (same filesystem, so the swap is a rename).
+fn beside(dir: &Path, suffix: &str) -> Result<PathBuf> {
+    let name = dir
+        .file_name()
+        .ok_or_else(|| Error::input(dir, "the data dir has no name"))?
+        .to_string_lossy();
+    Ok(dir.with_file_name(format!("{name}.{suffix}")))
+}
+
+/// Read and verify an archive; refuse (exit 4) when any sum or the trailer fails. Leaves no
+/// stamp: planning changes nothing.
+pub fn read_archive(archive: &Path) -> Result<(Contents, Source)> {
+    let (contents, problems) = crate::backup::verify::check(archive)?;
+    let what = format!("restore from {}", archive.display());
+    if !problems.is_empty() {
+        return Err(Error::refused(
+            what,
+            format!(
+                "the archive does not verify: {}; nothing was changed",
+                problems.join("; ")
+            ),
+        ));
+    }
+    let contents =
+        contents.ok_or_else(|| Error::refused(&what, "the archive has no contents.json"))?;
+    let source = Source::Archive {
+        path: archive.to_path_buf(),
+        id: contents.id.clone(),
+    };
+    Ok((contents, source))
+}
+
+/// A bare snapshot: its sha256 trailer must hold; the member list is this manifest's
+/// `--initial-cluster` (the cluster as this node was told it); the id is the first 16 hex
+/// digits of the file's blake3, as an archive's would be.
+pub fn read_snapshot(snapshot: &Path, manifest: &Path) -> Result<(Contents, Source)> {
+    let report = crate::etcd::snapshot::verify(snapshot)?;
+    if let Some(p) = report.problem {
+        return Err(Error::refused(
+            format!("restore from {}", snapshot.display()),
+            format!("the snapshot fails its check: {p}; nothing was changed"),
+        ));
+    }
+    let pod = StaticPod::load(manifest)?;
+    let cluster = pod
+        .etcd_flag("initial-cluster")?
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            Error::input(
+                manifest,
+                "no --initial-cluster to take the member list from; restore from an etcdops backup archive instead",
+            )
+        })?;
+    let mut members = Vec::new();
+    for part in cluster.split(',') {
+        let (name, url) = part.split_once('=').ok_or_else(|| {
+            Error::input(
+                manifest,
+                format!("--initial-cluster item {part:?} is not name=url"),
+            )
+        })?;
+        match members
+            .iter_mut()
+            .find(|m: &&mut crate::backup::MemberInfo| m.name == name)
+        {
+            Some(m) => m.peer_urls.push(url.to_string()),
+            None => members.push(crate::backup::MemberInfo {
+                id: String::new(),
+                name: name.to_string(),
+                peer_urls: vec![url.to_string()],
+                client_urls: Vec::new(),
+                is_learner: false,
+            }),
+        }
+    }
+    let id = report.blake3[..16].to_string();
+    let contents = Contents {
+        format: crate::backup::FORMAT,
+        id: id.clone(),
+        node: String::new(),
+        created: String::new(),
+        etcd_version: String::new(),
+        cluster_id: String::new(),
+        member_id: String::new(),
+        endpoint: String::new(),
+        members,
+        revision: 0,
+        hash_kv: 0,
+        compact_revision: 0,
+        key_count: 0,
+        kubernetes_dir: PathBuf::new(),
+        manifest: manifest.to_path_buf(),
+        entries: Vec::new(),
+    };
+    let source = Source::Snapshot {
+        path: snapshot.to_path_buf(),
+        id,
+    };
+    Ok((contents, source))
+}
+
+/// The plan for `--from FILE`: an archive or a bare snapshot, told apart by its first bytes.
+pub fn plan(manifest: &Path, from: &Path) -> Result<RestorePlan> {
+    if !from.is_file() {
+        return Err(Error::input(from, "no such archive or snapshot file"));
+    }
+    let (contents, source) = if crate::backup::verify::looks_like_archive(from) {
+        read_archive(from)?
+    } else {
+        read_snapshot(from, manifest)?
+    };
+    plan_from_contents(manifest, source, &contents)
+}
+
+/// The restore tool's command line: program, arguments, environment. Pure.
+pub fn restore_command(
+    tool: &RestoreTool,
+    plan: &RestorePlan,
+    snapshot: &Path,
+    dest: &Path,
+) -> (PathBuf, Vec<String>, Vec<(String, String)>) {
+    let args = vec![
+        "snapshot".to_string(),
+        "restore".to_string(),
+        snapshot.display().to_string(),
+        format!("--name={}", plan.name),
+        format!("--initial-cluster={}", plan.initial_cluster),
+        format!("--initial-advertise-peer-urls={}", plan.peer_url),
+        format!("--initial-cluster-token={}", plan.token),
+        format!("--data-dir={}", dest.display()),
+    ];
+    let env = match tool.kind {
+        ToolKind::Etcdctl => vec![("ETCDCTL_API".to_string(), "3".to_string())],
+        ToolKind::Etcdutl => Vec::new(),
+    };
+    (tool.path.clone(), args, env)
+}
+
+/// Run the restore tool into `dest` (which must not exist); its stderr is kept in the error.
+pub fn run_restore(
+    tool: &RestoreTool,
+    plan: &RestorePlan,
+    snapshot: &Path,
+    dest: &Path,
+) -> Result<()> {
+    if dest.symlink_metadata().is_ok() {
+        return Err(Error::refused(
+            format!("restore into {}", dest.display()),
+            "it exists already; a restore goes into a new dir",
+        ));
+    }
+    let (program, args, env) = restore_command(tool, plan, snapshot, dest);
+    let out = std::process::Command::new(&program)
+        .args(&args)
+        .envs(env)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::io("run", &program, e))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        return Err(Error::Command {
+            command: format!("{} {}", program.display(), args.join(" ")),
+            status: out.status.to_string(),
+            stderr: last[last.len().saturating_sub(2)..].join(" | "),
+        });
+    }
+    Ok(())
+}
+
+/// `restore plan`: the plan, the tool, and the exact commands a restore of this node runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub kind: &'static str,
+    #[serde(flatten)]
+    pub plan: RestorePlan,
+    pub tool: PathBuf,
+    /// Where the snapshot is read from: the bare snapshot, or the file an archive's
+    /// `snapshot.db` is extracted to (beside the restore dir).
+    pub snapshot: PathBuf,
+    /// For an archive: the command that extracts its snapshot.
+    pub extract: Option<String>,
+    /// The restore tool's command line, shell-quoted.
+    pub restore: String,
+}
+
+fn quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+impl PlanReport {
+    pub fn new(plan: RestorePlan, tool: &RestoreTool) -> Self {
+        let (snapshot, extract) = match &plan.source {
+            Source::Snapshot { path, .. } => (path.clone(), None),
+            Source::Archive { path, .. } => {
+                let snap = PathBuf::from(format!("{}.snapshot.db", plan.restore_dir.display()));
+                let extract = format!(
+                    "zstd -dc {} | tar xOf - snapshot.db > {}",
+                    quote(&path.display().to_string()),
+                    quote(&snap.display().to_string()),
+                );
+                (snap, Some(extract))
+            }
+        };
+        let (program, args, env) = restore_command(tool, &plan, &snapshot, &plan.restore_dir);
+        let mut words: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        words.push(quote(&program.display().to_string()));
+        words.extend(args.iter().map(|a| quote(a)));
+        PlanReport {
+            kind: "restore",
+            plan,
+            tool: tool.path.clone(),
+            snapshot,
+            extract,
+            restore: words.join(" "),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::{FORMAT, MemberInfo};
+
+    fn contents(members: &[(&str, &str, bool)]) -> Contents {
+        Contents {
+            format: FORMAT,
+            id: "0123456789abcdef".into(),
+            node: "cp-a".into(),
+            created: "2026-11-30T11:00:00Z".into(),
+            etcd_version: "3.5.1".into(),
+            cluster_id: "1".into(),
+            member_id: "2".into(),
+            endpoint: "https://10.10.0.21:2379".into(),
+            members: members
+                .iter()
+                .enumerate()
+                .map(|(i, (n, u, learner))| MemberInfo {
+                    id: format!("{i:x}"),
+                    name: n.to_string(),
+                    peer_urls: vec![u.to_string()],
+                    client_urls: vec![],
+                    is_learner: *learner,
+                })
+                .collect(),
+            revision: 5,
+            hash_kv: 1,
+            compact_revision: 0,
+            key_count: 3,
+            kubernetes_dir: "/etc/kubernetes".into(),
+            manifest: "/etc/kubernetes/manifests/etcd.yaml".into(),
+            entries: vec![],
+        }
+    }
+
+    fn manifest() -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("etcd.yaml");
+        std::fs::write(
+            &p,
+            include_str!("../../tests/fixtures/manifests/kubeadm-v1.31.yaml"),
+        )
+        .unwrap();
+        (d, p)
+    }
+
+    fn source() -> Source {
+        Source::Archive {
+            path: "/b/a.tar.zst".into(),
+            id: "0123456789abcdef".into(),
+        }
+    }
+
+    #[test]
+    fn plan_takes_name_and_peer_from_the_manifest_and_members_from_the_archive() {
+        let (_d, m) = manifest();
+        let c = contents(&[
+            ("cp-a", "https://10.10.0.21:2380", false),
+            ("cp-b", "https://10.10.0.22:2380", false),
+            ("cp-l", "https://10.10.0.29:2380", true),
+        ]);
+        let p = plan_from_contents(&m, source(), &c).unwrap();
+        assert_eq!(p.name, "cp-a");
+        assert_eq!(p.peer_url, "https://10.10.0.21:2380");
+        assert_eq!(
+            p.initial_cluster,
+            "cp-a=https://10.10.0.21:2380,cp-b=https://10.10.0.22:2380"
+        );
+        assert_eq!(p.token, "etcd-restore-0123456789abcdef");
+        assert_eq!(
+            p.restore_dir.file_name().unwrap(),
+            format!(
+                "{}.restore-0123456789abcdef",
+                p.data_dir.file_name().unwrap().to_string_lossy()
+            )
+            .as_str()
+        );
+        let tool = RestoreTool {
+            path: "/usr/bin/etcdctl".into(),
+            kind: ToolKind::Etcdctl,
+        };
+        let (prog, args, env) = restore_command(&tool, &p, Path::new("/r/s.db"), &p.restore_dir);
+        assert_eq!(prog, PathBuf::from("/usr/bin/etcdctl"));
+        assert!(args.contains(&"--initial-cluster-token=etcd-restore-0123456789abcdef".into()));
+        assert!(args.contains(&"--name=cp-a".into()));
+        assert_eq!(env, vec![("ETCDCTL_API".into(), "3".into())]);
+    }
+
+    #[test]
+    fn plan_refuses_a_member_list_without_this_node_or_with_another_url() {
+        let (_d, m) = manifest();
+        let e = plan_from_contents(
+            &m,
+            source(),
+            &contents(&[("cp-x", "https://10.10.0.21:2380", false)]),
+        )
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 4);
+        assert!(
+            e.one_line()
+                .contains("does not contain this node's --name cp-a")
+        );
+        let e = plan_from_contents(
+            &m,
+            source(),
+            &contents(&[("cp-a", "https://10.10.0.99:2380", false)]),
+        )
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 4);
+        assert!(e.one_line().contains("10.10.0.99"), "{}", e.one_line());
+        // A learner of that name is not a member to restore.
+        let e = plan_from_contents(
+            &m,
+            source(),
+            &contents(&[("cp-a", "https://10.10.0.21:2380", true)]),
+        )
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 4);
+    }
+}
