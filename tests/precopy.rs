@@ -122,11 +122,17 @@ fn writes_between_phases(version: Version) {
     let scratch = tempfile::tempdir_in("/var/tmp").unwrap();
     let dst = scratch.path().join("etcd");
 
-    let r = etcdops(
-        &args(["-o", "json", "datadir", "precopy", p(&src), p(&dst)]),
-        &[],
-        Some(&cluster),
-    );
+    // Writes go on while the pre-copy reads the live data dir.
+    let r = std::thread::scope(|s| {
+        let writer = s.spawn(|| cluster.put_many("during", 300, 1024));
+        let r = etcdops(
+            &args(["-o", "json", "datadir", "precopy", p(&src), p(&dst)]),
+            &[],
+            Some(&cluster),
+        );
+        writer.join().expect("the writer does not panic");
+        r
+    });
     r.code(0);
     let pre = r.json();
     assert!(pre["bytes"].as_u64().unwrap() > 0, "{}", r.dump());
@@ -212,6 +218,64 @@ fn precopy_shape_changes_are_handled() {
     let copy = finish_and_prove(&src, &dst2);
     assert_eq!(copy["precopy"], "used", "{copy}");
     assert_eq!(copy["bytes_after_stop"], 0, "{copy}");
+}
+
+/// The pre-copy is never evidence: a staged block changed behind its back (the record still
+/// says it is right, so the update does not rewrite it) is found by verify, which compares
+/// every byte of the target with the quiesced source.
+#[test]
+fn precopy_is_never_evidence() {
+    let cluster = stopped_cluster(Version::V34);
+    let src = cluster.members[0].data_dir.clone();
+    let scratch = tempfile::tempdir_in("/var/tmp").unwrap();
+    let dst = scratch.path().join("etcd");
+    run(&["datadir", "precopy", p(&src), p(&dst)]).code(0);
+    let staged_db = staging_of(&dst).join("member/snap/db");
+    let mut db = fs::read(&staged_db).unwrap();
+    db[100] ^= 0xff;
+    fs::write(&staged_db, &db).unwrap();
+
+    let r = run(&[
+        "-o",
+        "json",
+        "datadir",
+        "copy",
+        "--update",
+        p(&src),
+        p(&dst),
+    ]);
+    let copy = r.code(0).json();
+    assert_eq!(copy["precopy"], "used", "{copy}");
+    assert_eq!(copy["bytes_after_stop"], 0, "{copy}");
+    let v = run(&["-o", "json", "datadir", "verify", p(&src), p(&dst)]);
+    let v = v.code(1).json();
+    assert_eq!(v["identical"], false, "{v}");
+    assert_eq!(
+        (&v["differences"][0]["path"], &v["differences"][0]["kind"]),
+        (&"member/snap/db".into(), &"content".into()),
+        "{v}"
+    );
+}
+
+/// A pre-copy made from another data dir is not used: everything is copied.
+#[test]
+fn precopy_of_another_source_falls_back() {
+    let a = stopped_cluster(Version::V35);
+    let b = stopped_cluster(Version::V35);
+    let (src_a, src_b) = (a.members[0].data_dir.clone(), b.members[0].data_dir.clone());
+    let scratch = tempfile::tempdir_in("/var/tmp").unwrap();
+    let dst = scratch.path().join("etcd");
+    run(&["datadir", "precopy", p(&src_a), p(&dst)]).code(0);
+    let copy = finish_and_prove(&src_b, &dst);
+    assert_eq!(copy["precopy"], "fell-back", "{copy}");
+    assert!(
+        copy["precopy_fallback"]
+            .as_str()
+            .unwrap()
+            .contains(p(&fs::canonicalize(&src_a).unwrap())),
+        "{copy}"
+    );
+    assert_eq!(copy["bytes_after_stop"], copy["bytes"], "{copy}");
 }
 
 /// Kills the child when dropped, so a failing test leaves no process behind.
