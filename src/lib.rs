@@ -16,3 +16,5 @@ pub mod mounts;
 pub mod node;
 pub mod output;
 pub mod prometheus;
+pub mod run;
+pub mod runs;

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,14 +14,12 @@ use std::time::Duration;
 use common::lab::Lab;
 use common::{Version, tree_bytes};
 use etcdops::datadir::Silent;
-use etcdops::datadir::copy::CopyReport;
-use etcdops::datadir::verify::VerifyReport;
-use etcdops::error::{Error, Result};
 use etcdops::etcd::connect::Given;
-use etcdops::etcd::health::HealthReport;
-use etcdops::migrate::host::{Host, RealHost};
-use etcdops::migrate::{self, Identity, RunOptions, STEPS};
+use etcdops::migrate::{self, MigrateStep, RunOptions};
 use etcdops::node::KubeletCommands;
+use etcdops::run::fault::FaultHost;
+use etcdops::run::host::{Host, RealHost};
+use etcdops::run::{RunState, StepKind};
 
 fn put_keys(lab: &Lab, prefix: &str, n: usize) {
     for i in 0..n {
@@ -88,7 +85,22 @@ fn end_to_end(version: Version) {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(steps, STEPS);
+    // The journal's and the JSON's step names are a contract: today's names, in order.
+    assert_eq!(
+        steps,
+        [
+            "preflight",
+            "snapshot",
+            "stop-etcd",
+            "stop-kubelet",
+            "copy",
+            "verify",
+            "rewrite",
+            "start-kubelet",
+            "wait-healthy",
+            "post-verify"
+        ]
+    );
     assert!(
         doc["steps"]
             .as_array()
@@ -156,86 +168,7 @@ fn end_to_end_3_4() {
     end_to_end(Version::V34);
 }
 
-/// The real host, with one method failing (after doing its work) on its `nth` call.
-struct FailAt<'a> {
-    inner: RealHost<'a>,
-    method: &'static str,
-    nth: usize,
-    /// Fail before the real call (no side effect) instead of after it.
-    before: bool,
-    calls: RefCell<HashMap<&'static str, usize>>,
-}
-
-impl FailAt<'_> {
-    fn hit(&self, method: &'static str) -> Result<()> {
-        let mut calls = self.calls.borrow_mut();
-        let n = calls.entry(method).or_default();
-        *n += 1;
-        if method == self.method && *n == self.nth {
-            return Err(Error::failed(method, "injected fault"));
-        }
-        Ok(())
-    }
-}
-
-impl Host for FailAt<'_> {
-    fn health(&self, cluster: bool) -> Result<HealthReport> {
-        let r = self.inner.health(cluster)?;
-        self.hit("health").map(|_| r)
-    }
-    fn identity(&self) -> Result<Identity> {
-        let r = self.inner.identity()?;
-        self.hit("identity").map(|_| r)
-    }
-    fn hash_at(&self, revision: i64) -> Result<Option<u32>> {
-        let r = self.inner.hash_at(revision)?;
-        self.hit("hash_at").map(|_| r)
-    }
-    fn snapshot(&self, dest: &Path) -> Result<()> {
-        self.inner.snapshot(dest)?;
-        self.hit("snapshot")
-    }
-    fn stop_etcd(&self, manifest: &Path, moved_to: &Path, data_dir: &Path) -> Result<()> {
-        self.inner.stop_etcd(manifest, moved_to, data_dir)?;
-        self.hit("stop_etcd")
-    }
-    fn stop_kubelet(&self) -> Result<()> {
-        self.inner.stop_kubelet()?;
-        self.hit("stop_kubelet")
-    }
-    fn start_kubelet(&self) -> Result<()> {
-        self.inner.start_kubelet()?;
-        self.hit("start_kubelet")
-    }
-    fn copy(&self, src: &Path, dst: &Path, sums_file: &Path) -> Result<CopyReport> {
-        let r = self.inner.copy(src, dst, sums_file)?;
-        self.hit("copy").map(|_| r)
-    }
-    fn verify(&self, src: &Path, dst: &Path, src_sums: Option<&Path>) -> Result<VerifyReport> {
-        let r = self.inner.verify(src, dst, src_sums)?;
-        self.hit("verify").map(|_| r)
-    }
-    fn rewrite(&self, manifest_copy: &Path, new: &Path, backup_dir: &Path) -> Result<()> {
-        self.inner.rewrite(manifest_copy, new, backup_dir)?;
-        self.hit("rewrite")
-    }
-    fn put_manifest(&self, from: &Path, manifest: &Path) -> Result<()> {
-        if self.before {
-            self.hit("put_manifest")?;
-            return self.inner.put_manifest(from, manifest);
-        }
-        self.inner.put_manifest(from, manifest)?;
-        self.hit("put_manifest")
-    }
-    fn wait_healthy(&self) -> Result<()> {
-        self.inner.wait_healthy()?;
-        self.hit("wait_healthy")
-    }
-    fn remove_tree(&self, path: &Path) -> Result<()> {
-        self.inner.remove_tree(path)?;
-        self.hit("remove_tree")
-    }
-}
+fn quiet(_: &str) {}
 
 fn real_host(lab: &Lab, node: usize) -> RealHost<'static> {
     let env: HashMap<String, String> = lab.env(node).into_iter().collect();
@@ -255,6 +188,8 @@ fn real_host(lab: &Lab, node: usize) -> RealHost<'static> {
             start: env["ETCDOPS_KUBELET_START_CMD"].clone(),
             status: env["ETCDOPS_KUBELET_STATUS_CMD"].clone(),
         },
+        manifest: manifest.clone(),
+        say: &quiet,
         manifests_dir: manifest.parent().unwrap().to_path_buf(),
         stop_timeout: Duration::from_secs(30),
         start_timeout: Duration::from_secs(60),
@@ -294,20 +229,15 @@ fn a_fault_at_every_step_rolls_back_or_stops_safely() {
         let from = data_host_path(&manifest);
         let to = lab.path().join(format!("disk-{i}/etcd"));
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        let host = FailAt {
-            inner: real_host(&lab, 1),
-            method,
-            nth,
-            before,
-            calls: RefCell::new(HashMap::new()),
-        };
+        let inner = real_host(&lab, 1);
+        let host = FaultHost::new(&inner, method, nth, before);
         let opts = RunOptions {
             manifest: manifest.clone(),
             state_dir: lab.state_dir(1),
             say: &say,
             cancel: None,
         };
-        let endpoint = host.inner.conn.endpoints[0].clone();
+        let endpoint = inner.conn.endpoints[0].clone();
         let outcome = migrate::apply(&host, &opts, &to, true, &endpoint).unwrap();
         let err = outcome.result.expect_err(step);
         assert!(err.one_line().contains(step), "{step}: {}", err.one_line());
@@ -319,7 +249,7 @@ fn a_fault_at_every_step_rolls_back_or_stops_safely() {
                 "{step}: {}",
                 err.one_line()
             );
-            assert_eq!(outcome.report.state, "failed", "{step}");
+            assert_eq!(outcome.report.state, RunState::Failed, "{step}");
             assert_eq!(
                 data_host_path(&manifest),
                 to,
@@ -328,10 +258,10 @@ fn a_fault_at_every_step_rolls_back_or_stops_safely() {
             rh.wait_healthy().unwrap();
             let resumed = migrate::resume(&rh, &opts, None).unwrap();
             resumed.result.unwrap();
-            assert_eq!(resumed.report.state, "completed", "{step}");
+            assert_eq!(resumed.report.state, RunState::Completed, "{step}");
         } else {
             assert_eq!(err.exit_code(), 1, "{step}: {}", err.one_line());
-            assert_eq!(outcome.report.state, "rolled-back", "{step}");
+            assert_eq!(outcome.report.state, RunState::RolledBack, "{step}");
             assert_eq!(
                 std::fs::read(&manifest).unwrap(),
                 original,
@@ -368,7 +298,8 @@ fn kill_9_after_every_step_then_resume_or_rollback() {
     let lab = Lab::up(Version::V35, 3);
     put_keys(&lab, "/crash/", 30);
     let mut current = lab.data_dir(1);
-    for (i, step) in STEPS.iter().enumerate() {
+    let steps: Vec<&str> = MigrateStep::ALL.iter().map(|s| s.name()).collect();
+    for (i, step) in steps.iter().enumerate() {
         let point = format!("{step}:done");
         // 1. killed, then rolled back.
         let to = lab.path().join(format!("crash-{i}-a/etcd"));
@@ -396,9 +327,9 @@ fn kill_9_after_every_step_then_resume_or_rollback() {
         // Before start-kubelet etcd cannot have run on the copy: rollback must succeed.
         // From start-kubelet on it has (or, right after the manifest went back, may have):
         // then rollback refuses with 5 and leaves the member on the new data.
-        let may_refuse = i >= STEPS.iter().position(|s| *s == "start-kubelet").unwrap();
+        let may_refuse = i >= steps.iter().position(|s| *s == "start-kubelet").unwrap();
         // After wait-healthy etcd has certainly served on the copy: going back is a bug.
-        let must_refuse = i >= STEPS.iter().position(|s| *s == "wait-healthy").unwrap();
+        let must_refuse = i >= steps.iter().position(|s| *s == "wait-healthy").unwrap();
         if must_refuse {
             assert_eq!(
                 rb.code,

@@ -7,10 +7,11 @@ use crate::cli::{GlobalArgs, MigrateArgs, MigrateCommand};
 use crate::error::{Error, Result};
 use crate::etcd::quota_backend_bytes;
 use crate::manifest::DEFAULT_MANIFEST;
-use crate::migrate::host::RealHost;
 use crate::migrate::preflight::{self, PreflightInput, PreflightReport};
-use crate::migrate::{self, Outcome, RunOptions, RunReport};
+use crate::migrate::{self, Outcome, RunOptions};
 use crate::output::{self, Format, Render, Table, millis};
+use crate::run::host::RealHost;
+use crate::run::{Cancel, RunReport};
 
 pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
     let format = super::format(global);
@@ -38,10 +39,11 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
     // Ctrl-C or SIGTERM while the node is changing: finish the step, then roll back (or,
     // once etcd runs on the copy, finish the run). A second signal kills as usual.
     let cancel = if changes_node {
-        Some(super::datadir::cancel_on_signals()?)
+        Some(Cancel::new(super::datadir::cancel_on_signals()?))
     } else {
         None
     };
+    let cancel = cancel.as_ref();
     let opts = RunOptions {
         manifest: manifest.clone(),
         state_dir: state_dir.clone(),
@@ -66,7 +68,7 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
             return Ok(Some(manifest.clone()));
         }
         let run = migrate::RunDir {
-            dir: migrate::find_run(&state_dir, run_id.as_ref().and_then(|i| i.as_deref()))?,
+            dir: crate::run::find_run(&state_dir, run_id.as_ref().and_then(|i| i.as_deref()))?,
         };
         Ok(Some(if run.original().exists() {
             run.original()
@@ -83,6 +85,8 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
         Ok(RealHost {
             conn,
             kubelet: super::kubelet_commands(global),
+            manifest: manifest.clone(),
+            say: &say,
             manifests_dir: manifest
                 .parent()
                 .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
@@ -144,31 +148,7 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
         MigrateCommand::Status(a) => {
             let report = migrate::status(&state_dir, a.id.as_deref())?;
             output::print(format, &report);
-            let at = report
-                .steps
-                .iter()
-                .rfind(|s| s.state != "pending")
-                .map_or(String::new(), |s| format!(" at step {}", s.name));
-            let partly_undone = report.steps.iter().any(|s| s.state == "undone");
-            match report.state.as_str() {
-                "interrupted" | "failed" if partly_undone => Err(Error::Attention(format!(
-                    "run {} is {}{} and partly rolled back; fix the cause, then `etcdops migrate \
-                     rollback` finishes returning to {}",
-                    report.id,
-                    report.state,
-                    at,
-                    report.from.display()
-                ))),
-                "interrupted" | "failed" => Err(Error::Attention(format!(
-                    "run {} is {}{}; `etcdops migrate resume` finishes it, `etcdops migrate \
-                     rollback` returns to {} while etcd has not run on the new data",
-                    report.id,
-                    report.state,
-                    at,
-                    report.from.display()
-                ))),
-                _ => Ok(()),
-            }
+            report.verdict()
         }
         MigrateCommand::Resume(a) => {
             let host = host()?;
@@ -182,7 +162,8 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
             if a.remove_old && !a.yes {
                 confirm("Delete the old etcd data dir for good?")?;
             }
-            let report = migrate::finalize(&opts, a.run.id.as_deref(), a.remove_old)?;
+            let host = host()?;
+            let report = migrate::finalize(&host, &opts, a.run.id.as_deref(), a.remove_old)?;
             output::print(format, &report);
             Ok(())
         }
@@ -251,13 +232,13 @@ impl Render for RunReport {
             self.id,
             self.from.display(),
             self.to.display(),
-            self.state
+            self.state.name()
         );
         let mut t = Table::new(["STEP", "STATE", "TOOK"]);
         for s in &self.steps {
             t.row([
                 s.name.clone(),
-                s.state.clone(),
+                s.state.name().to_string(),
                 s.took_ms.map_or("-".into(), millis),
             ]);
         }
@@ -265,13 +246,12 @@ impl Render for RunReport {
         if let Some(d) = self.downtime_ms {
             out.push_str(&format!("downtime: {}\n", millis(d)));
         }
-        out.push_str(&format!(
-            "identity: member {} of cluster {}, revision {}, HashKV {:08x}\n",
-            self.identity.member_id,
-            self.identity.cluster_id,
-            self.identity.revision,
-            self.identity.hash
-        ));
+        if let Some(id) = &self.identity {
+            out.push_str(&format!(
+                "identity: member {} of cluster {}, revision {}, HashKV {:08x}\n",
+                id.member_id, id.cluster_id, id.revision, id.hash
+            ));
+        }
         for n in &self.notes {
             out.push_str(&format!("note: {n}\n"));
         }

@@ -6,12 +6,11 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Serialize;
 
-use super::host::Host;
-use super::journal::Journal;
-use super::{Identity, Plan, is_settled, list_runs, report};
+use super::{Identity, Plan};
 use crate::datadir::{Layout, Tree};
 use crate::error::{Error, Result};
 use crate::manifest::StaticPod;
+use crate::run::host::Host;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
@@ -203,7 +202,10 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
         warnings,
         from,
         to: input.to.to_path_buf(),
-        steps: super::STEPS.iter().map(|s| s.to_string()).collect(),
+        steps: <super::MigrateStep as crate::run::StepKind>::ALL
+            .iter()
+            .map(|s| crate::run::StepKind::name(*s).to_string())
+            .collect(),
         kubeadm_config: kubeadm_config_hint(input.to),
         plan,
         refusal,
@@ -343,21 +345,7 @@ fn check_space(to: &Path, bytes: u64, src: &Path, warnings: &mut Vec<String>) ->
     ))
 }
 
-/// Refuse (exit 4) while any run of this node is not settled.
+/// Refuse (exit 4) while any run of this node, of any kind, is not settled.
 pub fn check_runs(state_dir: &Path) -> Result<String> {
-    for run in list_runs(state_dir)? {
-        let records = Journal::read(&run)?;
-        let r = report(&run, &records, super::RunLock::held(state_dir))?;
-        if !is_settled(&r.state) {
-            return Err(Error::refused(
-                format!("run {}", r.id),
-                format!(
-                    "an unfinished migration ({}) exists; run `etcdops migrate status`, then \
-                     `etcdops migrate resume` or `etcdops migrate rollback`",
-                    r.state
-                ),
-            ));
-        }
-    }
-    Ok("no unfinished run".into())
+    crate::runs::check_none_unfinished(state_dir)
 }

@@ -1,0 +1,138 @@
+//! A `Host` that fails one effect on purpose: the real host underneath does everything,
+//! and the named method fails on its nth call, before the real call (nothing happened) or
+//! after it (the side effect happened, then the error). Tests use it to fail any effect of
+//! any step, or of any undo; it is never used on a node.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::Identity;
+use super::host::Host;
+use crate::datadir::copy::CopyReport;
+use crate::datadir::verify::VerifyReport;
+use crate::error::{Error, Result};
+use crate::etcd::health::HealthReport;
+
+pub struct FaultHost<'a> {
+    pub inner: &'a dyn Host,
+    /// The `Host` method to fail, by name (`"copy"`, `"put_manifest"`...).
+    pub method: &'static str,
+    /// Which call of it fails (1 = the first).
+    pub nth: usize,
+    /// Fail before the real call instead of after it.
+    pub before: bool,
+    calls: RefCell<HashMap<&'static str, usize>>,
+}
+
+impl<'a> FaultHost<'a> {
+    pub fn new(inner: &'a dyn Host, method: &'static str, nth: usize, before: bool) -> Self {
+        FaultHost {
+            inner,
+            method,
+            nth,
+            before,
+            calls: RefCell::default(),
+        }
+    }
+
+    /// How often `method` was called.
+    pub fn calls(&self, method: &str) -> usize {
+        self.calls.borrow().get(method).copied().unwrap_or(0)
+    }
+
+    fn hit(&self, method: &'static str) -> Result<()> {
+        let mut calls = self.calls.borrow_mut();
+        let n = calls.entry(method).or_default();
+        *n += 1;
+        if method == self.method && *n == self.nth {
+            return Err(Error::failed(method, "injected fault"));
+        }
+        Ok(())
+    }
+
+    fn wrap<T>(&self, method: &'static str, call: impl FnOnce() -> Result<T>) -> Result<T> {
+        if self.before {
+            self.hit(method)?;
+            return call();
+        }
+        let r = call()?;
+        self.hit(method).map(|_| r)
+    }
+}
+
+impl Host for FaultHost<'_> {
+    fn health(&self, cluster: bool) -> Result<HealthReport> {
+        self.wrap("health", || self.inner.health(cluster))
+    }
+    fn identity(&self) -> Result<Identity> {
+        self.wrap("identity", || self.inner.identity())
+    }
+    fn hash_at(&self, revision: i64) -> Result<Option<u32>> {
+        self.wrap("hash_at", || self.inner.hash_at(revision))
+    }
+    fn snapshot(&self, dest: &Path) -> Result<()> {
+        self.wrap("snapshot", || self.inner.snapshot(dest))
+    }
+    fn stop_etcd(&self, manifest: &Path, moved_to: &Path, data_dir: &Path) -> Result<()> {
+        self.wrap("stop_etcd", || {
+            self.inner.stop_etcd(manifest, moved_to, data_dir)
+        })
+    }
+    fn stop_kubelet(&self) -> Result<()> {
+        self.wrap("stop_kubelet", || self.inner.stop_kubelet())
+    }
+    fn start_kubelet(&self) -> Result<()> {
+        self.wrap("start_kubelet", || self.inner.start_kubelet())
+    }
+    fn kubelet_active(&self) -> Result<bool> {
+        self.wrap("kubelet_active", || self.inner.kubelet_active())
+    }
+    fn put_manifest(&self, from: &Path, manifest: &Path) -> Result<()> {
+        self.wrap("put_manifest", || self.inner.put_manifest(from, manifest))
+    }
+    fn wait_healthy(&self) -> Result<()> {
+        self.wrap("wait_healthy", || self.inner.wait_healthy())
+    }
+    fn rewrite(&self, manifest_copy: &Path, new: &Path, backup_dir: &Path) -> Result<()> {
+        self.wrap("rewrite", || {
+            self.inner.rewrite(manifest_copy, new, backup_dir)
+        })
+    }
+    fn copy(&self, src: &Path, dst: &Path, sums_file: &Path) -> Result<CopyReport> {
+        self.wrap("copy", || self.inner.copy(src, dst, sums_file))
+    }
+    fn verify(&self, src: &Path, dst: &Path, src_sums: Option<&Path>) -> Result<VerifyReport> {
+        self.wrap("verify", || self.inner.verify(src, dst, src_sums))
+    }
+    fn quiesced(&self, data_dir: &Path) -> Result<bool> {
+        self.wrap("quiesced", || self.inner.quiesced(data_dir))
+    }
+    fn tree_sums(&self, dir: &Path) -> Result<String> {
+        self.wrap("tree_sums", || self.inner.tree_sums(dir))
+    }
+    fn read_file(&self, path: &Path) -> Result<Option<Vec<u8>>> {
+        self.wrap("read_file", || self.inner.read_file(path))
+    }
+    fn write_file(&self, path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+        self.wrap("write_file", || self.inner.write_file(path, bytes, mode))
+    }
+    fn remove_file(&self, path: &Path) -> Result<()> {
+        self.wrap("remove_file", || self.inner.remove_file(path))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        self.wrap("rename", || self.inner.rename(from, to))
+    }
+    fn is_dir(&self, path: &Path) -> Result<bool> {
+        self.wrap("is_dir", || self.inner.is_dir(path))
+    }
+    fn has_entries(&self, dir: &Path) -> Result<bool> {
+        self.wrap("has_entries", || self.inner.has_entries(dir))
+    }
+    fn empty_dir(&self, dir: &Path) -> Result<()> {
+        self.wrap("empty_dir", || self.inner.empty_dir(dir))
+    }
+    fn remove_tree(&self, path: &Path) -> Result<()> {
+        self.wrap("remove_tree", || self.inner.remove_tree(path))
+    }
+}

@@ -1,0 +1,478 @@
+//! What a node-changing run may do to the node, as one trait, so that the engine can be
+//! unit-tested on a fake host and a fault can be injected at any effect while everything
+//! else stays real. Every effect of a step goes through here: etcd, kubelet, the static pod,
+//! the data dirs and every file a step reads or writes. `RealHost` is the only production
+//! implementation: etcd through `crate::etcd`, files through `crate::datadir` and
+//! `crate::manifest`, kubelet and the static pod through `crate::node`.
+//!
+//! No start or stop is assumed to have taken effect: kubelet's state is asked of the status
+//! command until it agrees, and every wait re-checks its preconditions (kubelet active, the
+//! manifest in place) so that a broken precondition is reported within seconds, not when the
+//! timeout runs out. Waits honour the first SIGINT/SIGTERM (see `run::Cancel`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::datadir::copy::{CopyOptions, CopyReport, copy};
+use crate::datadir::digest::{KnownSums, sums};
+use crate::datadir::verify::{VerifyOptions, VerifyReport, verify};
+use crate::datadir::{Progress, quiesce};
+use crate::error::{Error, Result};
+use crate::etcd::client::Endpoint;
+use crate::etcd::connect::Connection;
+use crate::etcd::health::{self, HealthOptions, HealthReport};
+use crate::etcd::snapshot;
+use crate::manifest::rewrite::{SetDataPath, set_data_path};
+use crate::node::{self, KubeletCommands};
+use crate::output::hex_id;
+
+use super::Cancel;
+
+/// Who the member is and what it holds, recorded before and proved after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub member_id: String,
+    pub cluster_id: String,
+    pub revision: i64,
+    /// HashKV at `revision`.
+    pub hash: u32,
+}
+
+pub trait Host {
+    // --- etcd
+    /// Health of the local member (`cluster` false) or of every member.
+    fn health(&self, cluster: bool) -> Result<HealthReport>;
+    /// Member id, cluster id, the store's revision R and HashKV at R, of the local member.
+    /// Works on a cluster compacted to its current revision (HashKV of the latest revision).
+    fn identity(&self) -> Result<Identity>;
+    /// HashKV of the local member at `revision`; `None` when it has been compacted away.
+    fn hash_at(&self, revision: i64) -> Result<Option<u32>>;
+    fn snapshot(&self, dest: &Path) -> Result<()>;
+    // --- the static pod and kubelet
+    /// Move the manifest out and wait until etcd has let go of `data_dir` and its client port.
+    fn stop_etcd(&self, manifest: &Path, moved_to: &Path, data_dir: &Path) -> Result<()>;
+    /// Stop kubelet and wait until the status command says it is inactive.
+    fn stop_kubelet(&self) -> Result<()>;
+    /// Start kubelet and wait until the status command says it is active.
+    fn start_kubelet(&self) -> Result<()>;
+    fn kubelet_active(&self) -> Result<bool>;
+    /// Put a manifest into the manifests dir atomically.
+    fn put_manifest(&self, from: &Path, manifest: &Path) -> Result<()>;
+    /// Wait until the local member answers a linearizable read.
+    fn wait_healthy(&self) -> Result<()>;
+    /// Rewrite the data hostPath of a manifest copy outside the manifests dir.
+    fn rewrite(&self, manifest_copy: &Path, new: &Path, backup_dir: &Path) -> Result<()>;
+    // --- data dirs
+    /// Copy the data dir, writing the source's sums (as read during the copy) to `sums_file`.
+    fn copy(&self, src: &Path, dst: &Path, sums_file: &Path) -> Result<CopyReport>;
+    /// Compare the trees; source files unchanged since `src_sums` was written are not read.
+    fn verify(&self, src: &Path, dst: &Path, src_sums: Option<&Path>) -> Result<VerifyReport>;
+    /// Whether no process holds etcd's locks in the data dir.
+    fn quiesced(&self, data_dir: &Path) -> Result<bool>;
+    /// The tree's b3sum-format sums text.
+    fn tree_sums(&self, dir: &Path) -> Result<String>;
+    // --- files
+    /// A file's bytes; `None` when it does not exist.
+    fn read_file(&self, path: &Path) -> Result<Option<Vec<u8>>>;
+    /// Write a file atomically (dotfile temp beside it, fsync, rename, fsync dir).
+    fn write_file(&self, path: &Path, bytes: &[u8], mode: u32) -> Result<()>;
+    /// Remove a file; a missing one is fine.
+    fn remove_file(&self, path: &Path) -> Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> Result<()>;
+    /// Whether a path is a directory (not following a last symlink).
+    fn is_dir(&self, path: &Path) -> Result<bool>;
+    /// Whether a directory exists and has entries.
+    fn has_entries(&self, dir: &Path) -> Result<bool>;
+    /// Remove everything inside a directory this run filled (the directory stays).
+    fn empty_dir(&self, dir: &Path) -> Result<()>;
+    /// Remove a directory tree this run created; a missing one is fine.
+    fn remove_tree(&self, path: &Path) -> Result<()>;
+}
+
+pub struct RealHost<'a> {
+    pub conn: Connection,
+    pub kubelet: KubeletCommands,
+    /// The manifest in the manifests dir (where kubelet reads it).
+    pub manifest: PathBuf,
+    pub manifests_dir: PathBuf,
+    pub stop_timeout: Duration,
+    pub start_timeout: Duration,
+    pub quota: u64,
+    pub progress: &'a dyn Progress,
+    /// Progress lines of waits, for a person (stderr on a terminal); silent for JSON.
+    pub say: &'a dyn Fn(&str),
+    /// SIGINT/SIGTERM: the copy stops (and removes its staging dir), waits stop or say why
+    /// they go on.
+    pub cancel: Option<&'a Cancel>,
+}
+
+/// How often a wait re-checks its preconditions (each check runs the status command).
+const PRECONDITION_EVERY: Duration = Duration::from_secs(2);
+/// How often a wait prints that it is still waiting.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// The longest a start or stop of kubelet may take to show in its status.
+const KUBELET_SETTLE: Duration = Duration::from_secs(60);
+
+/// What one look at a waited-for condition found.
+enum Poll {
+    Ready,
+    Pending,
+    /// A precondition is broken: waiting longer cannot help.
+    Broken(String),
+}
+
+impl RealHost<'_> {
+    fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("the async runtime starts")
+            .block_on(fut)
+    }
+
+    fn local(&self) -> &str {
+        self.conn.endpoints.first().map_or("", String::as_str)
+    }
+
+    fn endpoint_err(&self, op: &'static str, reason: String) -> Error {
+        Error::Etcd {
+            op,
+            endpoint: self.local().to_string(),
+            reason,
+        }
+    }
+
+    /// Poll until ready, a broken precondition, a signal, or the timeout; say what it waits
+    /// for every few seconds. Every way out names what was waited for.
+    fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        interval: Duration,
+        mut poll: impl FnMut(bool) -> Result<Poll>,
+    ) -> Result<()> {
+        let start = Instant::now();
+        let mut last_check = start;
+        let mut last_say = start;
+        let mut last_err: Option<Error> = None;
+        let mut first = true;
+        loop {
+            let check_now = first || last_check.elapsed() >= PRECONDITION_EVERY;
+            if check_now {
+                last_check = Instant::now();
+            }
+            first = false;
+            match poll(check_now) {
+                Ok(Poll::Ready) => return Ok(()),
+                Ok(Poll::Pending) => {}
+                Ok(Poll::Broken(why)) => {
+                    return Err(Error::failed(format!("wait for {what}"), why));
+                }
+                Err(e) => last_err = Some(e),
+            }
+            if let Some(c) = self.cancel {
+                if c.requested() {
+                    return Err(Error::failed(
+                        format!("wait for {what}"),
+                        format!(
+                            "interrupted by the operator after {}",
+                            crate::output::millis(start.elapsed().as_millis() as u64)
+                        ),
+                    ));
+                }
+                c.tell_once(self.say, what);
+            }
+            if start.elapsed() >= timeout {
+                return Err(Error::failed(
+                    format!("wait for {what}"),
+                    format!(
+                        "gave up after {}{}",
+                        humantime::format_duration(Duration::from_secs(timeout.as_secs().max(1))),
+                        last_err.map_or(String::new(), |e| format!(" (last: {})", e.one_line()))
+                    ),
+                ));
+            }
+            if last_say.elapsed() >= PROGRESS_EVERY {
+                last_say = Instant::now();
+                (self.say)(&format!(
+                    "  still waiting for {what} ({}s of {}s){}",
+                    start.elapsed().as_secs(),
+                    timeout.as_secs(),
+                    last_err
+                        .as_ref()
+                        .map_or(String::new(), |e| format!("; last: {}", e.one_line()))
+                ));
+            }
+            std::thread::sleep(interval);
+        }
+    }
+
+    /// The preconditions of a wait for etcd to start: kubelet active, manifest in place.
+    fn start_preconditions(&self) -> Result<Option<String>> {
+        if !self.kubelet.is_active()? {
+            return Ok(Some(format!(
+                "kubelet is not active (`{}` says so), so nothing will start etcd; start it \
+                 (`{}`) and run this again",
+                self.kubelet.status, self.kubelet.start
+            )));
+        }
+        if !self.manifest.exists() {
+            return Ok(Some(format!(
+                "the manifest {} is not in the manifests dir, so kubelet has no etcd to start",
+                self.manifest.display()
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Wait until the status command agrees that kubelet is (or is not) active.
+    fn wait_kubelet(&self, active: bool, after: &str) -> Result<()> {
+        let want = if active { "active" } else { "inactive" };
+        self.wait(
+            &format!("kubelet to be {want} after `{after}`"),
+            KUBELET_SETTLE,
+            Duration::from_millis(200),
+            |_| {
+                Ok(if self.kubelet.is_active()? == active {
+                    Poll::Ready
+                } else {
+                    Poll::Pending
+                })
+            },
+        )
+    }
+}
+
+impl Host for RealHost<'_> {
+    fn health(&self, cluster: bool) -> Result<HealthReport> {
+        let opts = HealthOptions {
+            cluster,
+            quota: self.quota,
+        };
+        Ok(self.block_on(health::check(&self.conn, &opts)))
+    }
+
+    fn identity(&self) -> Result<Identity> {
+        self.block_on(async {
+            let mut ep = Endpoint::connect(&self.conn, self.local())
+                .await
+                .map_err(|e| self.endpoint_err("connect", e))?;
+            let s = ep
+                .status()
+                .await
+                .map_err(|e| self.endpoint_err("status", e))?;
+            // HashKV of the latest revision: a revision asked for by number may have been
+            // compacted already (an idle cluster compacted to its current revision).
+            let h = ep
+                .hash_kv(0)
+                .await
+                .map_err(|e| self.endpoint_err("hashkv", e))?;
+            Ok(Identity {
+                member_id: hex_id(s.member_id),
+                cluster_id: hex_id(s.cluster_id),
+                revision: h.revision,
+                hash: h.hash,
+            })
+        })
+    }
+
+    fn hash_at(&self, revision: i64) -> Result<Option<u32>> {
+        self.block_on(async {
+            let mut ep = Endpoint::connect(&self.conn, self.local())
+                .await
+                .map_err(|e| self.endpoint_err("connect", e))?;
+            match ep.hash_kv(revision).await {
+                Ok(h) => Ok(Some(h.hash)),
+                Err(e) if e.contains("compacted") => Ok(None),
+                Err(e) => Err(self.endpoint_err("hashkv", e)),
+            }
+        })
+    }
+
+    fn snapshot(&self, dest: &Path) -> Result<()> {
+        // Streams from the first endpoint that answers: the local member, as discovered.
+        let opts = snapshot::SaveOptions {
+            idle_timeout: Duration::from_secs(60),
+        };
+        let mut progress = |_: u64, _: u64| {};
+        self.block_on(snapshot::save(&self.conn, dest, &opts, &mut progress))
+            .map(|_| ())
+    }
+
+    fn stop_etcd(&self, manifest: &Path, moved_to: &Path, data_dir: &Path) -> Result<()> {
+        node::move_manifest_out(manifest, moved_to)?;
+        let endpoint = self.local().to_string();
+        self.wait(
+            &format!(
+                "etcd to stop (data dir {} quiesced, {endpoint} refusing)",
+                data_dir.display()
+            ),
+            self.stop_timeout,
+            Duration::from_millis(200),
+            |check| {
+                if check && manifest.exists() {
+                    return Ok(Poll::Broken(format!(
+                        "{} is back in the manifests dir (put there by someone else?), so \
+                         kubelet keeps etcd running",
+                        manifest.display()
+                    )));
+                }
+                Ok(
+                    if quiesce::check(data_dir)?.quiesced && node::port_refuses(&endpoint) {
+                        Poll::Ready
+                    } else {
+                        Poll::Pending
+                    },
+                )
+            },
+        )
+    }
+
+    fn stop_kubelet(&self) -> Result<()> {
+        self.kubelet.stop()?;
+        self.wait_kubelet(false, &self.kubelet.stop)
+    }
+
+    fn start_kubelet(&self) -> Result<()> {
+        self.kubelet.start()?;
+        self.wait_kubelet(true, &self.kubelet.start)
+    }
+
+    fn kubelet_active(&self) -> Result<bool> {
+        self.kubelet.is_active()
+    }
+
+    fn put_manifest(&self, from: &Path, manifest: &Path) -> Result<()> {
+        node::put_manifest(from, manifest)
+    }
+
+    fn wait_healthy(&self) -> Result<()> {
+        let endpoint = self.local().to_string();
+        self.wait(
+            &format!("{endpoint} to answer a linearizable read"),
+            self.start_timeout,
+            Duration::from_millis(300),
+            |check| {
+                if check && let Some(why) = self.start_preconditions()? {
+                    return Ok(Poll::Broken(why));
+                }
+                let r = self.health(false)?;
+                Ok(if r.endpoints.iter().all(|e| e.healthy) {
+                    Poll::Ready
+                } else {
+                    Poll::Pending
+                })
+            },
+        )
+    }
+
+    fn rewrite(&self, manifest_copy: &Path, new: &Path, backup_dir: &Path) -> Result<()> {
+        set_data_path(&SetDataPath {
+            manifest: manifest_copy,
+            new,
+            backup_dir,
+            kubelet_dir: &self.manifests_dir,
+            dry_run: false,
+        })
+        .map(|_| ())
+    }
+
+    fn copy(&self, src: &Path, dst: &Path, sums_file: &Path) -> Result<CopyReport> {
+        copy(&CopyOptions {
+            src: src.to_path_buf(),
+            dst: dst.to_path_buf(),
+            progress: self.progress,
+            cancel: self.cancel.map(Cancel::flag),
+            sums_file: Some(sums_file.to_path_buf()),
+        })
+    }
+
+    fn verify(&self, src: &Path, dst: &Path, src_sums: Option<&Path>) -> Result<VerifyReport> {
+        let src_sums = match src_sums {
+            Some(p) if p.is_file() => Some(KnownSums::load(p)?),
+            _ => None,
+        };
+        verify(&VerifyOptions {
+            src: src.to_path_buf(),
+            dst: dst.to_path_buf(),
+            src_sums,
+        })
+    }
+
+    fn quiesced(&self, data_dir: &Path) -> Result<bool> {
+        Ok(quiesce::check(data_dir)?.quiesced)
+    }
+
+    fn tree_sums(&self, dir: &Path) -> Result<String> {
+        Ok(sums(dir)?.sums.text())
+    }
+
+    fn read_file(&self, path: &Path) -> Result<Option<Vec<u8>>> {
+        match std::fs::read(path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", path, e)),
+        }
+    }
+
+    fn write_file(&self, path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+        node::write_atomic(path, bytes, mode, None)
+    }
+
+    fn remove_file(&self, path: &Path) -> Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", path, e)),
+        }
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        std::fs::rename(from, to).map_err(|e| Error::io("rename", from, e))?;
+        node::fsync_dir(to.parent().unwrap_or(Path::new("/")))
+    }
+
+    fn is_dir(&self, path: &Path) -> Result<bool> {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) => Ok(m.is_dir()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("stat", path, e)),
+        }
+    }
+
+    fn has_entries(&self, dir: &Path) -> Result<bool> {
+        match std::fs::read_dir(dir) {
+            Ok(mut rd) => Ok(rd.next().is_some()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("read", dir, e)),
+        }
+    }
+
+    fn empty_dir(&self, dir: &Path) -> Result<()> {
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("read", dir, e)),
+        };
+        for entry in rd.flatten() {
+            let p = entry.path();
+            let r = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            r.map_err(|e| Error::io("remove", &p, e))?;
+        }
+        Ok(())
+    }
+
+    fn remove_tree(&self, path: &Path) -> Result<()> {
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", path, e)),
+        }
+    }
+}
