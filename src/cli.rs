@@ -513,6 +513,11 @@ pub struct MigrateApplyArgs {
     /// Skip the safety snapshot before etcd is stopped.
     #[arg(long)]
     pub no_snapshot: bool,
+
+    /// Copy the data dir while etcd still runs, so that only what changed is copied while
+    /// it is stopped (the final tree is verified against the stopped source as always).
+    #[arg(long)]
+    pub precopy: bool,
 }
 
 #[derive(Debug, Args)]
