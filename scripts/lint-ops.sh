@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Checks for what cargo does not see: the shell scripts, the Vagrant lab, and the systemd
-# units in contrib/. No hypervisor runs on our machines, so the lab is validated here and
-# run for real by vagrant/e2e.sh (docs/vagrant.md).
+# Checks for what cargo does not see: the shell scripts, the Vagrant lab, the systemd
+# units and the Ansible playbook in contrib/. No hypervisor runs on our machines, so the
+# lab is validated here and run for real by vagrant/e2e.sh (docs/vagrant.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,4 +32,8 @@ if command -v systemd-analyze >/dev/null 2>&1; then
 else
   echo "lint-ops: systemd-analyze not installed: contrib/prometheus units not verified" >&2
 fi
-echo "lint-ops: shell scripts, Vagrantfile and systemd units OK"
+# The Ansible playbook, as ansible-playbook parses it and ansible-lint judges it (it is run
+# for real on a lab by tests/ansible.rs).
+ANSIBLE_NOCOLOR=1 ansible-playbook --syntax-check -i localhost, contrib/ansible/migrate-etcd.yml >/dev/null
+ansible-lint --nocolor -q contrib/ansible/migrate-etcd.yml
+echo "lint-ops: shell scripts, Vagrantfile, systemd units and the Ansible playbook OK"

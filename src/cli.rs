@@ -13,10 +13,20 @@ const EXIT_CODES: &str = "Exit codes: 0 success, healthy; 1 an operation ran and
 (nothing changed); 5 needs attention: a migration was interrupted or its rollback failed \
 (`etcdops migrate status` says where it stands).";
 
+/// `etcdops --version`: what an operator needs in a bug report — the build's git commit
+/// (build.rs; "unknown" from a tarball without .git) and the etcd releases CI tests against
+/// (scripts/install-deps.sh installs exactly these).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ETCDOPS_GIT_COMMIT"),
+    "; tested against etcd 3.4.23 and 3.5.1)"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "etcdops",
-    version,
+    version = VERSION,
     about = "Move a kubeadm etcd member's data dir safely, and keep etcd healthy.",
     after_long_help = EXIT_CODES,
     propagate_version = true

@@ -15,7 +15,7 @@ fn main() {
             if json && !output::printed() {
                 output::print_error_json(&line, code);
             }
-            eprintln!("etcdops: {line}");
+            output::print_error_line(&line);
             code
         }
     };

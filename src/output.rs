@@ -65,13 +65,47 @@ pub fn print_error_json(message: &str, exit_code: i32) {
 
 fn emit(text: &str) {
     PRINTED.store(true, Ordering::SeqCst);
-    let mut out = std::io::stdout().lock();
-    // A closed pipe (`etcdops health | head`) is not worth a panic.
-    let _ = out.write_all(text.as_bytes());
+    let mut bytes = text.as_bytes().to_vec();
     if !text.ends_with('\n') {
-        let _ = out.write_all(b"\n");
+        bytes.push(b'\n');
     }
-    let _ = out.flush();
+    // A closed pipe ends the process quietly (`quiet_on_broken_pipe`); any other failure
+    // to print a report is not worth a panic either: the exit code still says the verdict.
+    let _ = write_stdout(&bytes);
+}
+
+/// Write bytes on stdout and flush. A reader that went away (`etcdops health | head -c1`)
+/// ends the process as coreutils do: quietly, by SIGPIPE (the shell reports 141). Other
+/// errors (a full disk behind a redirect) are returned for the caller to judge.
+pub fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    quiet_on_broken_pipe(out.write_all(bytes).and_then(|()| out.flush()))
+}
+
+/// The one-line error on stderr (main's only print); a closed stderr ends the process as
+/// a closed stdout does, instead of panicking in `eprintln!`.
+pub fn print_error_line(line: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = quiet_on_broken_pipe(writeln!(err, "etcdops: {line}"));
+}
+
+/// Rust starts programs with SIGPIPE ignored, so a write to a closed pipe returns EPIPE and
+/// `println!` panics on it. Unix tools instead die of SIGPIPE without a word: do that, by
+/// restoring the default action and raising the signal. Only here, at the point of the
+/// failed write, and not at startup: with the default action any write to a dead pipe
+/// (a child's stdin, a peer that hung up) would kill a migration half-way.
+fn quiet_on_broken_pipe(result: std::io::Result<()>) -> std::io::Result<()> {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            use nix::sys::signal::{SigHandler, Signal, raise, signal};
+            // SAFETY: installing SIG_DFL has no handler to race with; the process ends next.
+            let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+            let _ = raise(Signal::SIGPIPE);
+            // Unreachable unless SIGPIPE is blocked: exit as the shell would have reported it.
+            std::process::exit(128 + Signal::SIGPIPE as i32)
+        }
+        other => other,
+    }
 }
 
 /// A plain text table: left-aligned columns separated by two spaces.

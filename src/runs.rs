@@ -22,6 +22,13 @@ pub fn report(dir: &Path, running_now: bool) -> Result<RunReport> {
     }
 }
 
+/// `status`: the report of the run named, or the latest, of any kind (running when another
+/// process holds the lock).
+pub fn status(state_dir: &Path, id: Option<&str>) -> Result<RunReport> {
+    let dir = run::find_run(state_dir, id)?;
+    report(&dir, RunLock::held(state_dir))
+}
+
 /// Refuse (exit 4) while any run of this node, of any kind, is not settled.
 pub fn check_none_unfinished(state_dir: &Path) -> Result<String> {
     let running = RunLock::held(state_dir);

@@ -814,8 +814,21 @@ fn stale_sums_are_not_trusted() {
         .status()
         .unwrap();
     assert!(cp.success());
-    // Coarse filesystem clocks tick every few ms: keep the steps in different ticks.
-    let tick = || std::thread::sleep(Duration::from_millis(30));
+    // Coarse filesystem clocks tick every few ms: keep the steps in different ticks by
+    // waiting until a probe file written now gets a newer mtime than one written before.
+    let probe = scratch.path().join("clock-probe");
+    let tick = || {
+        fs::write(&probe, b"x").unwrap();
+        let before = fs::metadata(&probe).unwrap().modified().unwrap();
+        common::wait_for(
+            "the filesystem clock to tick",
+            Duration::from_secs(5),
+            || {
+                fs::write(&probe, b"x").unwrap();
+                fs::metadata(&probe).unwrap().modified().unwrap() > before
+            },
+        );
+    };
     tick();
     let sums = scratch.path().join("a.b3");
     let r = run(&["datadir", "sums", p(&a)]);

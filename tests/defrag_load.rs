@@ -8,7 +8,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,13 @@ struct Figures {
     errors: Vec<String>,
 }
 
-/// Write small keys through a client balanced over all endpoints until `stop`.
-fn writer(cluster: &Cluster, stop: Arc<AtomicBool>) -> thread::JoinHandle<Figures> {
+/// Write small keys through a client balanced over all endpoints until `stop`; `acked`
+/// counts the writes etcd acknowledged, so the caller can wait for progress.
+fn writer(
+    cluster: &Cluster,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+) -> thread::JoinHandle<Figures> {
     let endpoints = cluster.endpoints();
     let pki = cluster.pki.clone().expect("a TLS cluster");
     thread::spawn(move || {
@@ -62,7 +67,9 @@ fn writer(cluster: &Cluster, stop: Arc<AtomicBool>) -> thread::JoinHandle<Figure
                 .await;
                 let took = start.elapsed();
                 match r {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => {
+                        acked.fetch_add(1, Ordering::SeqCst);
+                    }
                     Ok(Err(e)) => errors.push(format!("after {took:?}: {e}")),
                     Err(_) => errors.push(format!("timed out after {took:?}")),
                 }
@@ -89,13 +96,24 @@ fn writer(cluster: &Cluster, stop: Arc<AtomicBool>) -> thread::JoinHandle<Figure
 /// Run `defrag` under write load and return the writer's figures and the defrag's time.
 fn under_load(cluster: &Cluster, defrag: impl FnOnce()) -> (Figures, Duration) {
     let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(cluster, stop.clone());
+    let acked = Arc::new(AtomicUsize::new(0));
+    let w = writer(cluster, stop.clone(), acked.clone());
     // Let the writer settle, so the figures are about the defrag, not the connection.
-    thread::sleep(Duration::from_secs(2));
+    common::wait_for(
+        "the writer's first 50 acknowledged writes",
+        Duration::from_secs(60),
+        || acked.load(Ordering::SeqCst) >= 50,
+    );
     let start = Instant::now();
     defrag();
     let took = start.elapsed();
-    thread::sleep(Duration::from_secs(1));
+    // And some writes after it, so the figures include the recovery.
+    let after = acked.load(Ordering::SeqCst);
+    common::wait_for(
+        "20 acknowledged writes after the defrag",
+        Duration::from_secs(60),
+        || acked.load(Ordering::SeqCst) >= after + 20,
+    );
     stop.store(true, Ordering::SeqCst);
     (w.join().unwrap(), took)
 }

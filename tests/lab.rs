@@ -39,15 +39,21 @@ fn stand_in_behaves_like_kubelet() {
     // Stopping the stand-in leaves etcd running (as `systemctl stop kubelet` does).
     lab.lab(&["kubelet", "stop", "--node", "1"]).code(0);
     lab.lab(&["kubelet", "status", "--node", "1"]).code(3);
-    std::thread::sleep(Duration::from_millis(500));
+    // The stand-in has exited (status 3), so any signal it would pass on has been sent:
+    // etcd must be alive, serving, and must not have logged a shutdown signal.
     assert!(alive(first), "etcd died with the stand-in");
     lab.etcdops(1, &["health"], &[]).code(0);
+    let etcd_log = std::fs::read_to_string(lab.node_dir(1).join("etcd.log")).unwrap_or_default();
+    assert!(
+        !etcd_log.contains("received signal"),
+        "etcd was signalled when the stand-in stopped:\n{etcd_log}"
+    );
 
     // A manifest removed while the stand-in is down takes effect when it comes back.
     let manifest = lab.manifest(1);
     let aside = lab.path().join("etcd.yaml.aside");
     std::fs::rename(&manifest, &aside).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Nothing runs that could act on the manifests dir (the stand-in is down, status 3).
     assert!(alive(first), "etcd stopped without a kubelet");
     lab.lab(&["kubelet", "start", "--node", "1"]).code(0);
     lab.lab(&["kubelet", "status", "--node", "1"]).code(0);
@@ -66,14 +72,12 @@ fn stand_in_behaves_like_kubelet() {
         lab.etcdops(1, &["health"], &[]).code == 0
     });
 
-    // A dotfile is ignored: no restart.
+    // A dotfile is ignored (no restart, nothing logged about it), and a non-dot copy is
+    // another static pod for kubelet: reported in its log. The dotfile goes in first, so
+    // the scan that reports the copy has seen the dotfile too: no sleep needed to know
+    // the stand-in looked.
     let dot = manifest.parent().unwrap().join(".etcd.yaml.swp");
     std::fs::write(&dot, std::fs::read(&manifest).unwrap()).unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(etcd_pid(&lab, 1), Some(second));
-    std::fs::remove_file(&dot).unwrap();
-
-    // A non-dot copy is another static pod for kubelet: reported in its log.
     let bak = manifest.parent().unwrap().join("etcd.yaml.bak");
     std::fs::write(&bak, std::fs::read(&manifest).unwrap()).unwrap();
     wait_for("the stand-in to report the second etcd pod", || {
@@ -81,6 +85,13 @@ fn stand_in_behaves_like_kubelet() {
             .unwrap_or_default()
             .contains("the real kubelet would start it too")
     });
+    assert_eq!(etcd_pid(&lab, 1), Some(second), "a dotfile restarted etcd");
+    let log = std::fs::read_to_string(lab.node_dir(1).join("kubelet.log")).unwrap();
+    assert!(
+        !log.contains(".etcd.yaml.swp"),
+        "the dotfile was looked at: {log}"
+    );
+    std::fs::remove_file(&dot).unwrap();
     std::fs::remove_file(&bak).unwrap();
 
     // A changed manifest restarts etcd.
@@ -98,6 +109,102 @@ fn stand_in_behaves_like_kubelet() {
     lab.lab(&["down"]).code(0);
     assert!(!alive(third));
     lab.lab(&["kubelet", "status", "--node", "1"]).code(3);
+}
+
+/// The plain stand-in behaves like systemd's job queue: a `kubelet start` issued while a
+/// `kubelet stop` still runs (held by the stop gate) cancels the stop, which exits 1 with
+/// systemctl's words, and the stand-in ends running.
+#[test]
+fn start_cancels_running_stop() {
+    let lab = Lab::up(Version::V35, 1);
+    let first = std::fs::read_to_string(lab.node_dir(1).join("kubelet.pid")).unwrap();
+    let gate = lab.node_dir(1).join("kubelet.stop-gate");
+    std::fs::write(&gate, "").unwrap();
+    let stop = std::process::Command::new(common::lab::lab_bin())
+        .args(["kubelet", "stop", "--dir"])
+        .arg(lab.path())
+        .args(["--node", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the stand-in to be deactivating", || {
+        lab.lab(&["kubelet", "status", "--node", "1"]).stdout.trim() == "deactivating"
+    });
+    let start = std::process::Command::new(common::lab::lab_bin())
+        .args(["kubelet", "start", "--dir"])
+        .arg(lab.path())
+        .args(["--node", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stopped = stop.wait_with_output().unwrap();
+    assert_eq!(stopped.status.code(), Some(1), "{stopped:?}");
+    let err = String::from_utf8_lossy(&stopped.stderr);
+    assert!(err.contains("Job for kubelet.service canceled."), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    std::fs::remove_file(&gate).unwrap();
+    let started = start.wait_with_output().unwrap();
+    assert_eq!(started.status.code(), Some(0), "{started:?}");
+    let status = lab.lab(&["kubelet", "status", "--node", "1"]);
+    status.code(0);
+    assert_eq!(status.stdout.trim(), "active");
+    let second = std::fs::read_to_string(lab.node_dir(1).join("kubelet.pid")).unwrap();
+    assert_ne!(
+        first, second,
+        "the old stand-in must have exited, a new one started"
+    );
+    lab.etcdops(1, &["health"], &[]).code(0);
+}
+
+/// The failure of issue 10 on the stand-in: the `kubelet stop` command is killed (SIGKILL)
+/// while the stand-in is still stopping; a later start must not take the dying stand-in for
+/// a running one: it waits for it and the stand-in ends running.
+#[test]
+fn start_after_killed_stop_ends_running() {
+    let lab = Lab::up(Version::V35, 1);
+    let first = std::fs::read_to_string(lab.node_dir(1).join("kubelet.pid")).unwrap();
+    let gate = lab.node_dir(1).join("kubelet.stop-gate");
+    std::fs::write(&gate, "").unwrap();
+    let mut stop = std::process::Command::new(common::lab::lab_bin())
+        .args(["kubelet", "stop", "--dir"])
+        .arg(lab.path())
+        .args(["--node", "1"])
+        .spawn()
+        .unwrap();
+    wait_for("the stand-in to be deactivating", || {
+        lab.lab(&["kubelet", "status", "--node", "1"]).stdout.trim() == "deactivating"
+    });
+    stop.kill().unwrap();
+    stop.wait().unwrap();
+    // The stop's command is gone, the stand-in is still on its way out.
+    let status = lab.lab(&["kubelet", "status", "--node", "1"]);
+    status.code(3);
+    assert_eq!(status.stdout.trim(), "deactivating");
+    let start = std::process::Command::new(common::lab::lab_bin())
+        .args(["kubelet", "start", "--dir"])
+        .arg(lab.path())
+        .args(["--node", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the start to be queued", || {
+        std::fs::read_to_string(lab.node_dir(1).join("kubelet.job"))
+            .is_ok_and(|j| j.starts_with("start "))
+    });
+    std::fs::remove_file(&gate).unwrap();
+    let started = start.wait_with_output().unwrap();
+    assert_eq!(started.status.code(), Some(0), "{started:?}");
+    let status = lab.lab(&["kubelet", "status", "--node", "1"]);
+    status.code(0);
+    assert_eq!(status.stdout.trim(), "active");
+    let second = std::fs::read_to_string(lab.node_dir(1).join("kubelet.pid")).unwrap();
+    assert_ne!(
+        first.split_whitespace().next(),
+        second.split_whitespace().next()
+    );
 }
 
 #[test]

@@ -247,9 +247,14 @@ fn defrag_scenarios(version: Version) {
     snapshots(&cluster, version);
 
     // A defrag that fails stops the run: the others are listed as not attempted, exit 1.
+    // The fault is real: a stalled Snapshot stream on every member keeps a read transaction
+    // open, so each member's defragment hangs until it is released; the 2 s timeout is the
+    // bound of a call that would otherwise never return, not a race against a fast one.
+    cluster.put_many("hold-", 64, 64 * 1024);
+    let held = cluster.hold_snapshots();
     let r = run(
         &cluster,
-        &["defrag", "--cluster", "--defrag-timeout=1ms", "-o", "json"],
+        &["defrag", "--cluster", "--defrag-timeout=2s", "-o", "json"],
     );
     r.code(1);
     let doc = r.json();
@@ -265,22 +270,41 @@ fn defrag_scenarios(version: Version) {
         ms[0]["reason"]
             .as_str()
             .unwrap()
-            .contains("--defrag-timeout")
+            .contains("--defrag-timeout"),
+        "{}",
+        r.dump()
     );
     assert!(ms[1]["reason"].as_str().unwrap().contains("not attempted"));
+    // The member whose defragment hung stays blocked until the streams end: release them,
+    // let it finish, and hold them again.
+    drop(held);
     cluster.wait_healthy(std::time::Duration::from_secs(30));
+    let held = cluster.hold_snapshots();
     // --continue-on-error goes on after each failure.
     let r = run(
         &cluster,
         &[
             "defrag",
             "--cluster",
-            "--defrag-timeout=1ms",
+            "--defrag-timeout=2s",
             "--continue-on-error",
         ],
     );
     r.code(1).one_line_error("3 of 3 member(s) failed");
+    // Released, the blocked defragments finish and the members serve again.
+    drop(held);
     cluster.wait_healthy(std::time::Duration::from_secs(30));
+    cluster
+        .with_client(|mut c| async move {
+            c.delete(
+                "hold-",
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok(())
+        })
+        .expect("delete the held data");
 
     // One member down: refused (4) before anything, and nothing changes on the others.
     fragment(&cluster, "c");

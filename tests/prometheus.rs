@@ -1,9 +1,17 @@
-//! `etcdops health -o prometheus` against real etcd: the output is checked by a validator of
-//! the text exposition format written here (promtool is not installed on our machines):
-//! every family has `# HELP` and `# TYPE` before its samples, families are contiguous, every
-//! sample line is well-formed, no series repeats, and no sample carries a timestamp (the
-//! node_exporter textfile collector rejects those). Then the values are checked against what
-//! the cluster is known to be: healthy, one member killed, NOSPACE, nothing reachable.
+//! `etcdops health -o prometheus` against real etcd, and the shipped alert rules.
+//!
+//! Every output is checked by `promtool check metrics` (Debian's `prometheus` package,
+//! installed by scripts/install-deps.sh): syntax, escapes, values, HELP text and its lint.
+//! The hand-written validator here parses the samples for the value checks, and checks
+//! only what promtool 2.42 accepts but we still want (each proved in
+//! `validator_rejects_malformed_text`): a TYPE for every family, no sample timestamps (the
+//! node_exporter textfile collector rejects them), no reserved `__` labels, no repeated
+//! series (node_exporter's registry rejects duplicates), contiguous families. Then the
+//! values are checked against what the cluster is known to be: healthy, one member
+//! killed, NOSPACE, nothing reachable; and on a lab, healthy then a node's etcd stopped.
+//! The alert rules pass `promtool check rules`, and `promtool test rules` runs
+//! contrib/prometheus/etcdops-alerts.test.yml (every alert fires when it should, and not
+//! when it should not).
 
 mod common;
 
@@ -12,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use common::lab::Lab;
 use common::{Cluster, Spec, Version, args, etcdops};
 
 /// One sample line, parsed.
@@ -240,8 +249,40 @@ fn validate(text: &str) -> Result<(Vec<Sample>, HashMap<String, String>), String
     Ok((samples, types))
 }
 
-/// What every test needs: the validated samples, with the run dumped on failure.
+/// `promtool check metrics` on the text: Ok when it exits 0 and reports nothing (a lint
+/// problem, such as a family without HELP, exits 3).
+fn promtool_check_metrics(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool (scripts/install-deps.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("wait for promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && said.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(format!("promtool check metrics: {:?}: {said}", out.status))
+    }
+}
+
+/// What every test needs: the samples, checked by promtool and the validator, with the run
+/// dumped on failure.
 fn samples(run: &common::Run) -> Vec<Sample> {
+    promtool_check_metrics(&run.stdout).unwrap_or_else(|e| panic!("{e}\n{}", run.dump()));
     let (samples, types) = validate(&run.stdout).unwrap_or_else(|e| panic!("{e}\n{}", run.dump()));
     assert!(!samples.is_empty(), "no samples\n{}", run.dump());
     assert!(
@@ -270,8 +311,8 @@ fn now() -> f64 {
 
 #[test]
 fn validator_rejects_malformed_text() {
-    let good = "# HELP a_b Doc with \\\\ and \\n.\n# TYPE a_b gauge\n\
-                a_b{x=\"q\\\"uo\\\\te\\n\",y=\"\"} 1\na_b{x=\"2\"} -0.5e-3\n\
+    let good = "# HELP x_level Doc with \\\\ and \\n.\n# TYPE x_level gauge\n\
+                x_level{x=\"q\\\"uo\\\\te\\n\",y=\"\"} 1\nx_level{x=\"2\"} -0.5e-3\n\
                 # HELP c A histogram.\n# TYPE c histogram\nc_bucket{le=\"+Inf\"} 3\nc_sum 2\nc_count 3\n\
                 # HELP d NaN ok.\n# TYPE d gauge\nd NaN\n";
     let (samples, _) = validate(good).expect("the good text validates");
@@ -279,30 +320,20 @@ fn validator_rejects_malformed_text() {
     assert_eq!(samples[0].label("x"), "q\"uo\\te\n");
     assert_eq!(samples[1].value, -0.0005);
 
+    // What promtool rejects too; the validator rejects it as it parses.
     for (bad, why) in [
         ("a 1\n", "no HELP/TYPE"),
-        ("# HELP a x\na 1\n", "no TYPE"),
         ("# TYPE a gauge\na 1\n", "no HELP"),
-        (
-            "# HELP a x\n# TYPE a gauge\na 1 1700000000000\n",
-            "timestamp",
-        ),
         ("# HELP a x\n# TYPE a gauge\na{x=\"1} 1\n", "unterminated"),
         ("# HELP a x\n# TYPE a gauge\na{x=\"\\t\"} 1\n", "bad escape"),
         ("# HELP a x\n# TYPE a gauge\na{x=1} 1\n", "unquoted"),
-        (
-            "# HELP a x\n# TYPE a gauge\na{__x=\"1\"} 1\n",
-            "reserved label",
-        ),
         (
             "# HELP a x\n# TYPE a gauge\na{x=\"1\",x=\"2\"} 1\n",
             "repeated label",
         ),
         ("# HELP a x\n# TYPE a gauge\na one\n", "bad value"),
         ("# HELP a x\n# TYPE a gauge\na\n", "no value"),
-        ("# HELP a x\n# TYPE a gauge\na 1\na 2\n", "repeated series"),
         ("# HELP a x\n# TYPE a gauge\n1a 1\n", "bad name"),
-        ("# HELP a x\n# TYPE a gauge\na  1\n", "two spaces"),
         ("# HELP a x\n# TYPE a gauge\na 1", "no final newline"),
         ("# HELP a x\n# TYPE a wobbly\na 1\n", "unknown type"),
         (
@@ -313,12 +344,38 @@ fn validator_rejects_malformed_text() {
             "# HELP a x\n# HELP a y\n# TYPE a gauge\na 1\n",
             "second HELP",
         ),
+    ] {
+        assert!(validate(bad).is_err(), "accepted ({why}): {bad:?}");
+        assert!(
+            promtool_check_metrics(bad).is_err(),
+            "promtool accepted ({why}): {bad:?}"
+        );
+    }
+    assert_eq!(promtool_check_metrics(good), Ok(()));
+
+    // Why the validator is kept: promtool 2.42 accepts each of these.
+    for (bad, why) in [
+        ("# HELP a x\na 1\n", "no TYPE"),
+        (
+            "# HELP a x\n# TYPE a gauge\na 1 1700000000000\n",
+            "timestamp",
+        ),
+        (
+            "# HELP a x\n# TYPE a gauge\na{__x=\"1\"} 1\n",
+            "reserved label",
+        ),
+        ("# HELP a x\n# TYPE a gauge\na 1\na 2\n", "repeated series"),
         (
             "# HELP a x\n# TYPE a gauge\na{k=\"1\"} 1\n# HELP b x\n# TYPE b gauge\nb 1\na{k=\"2\"} 1\n",
             "not contiguous",
         ),
     ] {
         assert!(validate(bad).is_err(), "accepted ({why}): {bad:?}");
+        assert_eq!(
+            promtool_check_metrics(bad),
+            Ok(()),
+            "promtool now rejects ({why}): drop that check from the validator"
+        );
     }
 }
 
@@ -529,14 +586,6 @@ fn data_dir_filesystem_from_the_manifest() {
     assert!(run.json().get("data_dir").is_none(), "{}", run.dump());
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
@@ -642,18 +691,113 @@ fn alert_rules_use_only_exported_metrics_and_labels() {
     ] {
         assert!(alerts.iter().any(|a| a == want), "no {want} in {alerts:?}");
     }
-    if have("promtool") {
-        let out = Command::new("promtool")
-            .args(["check", "rules"])
-            .arg(&path)
-            .output()
-            .unwrap();
+}
+
+fn promtool(words: &[&str], file: &Path) -> std::process::Output {
+    let out = Command::new("promtool")
+        .args(words)
+        .arg(file.file_name().unwrap())
+        .current_dir(file.parent().unwrap())
+        .output()
+        .expect("run promtool (scripts/install-deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "promtool {words:?} {}: {:?}\n{}{}",
+        file.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `promtool check rules`, then the unit tests: every alert of the rules file has a test
+/// in which it fires and one in which it does not.
+#[test]
+fn alert_rules_pass_promtool_check_and_unit_tests() {
+    let rules = repo_file("contrib/prometheus/etcdops-alerts.yml");
+    let tests = repo_file("contrib/prometheus/etcdops-alerts.test.yml");
+    let out = promtool(&["check", "rules"], &rules);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 7 rules found"),
+        "{out:?}"
+    );
+    promtool(&["test", "rules"], &tests);
+
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&rules).unwrap()).unwrap();
+    let tdoc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&tests).unwrap()).unwrap();
+    let mut fires: HashSet<String> = HashSet::new();
+    let mut quiet: HashSet<String> = HashSet::new();
+    for t in tdoc["tests"].as_sequence().expect("tests") {
+        for case in t["alert_rule_test"].as_sequence().expect("alert_rule_test") {
+            let name = case["alertname"].as_str().unwrap().to_string();
+            let expected = case["exp_alerts"].as_sequence().map_or(0, Vec::len);
+            if expected > 0 {
+                fires.insert(name);
+            } else {
+                quiet.insert(name);
+            }
+        }
+    }
+    for rule in doc["groups"][0]["rules"].as_sequence().unwrap() {
+        let alert = rule["alert"].as_str().unwrap();
+        assert!(fires.contains(alert), "{alert}: no test where it fires");
         assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
+            quiet.contains(alert),
+            "{alert}: no test where it stays quiet"
         );
     }
+}
+
+/// promtool on what a lab node exports (kubeadm-format manifest, TLS from it, the data-dir
+/// family included): healthy, then with node 3's etcd stopped the way kubelet stops it
+/// (its manifest moved out of the manifests dir).
+#[test]
+fn lab_metrics_pass_promtool_healthy_and_unhealthy() {
+    let lab = Lab::up(Version::V35, 3);
+    let run = lab.etcdops(1, &["health", "--cluster", "-o", "prometheus"], &[]);
+    run.code(0);
+    let s = samples(&run);
+    assert_eq!(one(&s, "etcdops_health_healthy"), 1.0);
+    assert_eq!(find(&s, "etcdops_data_dir_info").len(), 1, "{}", run.dump());
+
+    let manifest = lab.manifest(3);
+    let aside = lab.node_dir(3).join("etcd.yaml.stopped");
+    std::fs::rename(&manifest, &aside).unwrap();
+    let url = lab.client_url(3);
+    // The stand-in kills etcd when the manifest leaves; wait (bounded) until it is gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let run = loop {
+        let run = lab.etcdops(
+            1,
+            &[
+                "health",
+                "--cluster",
+                "-o",
+                "prometheus",
+                "--dial-timeout=1s",
+            ],
+            &[],
+        );
+        if run.code == 4 {
+            break run;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 3's etcd still answers 60 s after its manifest left\n{}",
+            run.dump()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let s = samples(&run);
+    assert_eq!(one(&s, "etcdops_health_healthy"), 0.0);
+    let down = find(&s, "etcdops_endpoint_healthy");
+    let down: Vec<_> = down.iter().filter(|h| h.value == 0.0).collect();
+    assert_eq!(down.len(), 1, "{}", run.dump());
+    assert_eq!(down[0].label("endpoint"), url, "{}", run.dump());
+    std::fs::rename(&aside, &manifest).unwrap();
 }
 
 /// contrib/prometheus/etcdops-textfile.sh: writes etcd.prom atomically, keeps reporting
@@ -684,8 +828,10 @@ fn textfile_script_writes_atomically_and_reports_outages() {
         names.sort();
         names
     };
-    let parse =
-        |text: &str| -> Vec<Sample> { validate(text).unwrap_or_else(|e| panic!("{e}\n{text}")).0 };
+    let parse = |text: &str| -> Vec<Sample> {
+        promtool_check_metrics(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        validate(text).unwrap_or_else(|e| panic!("{e}\n{text}")).0
+    };
 
     let out = run_script(&[]);
     assert!(out.status.success(), "{out:?}");

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use etcdops::error::{Error, Result};
 use etcdops::etcd::connect::Given;
 use etcdops::etcd::health::{self, HealthOptions};
+use etcdops::lab::systemd::{self, Disk};
 use etcdops::lab::{Lab, LabConfig, kubelet, pki::Authority, podspec, shell_quote};
 
 #[derive(Debug, Parser)]
@@ -56,8 +57,22 @@ enum Cmd {
         /// How long to wait for a healthy cluster.
         #[arg(long, value_parser = etcdops::cli::parse_duration, default_value = "60s")]
         timeout: Duration,
+        /// Boot each node as a systemd-nspawn container with a real systemd and the stand-in
+        /// as kubelet.service.
+        #[arg(long)]
+        systemd: bool,
+        /// What backs each node's data dir and new disk (mnt/etcd-disk): loop devices with
+        /// ext4 or xfs, or plain dirs.
+        #[arg(
+            long,
+            value_name = "ext4|xfs|dir",
+            requires = "systemd",
+            default_value = "dir"
+        )]
+        disk: Disk,
     },
-    /// Stop what `up` started: every stand-in and the etcd it runs. Files stay.
+    /// Stop what `up` started: every stand-in and the etcd it runs (systemd mode: power the
+    /// nodes off, unmount and detach the disks). Files stay.
     Down {
         #[command(flatten)]
         dir: DirArg,
@@ -67,7 +82,7 @@ enum Cmd {
         #[command(flatten)]
         node: NodeArg,
     },
-    /// Each node: stand-in, etcd, manifest.
+    /// Each node: stand-in (systemd's unit state in systemd mode), etcd, manifest, disks.
     Status {
         #[command(flatten)]
         dir: DirArg,
@@ -81,9 +96,12 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum KubeletCmd {
+    /// Start the stand-in; cancels a stop in flight (systemd mode: `systemctl start kubelet`).
     Start(NodeArg),
+    /// Stop the stand-in, leaving etcd running; exits 1 "Job for kubelet.service canceled."
+    /// when a start replaces it (systemd mode: `systemctl stop kubelet`).
     Stop(NodeArg),
-    /// Exit 0 when the stand-in runs, 3 when it does not (as `systemctl is-active`).
+    /// Print the state; exit 0 when active, 3 otherwise (as `systemctl is-active`).
     Status(NodeArg),
     /// The stand-in itself (what `start` runs in the background).
     #[command(hide = true)]
@@ -110,12 +128,22 @@ fn run(cli: Cli) -> Result<i32> {
             etcd,
             ip_prefix,
             timeout,
-        } => up(dir.dir, nodes, etcd, ip_prefix, timeout).map(|_| 0),
+            systemd,
+            disk,
+        } => up(
+            dir.dir,
+            nodes,
+            etcd,
+            ip_prefix,
+            timeout,
+            systemd.then_some(disk),
+        )
+        .map(|_| 0),
         Cmd::Down { dir } => down(&Lab::open(&dir.dir)?).map(|_| 0),
         Cmd::Env { node } => {
             let lab = Lab::open(&node.dir.dir)?;
             lab.check_node(node.node)?;
-            for (k, v) in lab.env(node.node) {
+            for (k, v) in lab.env(node.node)? {
                 println!("export {k}={}", shell_quote(&v));
             }
             Ok(0)
@@ -134,16 +162,25 @@ fn kubelet_cmd(action: KubeletCmd) -> Result<i32> {
     let lab = Lab::open(&node.dir.dir)?;
     lab.check_node(node.node)?;
     let n = node.node;
+    if lab.config.systemd && !matches!(action, KubeletCmd::Run(_)) {
+        let verb = match action {
+            KubeletCmd::Start(_) => "start",
+            KubeletCmd::Stop(_) => "stop",
+            _ => "is-active",
+        };
+        let out = systemd::systemctl(&lab, n, &[verb, "kubelet"])?;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        return Ok(out.status.code().unwrap_or(1));
+    }
     match action {
         KubeletCmd::Start(_) => kubelet::start(&lab, n).map(|_| 0),
         KubeletCmd::Stop(_) => kubelet::stop(&lab, n).map(|_| 0),
-        KubeletCmd::Status(_) => Ok(if kubelet::stand_in_pid(&lab, n).is_some() {
-            println!("active");
-            0
-        } else {
-            println!("inactive");
-            3
-        }),
+        KubeletCmd::Status(_) => {
+            let state = kubelet::state(&lab, n);
+            println!("{state}");
+            Ok(if state == "active" { 0 } else { 3 })
+        }
         KubeletCmd::Run(_) => kubelet::run(&lab, n).map(|_| 0),
     }
 }
@@ -162,7 +199,9 @@ fn up(
     etcd: Option<PathBuf>,
     ip_prefix: String,
     timeout: Duration,
+    systemd_disk: Option<Disk>,
 ) -> Result<()> {
+    let started = Instant::now();
     if !(1..=9).contains(&nodes) {
         return Err(Error::Usage(format!("--nodes {nodes}: choose 1 to 9")));
     }
@@ -205,39 +244,107 @@ fn up(
             ip_prefix,
             etcd,
             lab_bin,
+            systemd: systemd_disk.is_some(),
+            disk: systemd_disk.unwrap_or_default(),
         },
     };
+    if lab.config.systemd {
+        // nspawn's --bind takes `path[:path]`.
+        for p in [&lab.dir, &lab.config.lab_bin, &lab.config.etcd] {
+            if p.to_string_lossy().contains(':') {
+                return Err(Error::Usage(format!(
+                    "{}: systemd mode cannot bind a path with ':' into a node",
+                    p.display()
+                )));
+            }
+        }
+        for tool in ["systemd-nspawn", "nsenter", "losetup"] {
+            if find_on_path(tool).is_none() {
+                return Err(Error::Usage(format!(
+                    "--systemd needs {tool} on PATH (scripts/install-deps.sh installs it)"
+                )));
+            }
+        }
+    }
     let ca = Authority::new("etcd-ca")?;
     for n in 1..=nodes {
         ca.write_node(&lab.pki_dir(n), &lab.node_name(n), &[lab.ip(n).into()])?;
         for d in [lab.manifests_dir(n), lab.state_dir(n)] {
             std::fs::create_dir_all(&d).map_err(|e| Error::io("create", &d, e))?;
         }
-        let data = lab.data_dir(n);
-        std::fs::create_dir_all(&data).map_err(|e| Error::io("create", &data, e))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io("chmod", &data, e))?;
         let manifest = lab.manifest(n);
         std::fs::write(&manifest, podspec::etcd_manifest(&lab, n))
             .map_err(|e| Error::io("write", &manifest, e))?;
     }
+    // Written before any disk or container exists, so that `down` finds the lab and its
+    // record whatever happens next.
     let cfg = Lab::config_path(&dir);
     std::fs::write(
         &cfg,
         serde_json::to_string_pretty(&lab.config).expect("config serializes"),
     )
     .map_err(|e| Error::io("write", &cfg, e))?;
-    for n in 1..=nodes {
-        kubelet::start(&lab, n)?;
+    let disk = lab.config.disk;
+    if let Err(e) = start_nodes(&lab, timeout) {
+        if lab.config.systemd {
+            // Loop devices and containers are not files an operator would clean up by
+            // hand: undo them now (`down` would do the same), keep the logs.
+            let undo = systemd::down(&lab).err().map_or(String::new(), |d| {
+                format!(
+                    "; undoing it failed too ({}): run `etcdops-lab down`",
+                    d.one_line()
+                )
+            });
+            return Err(Error::failed(
+                "etcdops-lab up --systemd",
+                format!(
+                    "{}; the nodes were powered off and their disks detached{undo}; logs: {}/node*/{{console,kubelet,etcd}}.log",
+                    e.one_line(),
+                    lab.dir.display()
+                ),
+            ));
+        }
+        return Err(e);
     }
-    wait_healthy(&lab, timeout)?;
+    let mode = if lab.config.systemd {
+        format!(" (systemd-nspawn nodes, disks: {})", disk.name())
+    } else {
+        String::new()
+    };
     println!(
-        "lab up: {nodes} node(s) in {}; `etcdops-lab env --dir {} --node 1` points etcdops at node 1",
+        "lab up: {nodes} node(s){mode} in {} after {:.1}s; `etcdops-lab env --dir {} --node 1` points etcdops at node 1",
         dir.display(),
+        started.elapsed().as_secs_f64(),
         shell_quote(&dir.to_string_lossy())
     );
     Ok(())
+}
+
+/// Disks, containers or stand-ins, then a healthy cluster.
+fn start_nodes(lab: &Lab, timeout: Duration) -> Result<()> {
+    for n in 1..=lab.config.nodes {
+        if lab.config.systemd {
+            systemd::prepare_disks(lab, n, lab.config.disk)?;
+        } else {
+            let data = lab.data_dir(n);
+            std::fs::create_dir_all(&data).map_err(|e| Error::io("create", &data, e))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io("chmod", &data, e))?;
+        }
+    }
+    if lab.config.systemd {
+        for n in 1..=lab.config.nodes {
+            systemd::write_node_files(lab, n)?;
+            systemd::boot(lab, n)?;
+        }
+        systemd::wait_kubelets(lab, timeout)?;
+    } else {
+        for n in 1..=lab.config.nodes {
+            kubelet::start(lab, n)?;
+        }
+    }
+    wait_healthy(lab, timeout)
 }
 
 fn wait_healthy(lab: &Lab, timeout: Duration) -> Result<()> {
@@ -278,6 +385,21 @@ fn wait_healthy(lab: &Lab, timeout: Duration) -> Result<()> {
 }
 
 fn down(lab: &Lab) -> Result<()> {
+    // A held stop gate would keep a stopping stand-in (and so `down`) waiting.
+    for n in 1..=lab.config.nodes {
+        let gate = kubelet::stop_gate(lab, n);
+        if gate.exists() {
+            std::fs::remove_file(&gate).map_err(|e| Error::io("remove", &gate, e))?;
+        }
+    }
+    if lab.config.systemd || systemd::record_path(lab).exists() {
+        // Powering a node off ends every process in it, etcd included.
+        for line in systemd::down(lab)? {
+            println!("{line}");
+        }
+        println!("lab down: {} is off", lab.dir.display());
+        return Ok(());
+    }
     for n in 1..=lab.config.nodes {
         kubelet::stop(lab, n)?;
         if let Some(pid) = kubelet::etcd_pid(lab, n) {
@@ -293,6 +415,9 @@ fn down(lab: &Lab) -> Result<()> {
 }
 
 fn status(lab: &Lab) -> Result<()> {
+    if lab.config.systemd {
+        return status_systemd(lab);
+    }
     let mut t = etcdops::output::Table::new(["NODE", "ADDRESS", "KUBELET", "ETCD", "MANIFEST"]);
     for n in 1..=lab.config.nodes {
         t.row([
@@ -307,6 +432,46 @@ fn status(lab: &Lab) -> Result<()> {
                 "absent"
             }
             .to_string(),
+        ]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+/// Systemd mode: the unit state as systemd reports it, etcd by host pid, and the disks.
+fn status_systemd(lab: &Lab) -> Result<()> {
+    let mut t = etcdops::output::Table::new([
+        "NODE", "ADDRESS", "SYSTEMD", "KUBELET", "ETCD", "MANIFEST", "DATA", "NEW DISK",
+    ]);
+    let disk = |n: usize, p: std::path::PathBuf| match systemd::nspawn_pid(lab, n)
+        .and_then(|pid| systemd::fs_type(pid, &p))
+    {
+        Some(fs) => format!("{} ({fs})", p.display()),
+        None => format!("{} (dir)", p.display()),
+    };
+    for n in 1..=lab.config.nodes {
+        let leader = systemd::leader(lab, n);
+        let etcd = kubelet::etcd_pid_in_file(lab, n)
+            .and_then(|p| systemd::host_pid(lab, n, p))
+            .map_or("-".into(), |p| format!("running (pid {p})"));
+        t.row([
+            lab.node_name(n),
+            lab.ip(n).to_string(),
+            leader.map_or("off".into(), |l| format!("up (pid 1 = {l})")),
+            if leader.is_some() {
+                systemd::kubelet_state(lab, n)
+            } else {
+                "-".into()
+            },
+            etcd,
+            if lab.manifest(n).exists() {
+                "present"
+            } else {
+                "absent"
+            }
+            .to_string(),
+            disk(n, lab.data_dir(n)),
+            disk(n, systemd::new_disk_dir(lab, n)),
         ]);
     }
     print!("{}", t.render());

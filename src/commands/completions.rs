@@ -1,8 +1,6 @@
 //! `etcdops completions SHELL`: the completion script clap_complete derives from the CLI
 //! definition, so it never lags behind the flags.
 
-use std::io::Write;
-
 use clap::CommandFactory;
 
 use crate::cli::{Cli, CompletionsArgs};
@@ -16,10 +14,9 @@ pub fn exec(args: CompletionsArgs) -> Result<()> {
 }
 
 /// Write generated text on stdout. Unlike reports, a failed write matters here: the output
-/// is usually redirected into a file the operator will rely on.
+/// is usually redirected into a file the operator will rely on. A closed pipe
+/// (`etcdops completions bash | head -1`) ends the process quietly, as coreutils do.
 pub(super) fn write_stdout(bytes: &[u8], what: &str) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(bytes)
-        .and_then(|()| out.flush())
+    crate::output::write_stdout(bytes)
         .map_err(|e| Error::failed(format!("write {what} to stdout"), e.to_string()))
 }

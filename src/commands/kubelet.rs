@@ -22,13 +22,19 @@ impl Render for KubeletReport {
 
 pub fn exec(global: &GlobalArgs, args: KubeletArgs) -> Result<()> {
     let kubelet = super::kubelet_commands(global);
+    let format = super::format(global);
+    let say = |line: &str| {
+        if format == output::Format::Table {
+            eprintln!("{line}");
+        }
+    };
     let action = match args.action {
         KubeletAction::Stop => {
-            kubelet.stop()?;
+            kubelet.stop(&say)?;
             "stop"
         }
         KubeletAction::Start => {
-            kubelet.start()?;
+            kubelet.start(&say)?;
             "start"
         }
         KubeletAction::Status => "status",
@@ -38,7 +44,7 @@ pub fn exec(global: &GlobalArgs, args: KubeletArgs) -> Result<()> {
         action,
         kubelet: if active { "active" } else { "inactive" },
     };
-    output::print(super::format(global), &report);
+    output::print(format, &report);
     if action == "status" && !active {
         return Err(Error::refused(
             "kubelet",

@@ -20,10 +20,11 @@ pub fn exec(args: ManArgs) -> Result<()> {
         }
         Some(dir) => {
             let written = write_pages(&dir)?;
-            for path in written {
-                println!("{}", path.display());
-            }
-            Ok(())
+            let list: String = written
+                .iter()
+                .map(|p| format!("{}\n", p.display()))
+                .collect();
+            super::completions::write_stdout(list.as_bytes(), "the list of man pages")
         }
     }
 }

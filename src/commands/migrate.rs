@@ -49,6 +49,7 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
         state_dir: state_dir.clone(),
         say: &say,
         cancel,
+        unfinished: crate::runs::check_none_unfinished,
     };
     let quota_flag = match &args.command {
         MigrateCommand::Plan(a) => a.quota.quota_backend_bytes,
@@ -61,20 +62,10 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
         _ => None,
     };
     let discovery_manifest = || -> Result<Option<PathBuf>> {
-        if global.manifest.is_some() && manifest.exists() || run_id.is_none() {
-            return Ok(global.manifest.clone());
+        match &run_id {
+            None => Ok(global.manifest.clone()),
+            Some(id) => migrate::discovery_manifest(&state_dir, id.as_deref(), &manifest).map(Some),
         }
-        if manifest.exists() {
-            return Ok(Some(manifest.clone()));
-        }
-        let run = migrate::RunDir {
-            dir: crate::run::find_run(&state_dir, run_id.as_ref().and_then(|i| i.as_deref()))?,
-        };
-        Ok(Some(if run.original().exists() {
-            run.original()
-        } else {
-            run.manifest()
-        }))
     };
     let bar = super::datadir::Bar::new(format);
     // Built lazily: status and finalize need no etcd.
@@ -102,7 +93,7 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
         args.command,
         MigrateCommand::Plan(_) | MigrateCommand::Apply(_)
     ) {
-        preflight::check_runs(&state_dir)?;
+        crate::runs::check_none_unfinished(&state_dir)?;
     }
     match args.command {
         MigrateCommand::Plan(a) => {
@@ -117,6 +108,7 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
                     snapshot: true,
                     precopy: false,
                     id: "plan".into(),
+                    unfinished: crate::runs::check_none_unfinished,
                 },
             );
             output::print(format, &report);
@@ -153,7 +145,7 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
             print_outcome(format, outcome)
         }
         MigrateCommand::Status(a) => {
-            let report = migrate::status(&state_dir, a.id.as_deref())?;
+            let report = crate::runs::status(&state_dir, a.id.as_deref())?;
             output::print(format, &report);
             report.verdict()
         }

@@ -83,9 +83,10 @@ pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
 
 /// kubelet control commands from the node flags.
 pub fn kubelet_commands(global: &GlobalArgs) -> crate::node::KubeletCommands {
-    crate::node::KubeletCommands {
-        stop: global.node.kubelet_stop_cmd.clone(),
-        start: global.node.kubelet_start_cmd.clone(),
-        status: global.node.kubelet_status_cmd.clone(),
-    }
+    crate::node::KubeletCommands::new(
+        &global.node.kubelet_stop_cmd,
+        &global.node.kubelet_start_cmd,
+        &global.node.kubelet_status_cmd,
+        Some(&global.node.state_dir),
+    )
 }

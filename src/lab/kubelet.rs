@@ -10,6 +10,14 @@
 //!   grace period) when the manifest leaves the dir, and ignores dotfiles.
 //! - When the stand-in itself is stopped, etcd keeps running (as with the real kubelet);
 //!   a new stand-in adopts it from `etcd.pid`.
+//! - `start` and `stop` behave like systemd's jobs on kubelet.service: one job at a time per
+//!   node (`kubelet.job`, rewritten under a flock on `kubelet.lock`), and a start issued while
+//!   a stop runs replaces it: the stop exits 1 with "Job for kubelet.service canceled.", the
+//!   start waits for the old stand-in to exit and starts a new one. A stop whose command was
+//!   killed still counts (the pid file says `PID stopping`): a later start waits for the
+//!   stand-in to exit and starts a new one, as systemd does. `kubelet.stop-gate` (a
+//!   file tests create) holds a stopping stand-in before it exits, so the stop stays in
+//!   flight for as long as a test needs.
 //!
 //! It rescans every 200 ms where the real kubelet takes up to 20 s; docs say how that
 //! changes downtime on real nodes. It runs the first etcd manifest by file name and logs any
@@ -23,6 +31,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{self, SigHandler, Signal};
@@ -87,6 +96,12 @@ pub fn stand_in_pid(lab: &Lab, node: usize) -> Option<i32> {
         .filter(|p| alive(*p))
 }
 
+/// Whether a stop was issued to the running stand-in (its pid file says `PID stopping`).
+fn stopping(lab: &Lab, node: usize) -> bool {
+    read_pid(&kubelet_pid_file(lab, node))
+        .is_some_and(|(pid, word)| word == "stopping" && alive(pid))
+}
+
 /// The pid of the etcd the stand-in started, if it runs.
 pub fn etcd_pid(lab: &Lab, node: usize) -> Option<i32> {
     read_pid(&etcd_pid_file(lab, node))
@@ -94,11 +109,176 @@ pub fn etcd_pid(lab: &Lab, node: usize) -> Option<i32> {
         .filter(|p| alive(*p))
 }
 
-/// Start the stand-in for a node in the background (no-op if it runs).
-pub fn start(lab: &Lab, node: usize) -> Result<()> {
-    if stand_in_pid(lab, node).is_some() {
-        return Ok(());
+/// The per-node job file: the one start or stop job in flight, as `start PID` or `stop PID`.
+fn job_file(lab: &Lab, node: usize) -> PathBuf {
+    lab.node_dir(node).join("kubelet.job")
+}
+
+/// Held (flock) only while a job file is read and rewritten, never for a whole job, so that
+/// a start can replace a running stop as systemd's job queue does.
+fn lock_file(lab: &Lab, node: usize) -> PathBuf {
+    lab.node_dir(node).join("kubelet.lock")
+}
+
+/// While this file exists, a stand-in that was told to stop waits before exiting: a
+/// `kubelet stop` then stays in flight ("deactivating") for as long as a test needs, without
+/// a sleep. `etcdops-lab kubelet stop` never creates it; only tests and operators do.
+pub fn stop_gate(lab: &Lab, node: usize) -> PathBuf {
+    lab.node_dir(node).join("kubelet.stop-gate")
+}
+
+/// How long a stop waits for the stand-in after SIGTERM before SIGKILL (systemd's default
+/// `TimeoutStopSec`).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobKind {
+    Start,
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Job {
+    kind: JobKind,
+    pid: u32,
+}
+
+impl Job {
+    fn mine(kind: JobKind) -> Job {
+        Job {
+            kind,
+            pid: std::process::id(),
+        }
     }
+
+    fn line(&self) -> String {
+        let kind = match self.kind {
+            JobKind::Start => "start",
+            JobKind::Stop => "stop",
+        };
+        format!("{kind} {}\n", self.pid)
+    }
+}
+
+/// The job in flight, if its command still runs (a killed command's job is void, as
+/// systemd's jobs do not outlive the manager's queue either).
+fn read_job(lab: &Lab, node: usize) -> Option<Job> {
+    let text = fs::read_to_string(job_file(lab, node)).ok()?;
+    let mut words = text.split_whitespace();
+    let kind = match words.next()? {
+        "start" => JobKind::Start,
+        "stop" => JobKind::Stop,
+        _ => return None,
+    };
+    let pid: u32 = words.next()?.parse().ok()?;
+    alive(pid as i32).then_some(Job { kind, pid })
+}
+
+/// Run `f` with the node's job lock held.
+fn locked<T>(lab: &Lab, node: usize, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let path = lock_file(lab, node);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
+    let _lock = Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| Error::io("lock", &path, errno.into()))?;
+    f()
+}
+
+fn write_job(lab: &Lab, node: usize, job: Job) -> Result<()> {
+    let path = job_file(lab, node);
+    fs::write(&path, job.line()).map_err(|e| Error::io("write", &path, e))
+}
+
+/// Remove the job file if it still holds `job` (a replaced job leaves the new one alone).
+fn finish_job(lab: &Lab, node: usize, job: Job) -> Result<()> {
+    locked(lab, node, || {
+        if read_job(lab, node) == Some(job) {
+            let path = job_file(lab, node);
+            fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+        }
+        Ok(())
+    })
+}
+
+/// What a node's stand-in is doing, in `systemctl is-active` words.
+pub fn state(lab: &Lab, node: usize) -> &'static str {
+    let running = stand_in_pid(lab, node).is_some();
+    match (read_job(lab, node).map(|j| j.kind), running) {
+        (Some(JobKind::Stop), true) => "deactivating",
+        (_, true) if stopping(lab, node) => "deactivating",
+        (Some(JobKind::Start), false) => "activating",
+        (_, true) => "active",
+        (_, false) => "inactive",
+    }
+}
+
+/// Install `kind` as the node's job: one job at a time. A start replaces a stop in flight
+/// (the stop's command then reports it was canceled); anything else waits for the job in
+/// flight to end, within `STOP_TIMEOUT` plus a margin. Returns the job replaced, if any.
+fn install(lab: &Lab, node: usize, kind: JobKind) -> Result<Option<Job>> {
+    let me = Job::mine(kind);
+    let deadline = Instant::now() + STOP_TIMEOUT + Duration::from_secs(30);
+    loop {
+        let outcome = locked(lab, node, || match read_job(lab, node) {
+            None => write_job(lab, node, me).map(|_| Some(None)),
+            Some(other) if kind == JobKind::Start && other.kind == JobKind::Stop => {
+                write_job(lab, node, me).map(|_| Some(Some(other)))
+            }
+            Some(_) => Ok(None),
+        })?;
+        if let Some(replaced) = outcome {
+            return Ok(replaced);
+        }
+        if Instant::now() >= deadline {
+            let other = read_job(lab, node).map_or("-".into(), |j| j.line());
+            return Err(Error::failed(
+                format!("queue a kubelet job on node {node}"),
+                format!("the job in flight ({}) did not end", other.trim()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The etcd pid written by the stand-in, unchecked: in systemd mode it is a pid of the
+/// node's PID namespace (see `systemd::host_pid`).
+pub fn etcd_pid_in_file(lab: &Lab, node: usize) -> Option<i32> {
+    read_pid(&etcd_pid_file(lab, node)).map(|(p, _)| p)
+}
+
+/// Start the stand-in for a node in the background (no-op if it runs and is not stopping).
+/// A start issued while a stop is in flight cancels the stop, waits for the old stand-in to
+/// exit and starts a new one, as `systemctl start` does with a running stop job.
+pub fn start(lab: &Lab, node: usize) -> Result<()> {
+    let replaced = install(lab, node, JobKind::Start)?;
+    let me = Job::mine(JobKind::Start);
+    let result = start_job(lab, node, replaced.is_some());
+    finish_job(lab, node, me)?;
+    result
+}
+
+fn start_job(lab: &Lab, node: usize, replaced_stop: bool) -> Result<()> {
+    if let Some(pid) = stand_in_pid(lab, node) {
+        if !replaced_stop && !stopping(lab, node) {
+            return Ok(());
+        }
+        // A stop was issued (its command canceled by us, or killed): the old stand-in is on
+        // its way out, as a unit in "deactivating" is even when systemctl stop was killed.
+        // SIGTERM again in case the stop died between marking and signalling.
+        let _ = signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+        if !wait_gone(pid, STOP_TIMEOUT) {
+            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            wait_gone(pid, Duration::from_secs(5));
+        }
+    }
+    spawn_stand_in(lab, node)
+}
+
+fn spawn_stand_in(lab: &Lab, node: usize) -> Result<()> {
     let log_path = lab.node_dir(node).join("kubelet.log");
     let (log, err_log) = open_log(&log_path)?;
     let mut cmd = Command::new(&lab.config.lab_bin);
@@ -136,21 +316,51 @@ pub fn start(lab: &Lab, node: usize) -> Result<()> {
     ))
 }
 
-/// Stop the stand-in (SIGTERM, wait up to 10 s). etcd keeps running, as with kubelet.
+/// Stop the stand-in: SIGTERM, wait for it to exit (SIGKILL after `STOP_TIMEOUT`). etcd keeps
+/// running, as with kubelet. Fails with systemctl's words when a start cancels this stop.
 pub fn stop(lab: &Lab, node: usize) -> Result<()> {
+    install(lab, node, JobKind::Stop)?;
+    let me = Job::mine(JobKind::Stop);
+    let result = stop_job(lab, node, me);
+    finish_job(lab, node, me)?;
+    result
+}
+
+fn stop_job(lab: &Lab, node: usize, me: Job) -> Result<()> {
     let Some(pid) = stand_in_pid(lab, node) else {
         let _ = fs::remove_file(kubelet_pid_file(lab, node));
         return Ok(());
     };
+    // Marked before the signal, so that the stand-in counts as stopping even if this
+    // command is killed right after: a later start then waits for it and starts anew.
+    let file = kubelet_pid_file(lab, node);
+    fs::write(&file, format!("{pid} stopping\n")).map_err(|e| Error::io("write", &file, e))?;
     let _ = signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
-    if wait_gone(pid, Duration::from_secs(10)) {
-        let _ = fs::remove_file(kubelet_pid_file(lab, node));
-        return Ok(());
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        if read_job(lab, node) != Some(me) {
+            return Err(Error::failed(
+                format!("stop kubelet on node {node}"),
+                "Job for kubelet.service canceled.",
+            ));
+        }
+        if !alive(pid) {
+            let _ = fs::remove_file(kubelet_pid_file(lab, node));
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            if wait_gone(pid, Duration::from_secs(5)) {
+                let _ = fs::remove_file(kubelet_pid_file(lab, node));
+                return Ok(());
+            }
+            return Err(Error::failed(
+                format!("stop the kubelet stand-in of node {node}"),
+                format!("pid {pid} still runs after SIGKILL"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    Err(Error::failed(
-        format!("stop the kubelet stand-in of node {node}"),
-        format!("pid {pid} still runs after 10s"),
-    ))
 }
 
 fn wait_gone(pid: i32, timeout: Duration) -> bool {
@@ -295,6 +505,16 @@ pub fn run(lab: &Lab, node: usize) -> Result<()> {
         std::thread::sleep(SCAN_INTERVAL);
     }
     log("kubelet stand-in stopping; etcd keeps running");
+    let gate = stop_gate(lab, node);
+    if gate.exists() {
+        log(&format!(
+            "waiting for {} to go before exiting",
+            gate.display()
+        ));
+        while gate.exists() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let _ = fs::remove_file(&pid_file);
     Ok(())
 }

@@ -7,10 +7,13 @@
 //! `D/nodeI/etc/kubernetes/pki/etcd/*` (kubeadm's file names, client-cert auth on),
 //! `D/nodeI/var/lib/etcd` (the data), `D/nodeI/var/lib/etcdops` (etcdops' state dir),
 //! `D/nodeI/kubelet.{pid,log}`, `D/nodeI/etcd.{pid,log}`; `D/lab.json` records the lab.
+//! In systemd mode (see `systemd`) also `D/nodeI/mnt/etcd-disk` (the node's new disk),
+//! `D/nodeI/{systemd,tmpfiles.d,machine-id,console.log}` and `D/created.json`.
 
 pub mod kubelet;
 pub mod pki;
 pub mod podspec;
+pub mod systemd;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -29,6 +32,12 @@ pub struct LabConfig {
     pub etcd: PathBuf,
     /// The `etcdops-lab` binary, for the kubelet commands `env` prints.
     pub lab_bin: PathBuf,
+    /// Each node a systemd-nspawn container with kubelet.service (`up --systemd`).
+    #[serde(default)]
+    pub systemd: bool,
+    /// What backs the data dirs and new disks (systemd mode).
+    #[serde(default)]
+    pub disk: systemd::Disk,
 }
 
 /// A lab dir and its configuration.
@@ -106,18 +115,23 @@ impl Lab {
         format!("https://{}:2380", self.ip(node))
     }
 
-    /// The shell commands etcdops uses to control this node's kubelet stand-in.
-    pub fn kubelet_cmd(&self, verb: &str, node: usize) -> String {
-        format!(
+    /// The shell commands etcdops uses to control this node's kubelet stand-in: in systemd
+    /// mode `systemctl stop|start|is-active kubelet` inside the node.
+    pub fn kubelet_cmd(&self, verb: &str, node: usize) -> Result<String> {
+        if self.config.systemd {
+            let verb = if verb == "status" { "is-active" } else { verb };
+            return systemd::systemctl_cmd(self, node, verb);
+        }
+        Ok(format!(
             "{} kubelet {verb} --dir {} --node {node}",
             shell_quote(&self.config.lab_bin.to_string_lossy()),
             shell_quote(&self.dir.to_string_lossy())
-        )
+        ))
     }
 
-    /// `export` lines that point etcdops at this node.
-    pub fn env(&self, node: usize) -> Vec<(String, String)> {
-        vec![
+    /// `export` lines that point etcdops at this node (and, in systemd mode, its new disk).
+    pub fn env(&self, node: usize) -> Result<Vec<(String, String)>> {
+        let mut env = vec![
             (
                 "ETCDOPS_MANIFEST".into(),
                 self.manifest(node).display().to_string(),
@@ -128,17 +142,28 @@ impl Lab {
             ),
             (
                 "ETCDOPS_KUBELET_STOP_CMD".into(),
-                self.kubelet_cmd("stop", node),
+                self.kubelet_cmd("stop", node)?,
             ),
             (
                 "ETCDOPS_KUBELET_START_CMD".into(),
-                self.kubelet_cmd("start", node),
+                self.kubelet_cmd("start", node)?,
             ),
             (
                 "ETCDOPS_KUBELET_STATUS_CMD".into(),
-                self.kubelet_cmd("status", node),
+                self.kubelet_cmd("status", node)?,
             ),
-        ]
+        ];
+        if self.config.systemd {
+            env.push((
+                "ETCDOPS_LAB_NEW_DISK".into(),
+                systemd::new_disk_dir(self, node).display().to_string(),
+            ));
+            env.push((
+                "ETCDOPS_LAB_NODE_EXEC".into(),
+                systemd::node_exec(self, node)?,
+            ));
+        }
+        Ok(env)
     }
 }
 

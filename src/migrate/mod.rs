@@ -88,6 +88,8 @@ pub struct RunOptions<'a> {
     pub say: &'a dyn Fn(&str),
     /// SIGINT/SIGTERM (see `run::Cancel`).
     pub cancel: Option<&'a Cancel>,
+    /// Refuses while any run of any kind is unfinished (`runs::check_none_unfinished`).
+    pub unfinished: fn(&Path) -> Result<String>,
 }
 
 /// A run that got as far as having a journal: its report, and how it ended.
@@ -135,6 +137,7 @@ pub fn apply_with(
             snapshot,
             precopy,
             id: id.clone(),
+            unfinished: opts.unfinished,
         },
     );
     // A refusal is one line on stderr; warnings matter only for a run that goes ahead.
@@ -155,10 +158,21 @@ pub fn apply_with(
     Ok(outcome(&engine, result))
 }
 
-/// `migrate status`: the run's report (running when another process holds the lock).
-pub fn status(state_dir: &Path, id: Option<&str>) -> Result<RunReport> {
-    let dir = crate::run::find_run(state_dir, id)?;
-    crate::runs::report(&dir, RunLock::held(state_dir))
+/// The manifest connection discovery should read for a run's resume or rollback: the one in
+/// the manifests dir, or, while the run has it moved out, the run's copy (the original
+/// first).
+pub fn discovery_manifest(state_dir: &Path, id: Option<&str>, manifest: &Path) -> Result<PathBuf> {
+    if manifest.exists() {
+        return Ok(manifest.to_path_buf());
+    }
+    let run = RunDir {
+        dir: crate::run::find_run(state_dir, id)?,
+    };
+    Ok(if run.original().exists() {
+        run.original()
+    } else {
+        run.manifest()
+    })
 }
 
 fn open<'a>(
@@ -305,20 +319,38 @@ pub fn finalize(
             ),
         ));
     }
+    // The old data dir may be a mount point of its own (its own disk): a mount point cannot
+    // be renamed nor replaced by a file. Then the data moves aside inside it and the fence is
+    // a file named `member` in it: etcd started there finds no member directory and cannot
+    // create one, so it fails loudly instead of bootstrapping an empty member.
     let old = &plan.from;
-    let aside = PathBuf::from(format!("{}.etcdops-old-{}", old.display(), plan.id));
-    if host.is_dir(old)? {
+    let mounted = host.is_dir(old)? && host.is_mount_point(old)?;
+    let (fence_at, aside) = if mounted {
+        (
+            old.join("member"),
+            old.join(format!("member.etcdops-old-{}", plan.id)),
+        )
+    } else {
+        (
+            old.clone(),
+            PathBuf::from(format!("{}.etcdops-old-{}", old.display(), plan.id)),
+        )
+    };
+    if host.is_dir(&fence_at)? {
         if remove_old {
-            host.remove_tree(old)?;
+            if mounted {
+                host.empty_dir(old)?;
+            } else {
+                host.remove_tree(old)?;
+            }
         } else {
-            host.rename(old, &aside)?;
+            host.rename(&fence_at, &aside)?;
         }
     }
     let fence = format!(
         "etcd data moved to {} by etcdops run {} ({}).\n\
          This file stands at the old data path on purpose: a manifest that still points here \
-         fails kubelet's hostPath check (DirectoryOrCreate refuses a file) instead of starting \
-         an empty etcd member.\n\
+         fails ({}) instead of starting an empty etcd member.\n\
          Fix the manifest (etcdops manifest set-data-path {}) and kubeadm-config \
          (ClusterConfiguration.etcd.local.dataDir).\n",
         plan.to.display(),
@@ -328,15 +360,24 @@ pub fn finalize(
         } else {
             format!("old data kept at {}", aside.display())
         },
+        if mounted {
+            "etcd cannot create its member directory where this file is"
+        } else {
+            "kubelet's hostPath check: DirectoryOrCreate refuses a file"
+        },
         plan.to.display()
     );
-    if host.read_file(old)?.is_none() {
-        host.write_file(old, fence.as_bytes(), 0o444)?;
+    if host.read_file(&fence_at)?.is_none() {
+        host.write_file(&fence_at, fence.as_bytes(), 0o444)?;
     }
     engine.finalized(if remove_old {
-        "old data removed, fence written".into()
+        format!("old data removed, fence written at {}", fence_at.display())
     } else {
-        format!("old data moved to {}, fence written", aside.display())
+        format!(
+            "old data moved to {}, fence written at {}",
+            aside.display(),
+            fence_at.display()
+        )
     })?;
     Ok(engine.report())
 }

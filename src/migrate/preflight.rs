@@ -45,6 +45,9 @@ pub struct PreflightInput<'a> {
     /// Run the pre-copy step (`--precopy`).
     pub precopy: bool,
     pub id: String,
+    /// Refuses while any run of this node, of any kind, is unfinished (`runs`, above the
+    /// sagas, knows every kind).
+    pub unfinished: fn(&Path) -> Result<String>,
 }
 
 /// The `kubeadm-config` change that makes the next `kubeadm upgrade` keep the new path.
@@ -181,7 +184,7 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
             d
         }),
     );
-    check("no-unfinished-run", check_runs(input.state_dir));
+    check("no-unfinished-run", (input.unfinished)(input.state_dir));
 
     let ok = refusal.is_none();
     let target_existed = input.to.exists();
@@ -346,9 +349,4 @@ fn check_space(to: &Path, bytes: u64, src: &Path, warnings: &mut Vec<String>) ->
         crate::output::bytes(avail),
         crate::output::bytes(need)
     ))
-}
-
-/// Refuse (exit 4) while any run of this node, of any kind, is not settled.
-pub fn check_runs(state_dir: &Path) -> Result<String> {
-    crate::runs::check_none_unfinished(state_dir)
 }

@@ -9,7 +9,8 @@
 use std::fs;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,20 +19,41 @@ use crate::manifest::atomic;
 
 /// kubelet control: three shell commands (`systemctl stop|start|is-active kubelet` by
 /// default; the lab's stand-in commands in tests and the demo).
+///
+/// A stop or start runs in a process group of its own, recorded (pid, its start time, the
+/// command) in the `inflight` file for as long as it runs. A process killed while its child
+/// `systemctl stop kubelet` runs leaves that child running; the next stop or start — of any
+/// later etcdops process — first waits for such an orphan to finish (bounded, saying so),
+/// then kills what is left of it, so that a start cannot be undone by a stop that lands
+/// after it.
 #[derive(Debug, Clone)]
 pub struct KubeletCommands {
     pub stop: String,
     pub start: String,
     pub status: String,
+    /// Where a running stop/start is recorded (`<state-dir>/kubelet-command.inflight`).
+    pub inflight: Option<PathBuf>,
 }
 
+/// How long a later command waits for an orphaned kubelet command before killing it.
+pub const ORPHAN_WAIT: Duration = Duration::from_secs(30);
+
 impl KubeletCommands {
-    pub fn stop(&self) -> Result<()> {
-        run_shell(&self.stop).map(|_| ())
+    pub fn new(stop: &str, start: &str, status: &str, state_dir: Option<&Path>) -> Self {
+        KubeletCommands {
+            stop: stop.to_string(),
+            start: start.to_string(),
+            status: status.to_string(),
+            inflight: state_dir.map(|d| d.join("kubelet-command.inflight")),
+        }
     }
 
-    pub fn start(&self) -> Result<()> {
-        run_shell(&self.start).map(|_| ())
+    pub fn stop(&self, say: &dyn Fn(&str)) -> Result<()> {
+        self.run_tracked(&self.stop, say).map(|_| ())
+    }
+
+    pub fn start(&self, say: &dyn Fn(&str)) -> Result<()> {
+        self.run_tracked(&self.start, say).map(|_| ())
     }
 
     /// Whether kubelet runs: the status command exits 0. A command that cannot be run at all
@@ -47,6 +69,102 @@ impl KubeletCommands {
             })?;
         Ok(out.status.success())
     }
+
+    fn run_tracked(&self, command: &str, say: &dyn Fn(&str)) -> Result<String> {
+        let Some(inflight) = &self.inflight else {
+            return run_shell(command);
+        };
+        settle_orphan(inflight, say)?;
+        let child = Command::new("sh")
+            .args(["-c", command])
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Command {
+                command: command.to_string(),
+                status: "could not be started".into(),
+                stderr: e.to_string(),
+            })?;
+        let pid = child.id() as i32;
+        let record = format!("{pid} {} {command}\n", start_time(pid).unwrap_or(0));
+        if let Some(dir) = inflight.parent() {
+            let _ = fs::create_dir_all(dir);
+        }
+        let written = write_atomic(inflight, record.as_bytes(), 0o600, None);
+        let out = child.wait_with_output().map_err(|e| Error::Command {
+            command: command.to_string(),
+            status: "could not be waited for".into(),
+            stderr: e.to_string(),
+        });
+        match written {
+            Ok(()) => {
+                let _ = fs::remove_file(inflight);
+            }
+            // Not recorded: only a later run's wait for an orphan is lost, not this command.
+            Err(e) => say(&format!(
+                "warning: could not record `{command}`: {}",
+                e.one_line()
+            )),
+        }
+        command_result(command, out?)
+    }
+}
+
+/// Wait for (then kill) a kubelet command an earlier, killed etcdops left running.
+fn settle_orphan(inflight: &Path, say: &dyn Fn(&str)) -> Result<()> {
+    let Ok(text) = fs::read_to_string(inflight) else {
+        return Ok(());
+    };
+    let mut words = text.splitn(3, ' ');
+    let pid: i32 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    let started: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    let command = words.next().unwrap_or("").trim().to_string();
+    // The same process only if its start time matches (pids are reused).
+    let ours = |pid: i32| pid > 0 && start_time(pid) == Some(started);
+    if ours(pid) {
+        say(&format!(
+            "waiting for `{command}` (pid {pid}), left running by an interrupted etcdops, to \
+             finish before kubelet is touched again (at most {}s)",
+            ORPHAN_WAIT.as_secs()
+        ));
+        let deadline = Instant::now() + ORPHAN_WAIT;
+        while ours(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if ours(pid) {
+            say(&format!(
+                "`{command}` (pid {pid}) still runs after {}s: killing its process group",
+                ORPHAN_WAIT.as_secs()
+            ));
+            let group = nix::unistd::Pid::from_raw(-pid);
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while ours(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    match fs::remove_file(inflight) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", inflight, e)),
+    }
+}
+
+/// A live (not zombie) process's start time in clock ticks since boot (`/proc/PID/stat`
+/// field 22): with the pid, it names one process even after pids wrap.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(") ")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
+        return None;
+    }
+    // `rest` starts at field 3 (state); field 22 is at index 19.
+    fields.get(19)?.parse().ok()
 }
 
 /// Run a shell command; a failure keeps its stderr so the operator sees why.
@@ -59,6 +177,10 @@ pub fn run_shell(command: &str) -> Result<String> {
             status: "could not be started".into(),
             stderr: e.to_string(),
         })?;
+    command_result(command, out)
+}
+
+fn command_result(command: &str, out: std::process::Output) -> Result<String> {
     if !out.status.success() {
         return Err(Error::Command {
             command: command.to_string(),

@@ -130,6 +130,9 @@ impl Host for FaultHost<'_> {
     fn is_dir(&self, path: &Path) -> Result<bool> {
         self.wrap("is_dir", || self.inner.is_dir(path))
     }
+    fn is_mount_point(&self, path: &Path) -> Result<bool> {
+        self.wrap("is_mount_point", || self.inner.is_mount_point(path))
+    }
     fn has_entries(&self, dir: &Path) -> Result<bool> {
         self.wrap("has_entries", || self.inner.has_entries(dir))
     }

@@ -87,6 +87,8 @@ pub trait Host {
     fn rename(&self, from: &Path, to: &Path) -> Result<()>;
     /// Whether a path is a directory (not following a last symlink).
     fn is_dir(&self, path: &Path) -> Result<bool>;
+    /// Whether a path is the mount point of a filesystem (its own disk).
+    fn is_mount_point(&self, path: &Path) -> Result<bool>;
     /// Whether a directory exists and has entries.
     fn has_entries(&self, dir: &Path) -> Result<bool>;
     /// Remove everything inside a directory this run filled (the directory stays).
@@ -335,12 +337,12 @@ impl Host for RealHost<'_> {
     }
 
     fn stop_kubelet(&self) -> Result<()> {
-        self.kubelet.stop()?;
+        self.kubelet.stop(self.say)?;
         self.wait_kubelet(false, &self.kubelet.stop)
     }
 
     fn start_kubelet(&self) -> Result<()> {
-        self.kubelet.start()?;
+        self.kubelet.start(self.say)?;
         self.wait_kubelet(true, &self.kubelet.start)
     }
 
@@ -455,6 +457,14 @@ impl Host for RealHost<'_> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(Error::io("stat", path, e)),
         }
+    }
+
+    fn is_mount_point(&self, path: &Path) -> Result<bool> {
+        let canonical = path
+            .canonicalize()
+            .map_err(|e| Error::io("resolve", path, e))?;
+        let at = crate::mounts::locate(&canonical).map_err(|e| Error::io("locate", path, e))?;
+        Ok(at.mount_point == canonical)
     }
 
     fn has_entries(&self, dir: &Path) -> Result<bool> {

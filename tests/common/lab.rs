@@ -1,5 +1,7 @@
 //! A running `etcdops-lab` for a test: up on a loopback prefix of its own, down on drop
-//! (even when the test panics). Runs etcdops with a node's environment.
+//! (even when the test panics). Runs etcdops with a node's environment. `Lab::up` is the
+//! plain lab; `Lab::up_systemd` boots systemd-nspawn nodes (and fails, never skips, when
+//! nspawn cannot run here).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +15,8 @@ pub struct Lab {
     pub dir: tempfile::TempDir,
     pub nodes: usize,
     pub version: Version,
+    /// Booted with `up --systemd`.
+    pub systemd: bool,
 }
 
 pub fn lab_bin() -> &'static str {
@@ -21,6 +25,16 @@ pub fn lab_bin() -> &'static str {
 
 impl Lab {
     pub fn up(version: Version, nodes: usize) -> Lab {
+        Self::up_with(version, nodes, &[])
+    }
+
+    /// A lab whose nodes are systemd-nspawn containers with kubelet.service, their data dir
+    /// and new disk (`mnt/etcd-disk`) backed by `disk`: "ext4", "xfs" or "dir".
+    pub fn up_systemd(version: Version, nodes: usize, disk: &str) -> Lab {
+        Self::up_with(version, nodes, &["--systemd", "--disk", disk])
+    }
+
+    fn up_with(version: Version, nodes: usize, extra: &[&str]) -> Lab {
         let dir = tempfile::Builder::new()
             .prefix("etcdops-lab-")
             .tempdir()
@@ -39,12 +53,14 @@ impl Lab {
                 "--etcd",
             ])
             .arg(version.etcd())
+            .args(extra)
             .output()
             .expect("run etcdops-lab up");
         let lab = Lab {
             dir,
             nodes,
             version,
+            systemd: extra.contains(&"--systemd"),
         };
         assert!(
             out.status.success(),
@@ -128,15 +144,67 @@ impl Lab {
         }
     }
 
-    /// etcdops with node `node`'s environment plus `extra` env.
+    /// etcdops with node `node`'s environment plus `extra` env; on a systemd lab run where
+    /// the node's disks are mounted (`ETCDOPS_LAB_NODE_EXEC`).
     pub fn etcdops(&self, node: usize, args: &[&str], extra: &[(&str, &str)]) -> Run {
         let env = self.env(node);
+        if let Some((_, exec)) = env.iter().find(|(k, _)| k == "ETCDOPS_LAB_NODE_EXEC") {
+            return self.etcdops_in_node(exec, &env, args, extra);
+        }
         let mut all: Vec<(&str, &str)> =
             env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         all.extend_from_slice(extra);
         let mut run = super::etcdops(&super::args(args), &all, None);
         run.context = self.logs();
         run
+    }
+
+    fn etcdops_in_node(
+        &self,
+        exec: &str,
+        env: &[(String, String)],
+        args: &[&str],
+        extra: &[(&str, &str)],
+    ) -> Run {
+        let bin = env!("CARGO_BIN_EXE_etcdops");
+        let mut words = exec.split_whitespace();
+        let mut cmd = Command::new(words.next().expect("a node exec prefix"));
+        cmd.args(words).arg(bin).args(args);
+        cmd.stdin(std::process::Stdio::null());
+        for var in [
+            "ETCDCTL_ENDPOINTS",
+            "ETCDCTL_CACERT",
+            "ETCDCTL_CERT",
+            "ETCDCTL_KEY",
+        ] {
+            cmd.env_remove(var);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run etcdops in the node");
+        Run {
+            cmd: format!("{exec} {bin} {}", args.join(" ")),
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            context: self.logs(),
+        }
+    }
+
+    /// A shell command from a node's environment (`ETCDOPS_KUBELET_STOP_CMD`...), not yet run.
+    pub fn env_command(&self, node: usize, key: &str) -> Command {
+        let env = self.env(node);
+        let (_, v) = env
+            .iter()
+            .find(|(k, _)| k == key)
+            .unwrap_or_else(|| panic!("{key} missing from the env of node {node}"));
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", v]);
+        cmd
     }
 
     /// The tail of every node's kubelet and etcd log.
@@ -176,6 +244,104 @@ impl Lab {
             .args(args)
             .output()
             .expect("run etcdctl")
+    }
+
+    /// An `etcdops` command with node `node`'s environment plus `extra`, for a test that
+    /// spawns it (to signal it) instead of running it to the end.
+    pub fn etcdops_cmd(&self, node: usize, args: &[&str], extra: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcdops"));
+        cmd.args(args);
+        for var in [
+            "ETCDCTL_ENDPOINTS",
+            "ETCDCTL_CACERT",
+            "ETCDCTL_CERT",
+            "ETCDCTL_KEY",
+        ] {
+            cmd.env_remove(var);
+        }
+        for (k, v) in self.env(node) {
+            cmd.env(k, v);
+        }
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// etcdctl against node `node` alone, with node 1's client certificate.
+    pub fn etcdctl_node(&self, node: usize, args: &[&str]) -> std::process::Output {
+        let pki = self.pki(1);
+        Command::new(self.version.etcdctl())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.client_url(node)))
+            .arg(format!("--cacert={}", pki.join("ca.crt").display()))
+            .arg(format!(
+                "--cert={}",
+                pki.join("healthcheck-client.crt").display()
+            ))
+            .arg(format!(
+                "--key={}",
+                pki.join("healthcheck-client.key").display()
+            ))
+            .args(args)
+            .output()
+            .expect("run etcdctl")
+    }
+
+    /// How many keys under `prefix` node `node` serves from its own data (a serializable
+    /// read: answered by that member, not forwarded to the leader). None if it cannot answer.
+    pub fn count_on(&self, node: usize, prefix: &str) -> Option<u64> {
+        let out = self.etcdctl_node(
+            node,
+            &[
+                "get",
+                "--prefix",
+                prefix,
+                "--keys-only",
+                "--consistency=s",
+                "-w",
+                "json",
+            ],
+        );
+        if !out.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(v["count"].as_u64().unwrap_or(0))
+    }
+
+    /// Put `n` keys `prefix<i>` with `size`-byte values through every endpoint, with one
+    /// client (thousands of etcdctl processes would take minutes).
+    pub fn put_many(&self, prefix: &str, n: usize, size: usize) {
+        let endpoints: Vec<String> = (1..=self.nodes).map(|i| self.client_url(i)).collect();
+        let pki = self.pki(1);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let value = "k".repeat(size);
+        rt.block_on(async move {
+            let read = |f: &str| std::fs::read(pki.join(f)).expect("read lab pki");
+            let opts = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(std::time::Duration::from_secs(2))
+                .with_timeout(std::time::Duration::from_secs(10))
+                .with_tls(
+                    etcd_client::TlsOptions::new()
+                        .ca_certificate(etcd_client::Certificate::from_pem(read("ca.crt")))
+                        .identity(etcd_client::Identity::from_pem(
+                            read("healthcheck-client.crt"),
+                            read("healthcheck-client.key"),
+                        )),
+                );
+            let mut c = etcd_client::Client::connect(endpoints, Some(opts))
+                .await
+                .expect("connect to the lab");
+            for i in 0..n {
+                c.put(format!("{prefix}{i}"), value.clone(), None)
+                    .await
+                    .unwrap_or_else(|e| panic!("put {prefix}{i}: {e}"));
+            }
+        });
     }
 
     /// The client URL of a node, read from its manifest's advertise URL.

@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod loopfs;
+pub mod proc;
 
 use std::fs;
 use std::net::TcpListener;
@@ -253,14 +255,14 @@ impl Cluster {
 
     /// Wait until every running member answers `endpoint health`.
     pub fn wait_healthy(&self, timeout: Duration) {
-        let start = Instant::now();
         let running: Vec<String> = self
             .members
             .iter()
             .filter(|m| m.child.is_some())
             .map(|m| m.client_url.clone())
             .collect();
-        loop {
+        let mut last = String::new();
+        let healthy = try_wait_for(timeout, || {
             let out = Command::new(self.spec.version.etcdctl())
                 .env("ETCDCTL_API", "3")
                 .arg(format!("--endpoints={}", running.join(",")))
@@ -268,18 +270,14 @@ impl Cluster {
                 .args(["endpoint", "health", "--command-timeout=2s"])
                 .output()
                 .expect("run etcdctl");
-            if out.status.success() {
-                return;
-            }
-            if start.elapsed() > timeout {
-                panic!(
-                    "etcd cluster not healthy after {timeout:?}: {}\n{}",
-                    String::from_utf8_lossy(&out.stderr),
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            out.status.success()
+        });
+        assert!(
+            healthy,
+            "etcd cluster not healthy after {timeout:?}: {last}\n{}",
+            self.logs()
+        );
     }
 
     /// SIGKILL a member.
@@ -464,6 +462,101 @@ status: {{}}
     }
 }
 
+/// A Snapshot stream opened on every member and then left unread: etcd keeps the bbolt read
+/// transaction of each stream open until the stream ends, and a defragment on that member
+/// must close the db, which waits for every read transaction. So while this is held, a
+/// defragment really hangs (a real fault, not a tiny timeout). Dropping it ends the streams
+/// and the blocked defragments complete.
+pub struct HeldSnapshots {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Cluster {
+    /// Open and stall a Snapshot stream on every running member (see `HeldSnapshots`).
+    /// The db must be larger than what gRPC buffers (a few hundred KB) for the stream to
+    /// stall with its transaction open: callers write some MB first.
+    pub fn hold_snapshots(&self) -> HeldSnapshots {
+        let endpoints: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| m.client_url.clone())
+            .collect();
+        let pki = self.pki.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let held = rt.block_on(async move {
+                let mut streams = Vec::new();
+                for ep in endpoints {
+                    let mut opts = etcd_client::ConnectOptions::new()
+                        .with_connect_timeout(Duration::from_secs(2));
+                    if let Some(p) = &pki {
+                        let read = |p: PathBuf| fs::read(p).expect("read pki");
+                        opts = opts.with_tls(
+                            etcd_client::TlsOptions::new()
+                                .ca_certificate(etcd_client::Certificate::from_pem(read(
+                                    p.ca_cert(),
+                                )))
+                                .identity(etcd_client::Identity::from_pem(
+                                    read(p.client_cert()),
+                                    read(p.client_key()),
+                                )),
+                        );
+                    }
+                    let mut c = etcd_client::Client::connect([ep.clone()], Some(opts))
+                        .await
+                        .map_err(|e| format!("{ep}: {e}"))?;
+                    let mut stream = c.snapshot().await.map_err(|e| format!("{ep}: {e}"))?;
+                    // The first chunk proves the server began the stream (its read
+                    // transaction is open); nothing more is read.
+                    stream
+                        .message()
+                        .await
+                        .map_err(|e| format!("{ep}: {e}"))?
+                        .ok_or_else(|| format!("{ep}: empty snapshot stream"))?;
+                    streams.push((c, stream));
+                }
+                Ok::<_, String>(streams)
+            });
+            match held {
+                Ok(streams) => {
+                    let _ = ready_tx.send(Ok(()));
+                    // Blocking here stops this runtime: nobody reads the streams, so
+                    // the servers' sends stall on flow control with their transactions open.
+                    let _ = release_rx.recv();
+                    drop(streams);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("snapshot streams opened within 30 s")
+            .expect("open a snapshot stream on every member");
+        HeldSnapshots {
+            release: Some(release_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for HeldSnapshots {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop_all();
@@ -564,4 +657,44 @@ pub fn tree_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     }
     out.sort();
     out
+}
+
+/// How often the waits below look again. Only the poll rate: no assertion depends on it.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Poll `cond` until it holds or `timeout` passes; false if it never held. For a caller
+/// that wants to say more than `wait_for` does when the wait gives up.
+pub fn try_wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Wait until `cond` holds, at most `timeout`; panics naming `what` it waited for. The
+/// replacement for sleep-then-assert: the test goes on as soon as the condition is true,
+/// and a slow machine only makes it wait longer, never fail.
+#[track_caller]
+pub fn wait_for(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    if !try_wait_for(timeout, cond) {
+        panic!("gave up after {:?} waiting for {what}", start.elapsed());
+    }
+}
+
+/// Like `wait_for`, returning the first `Some` that `probe` gives.
+#[track_caller]
+pub fn wait_for_some<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let mut found = None;
+    wait_for(what, timeout, || {
+        found = probe();
+        found.is_some()
+    });
+    found.expect("wait_for returned: the probe gave Some")
 }
