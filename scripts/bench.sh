@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Benchmarks `etcdops datadir copy` + `datadir verify` against the manual ways of moving an
 # etcd data dir, on a real etcd 3.5 data dir of at least 450 MB:
-#   ours   etcdops datadir copy --sums F SRC DST && etcdops datadir verify --sums F SRC DST
-#   plain  etcdops datadir copy SRC DST && etcdops datadir verify SRC DST (reads both trees)
+#   ours   etcdops datadir copy --sums F SRC DST && etcdops datadir verify --verify-from-cache --sums F SRC DST
+#   plain  etcdops datadir copy SRC DST && etcdops datadir verify --verify-from-cache SRC DST (reads both trees)
+#   device etcdops datadir copy --sums F SRC DST && etcdops datadir verify --sums F SRC DST
+#          (the default: the target's pages are dropped and it is read back from the disk)
 #   cp     cp -a SRC DST && sync && b3sum of SRC's files && (cd DST && b3sum --check)
 #   rsync  rsync -a SRC/ DST/ && diff -r SRC DST && sync        (the manual runbook)
 # Each line runs RUNS times (default 3), in rotating order, from a warm page cache, with
 # DST removed and the disk synced (untimed) before each run. Prints the medians, the ratios
 # ours/cp and ours/rsync, and the peak RSS of copy and verify (from /usr/bin/time -v).
+# Then, on one copy, the read-back alone: verify from the page cache, verify from the device,
+# and `dd iflag=direct` of the same files (the device's floor: no cache, no hashing).
 #
 # Usage: scripts/bench.sh [--keep]     BENCH_DIR=/path (default: a temp dir under /var/tmp,
 #        on disk rather than on a tmpfs /tmp), BENCH_KEYS (200000), BENCH_VALUE (1024), RUNS.
@@ -110,6 +114,15 @@ line_ours() {
   local r
   r=$(timed_rss "$bin" -o json datadir copy --sums "$work/sums.b3" "$src" "$dst" | tail -n1)
   (( r > ours_copy_rss )) && ours_copy_rss=$r
+  r=$(timed_rss "$bin" -o json datadir verify --verify-from-cache --sums "$work/sums.b3" "$src" "$dst" | tail -n1)
+  (( r > ours_verify_rss )) && ours_verify_rss=$r
+  return 0
+}
+# The default verify: the target read back from its device.
+line_device() {
+  local r
+  r=$(timed_rss "$bin" -o json datadir copy --sums "$work/sums.b3" "$src" "$dst" | tail -n1)
+  (( r > ours_copy_rss )) && ours_copy_rss=$r
   r=$(timed_rss "$bin" -o json datadir verify --sums "$work/sums.b3" "$src" "$dst" | tail -n1)
   (( r > ours_verify_rss )) && ours_verify_rss=$r
   return 0
@@ -119,7 +132,7 @@ line_ours_plain() {
   local r
   r=$(timed_rss "$bin" -o json datadir copy "$src" "$dst" | tail -n1)
   (( r > ours_copy_rss )) && ours_copy_rss=$r
-  r=$(timed_rss "$bin" -o json datadir verify "$src" "$dst" | tail -n1)
+  r=$(timed_rss "$bin" -o json datadir verify --verify-from-cache "$src" "$dst" | tail -n1)
   (( r > ours_verify_rss )) && ours_verify_rss=$r
   return 0
 }
@@ -138,8 +151,8 @@ line_rsync() {
   sync
 }
 
-declare -A times=([ours]="" [ours_plain]="" [cp]="" [rsync]="")
-order=(ours ours_plain cp rsync)
+declare -A times=([ours]="" [ours_plain]="" [device]="" [cp]="" [rsync]="")
+order=(ours ours_plain device cp rsync)
 echo "bench: $files files, $size bytes in $src; $runs runs per line" >&2
 load_before=$(cut -d' ' -f1 /proc/loadavg)
 cat "$src"/member/snap/db >/dev/null  # warm the cache once for everyone
@@ -156,9 +169,31 @@ for run in $(seq "$runs"); do
 done
 reset_dst
 
+# The read-back alone, on one copy: from the cache, from the device, and dd's floor.
+"$bin" -o json datadir copy --sums "$work/sums.b3" "$src" "$dst" >/dev/null
+rb_cache=""; rb_device=""; rb_dd=""
+for run in $(seq "$runs"); do
+  find "$dst" -type f -exec cat {} + >/dev/null
+  t0=$(now_ms); "$bin" -o json datadir verify --verify-from-cache --sums "$work/sums.b3" "$src" "$dst" >/dev/null; t1=$(now_ms)
+  rb_cache="$rb_cache $((t1 - t0))"
+  from=$("$bin" -o json datadir verify --sums "$work/sums.b3" "$src" "$dst" | sed -n 's/.*"verified_from": "\(.*\)".*/\1/p')
+  find "$dst" -type f -exec cat {} + >/dev/null
+  t0=$(now_ms); "$bin" -o json datadir verify --sums "$work/sums.b3" "$src" "$dst" >/dev/null; t1=$(now_ms)
+  rb_device="$rb_device $((t1 - t0))"
+  t0=$(now_ms)
+  find "$dst" -type f -print0 | xargs -0 -I{} dd if={} of=/dev/null bs=1M iflag=direct status=none
+  t1=$(now_ms)
+  rb_dd="$rb_dd $((t1 - t0))"
+done
+reset_dst
+
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 m_ours=$(echo "${times[ours]}" | median)
 m_plain=$(echo "${times[ours_plain]}" | median)
+m_device=$(echo "${times[device]}" | median)
+m_rb_cache=$(echo "$rb_cache" | median)
+m_rb_device=$(echo "$rb_device" | median)
+m_rb_dd=$(echo "$rb_dd" | median)
 m_cp=$(echo "${times[cp]}" | median)
 m_rsync=$(echo "${times[rsync]}" | median)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
@@ -170,8 +205,16 @@ machine: $(nproc) cores, load average $load_before before and $(cut -d' ' -f1 /p
 |---|---|---|---|---|
 | etcdops datadir copy --sums F + datadir verify --sums F (ours) |${times[ours]} | $m_ours | 1.00x | $(ratio "$m_plain" "$m_ours") |
 | etcdops datadir copy + datadir verify (both trees read) |${times[ours_plain]} | $m_plain | $(ratio "$m_ours" "$m_plain") | 1.00x |
+| etcdops datadir copy --sums F + datadir verify --sums F, read back from the device |${times[device]} | $m_device | $(ratio "$m_ours" "$m_device") | $(ratio "$m_plain" "$m_device") |
 | cp -a + sync + b3sum both trees (--check) |${times[cp]} | $m_cp | $(ratio "$m_ours" "$m_cp") | $(ratio "$m_plain" "$m_cp") |
 | rsync -a + diff -r + sync |${times[rsync]} | $m_rsync | $(ratio "$m_ours" "$m_rsync") | $(ratio "$m_plain" "$m_rsync") |
+
+read-back of the copy alone (median of $runs; the device verify reported verified_from=$from):
+| read-back | runs (ms) | median (ms) | vs dd iflag=direct |
+|---|---|---|---|
+| datadir verify --verify-from-cache --sums F (page cache) |$rb_cache | $m_rb_cache | $(ratio "$m_rb_cache" "$m_rb_dd") |
+| datadir verify --sums F (device: fdatasync + DONTNEED + mincore, then read) |$rb_device | $m_rb_device | $(ratio "$m_rb_device" "$m_rb_dd") |
+| dd iflag=direct bs=1M of every file (the device's floor) |$rb_dd | $m_rb_dd | 1.00x |
 
 peak RSS: datadir copy $((ours_copy_rss / 1024)) MiB, datadir verify $((ours_verify_rss / 1024)) MiB, b3sum $((b3sum_rss / 1024)) MiB
 EOF

@@ -363,6 +363,10 @@ pub enum DatadirCommand {
     /// atomic, and nothing left behind on failure.
     Copy(DatadirCopyArgs),
 
+    /// Copy a data dir while etcd still runs into DST's staging dir, recording a blake3 per
+    /// 1 MiB block, so that a later `copy --update` writes only what changed meanwhile.
+    Precopy(DatadirPrecopyArgs),
+
     /// Compare two trees (type, size, mode, owner, mtime, blake3 content) and list every
     /// difference. Exit 0 identical, 1 different.
     Verify(DatadirVerifyArgs),
@@ -389,6 +393,19 @@ pub struct DatadirCopyArgs {
     /// `datadir verify --sums`.
     #[arg(long, value_name = "FILE")]
     pub sums: Option<PathBuf>,
+
+    /// Use the pre-copy in DST's staging dir (`datadir precopy`): write only the blocks
+    /// and files that changed since; without a usable one, copy everything.
+    #[arg(long)]
+    pub update: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DatadirPrecopyArgs {
+    /// The data dir to copy; etcd may still run on it.
+    pub src: PathBuf,
+    /// The final target of the later `datadir copy --update` (new or empty, outside SRC).
+    pub dst: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -402,6 +419,11 @@ pub struct DatadirVerifyArgs {
     /// are not read again.
     #[arg(long, value_name = "FILE")]
     pub sums: Option<PathBuf>,
+
+    /// Read DST through the page cache instead of dropping its pages first so that the
+    /// bytes come from the disk (faster; proves only what is in memory).
+    #[arg(long)]
+    pub verify_from_cache: bool,
 }
 
 #[derive(Debug, Args)]
@@ -508,6 +530,11 @@ pub struct MigrateApplyArgs {
     /// Skip the safety snapshot before etcd is stopped.
     #[arg(long)]
     pub no_snapshot: bool,
+
+    /// Copy the data dir while etcd still runs, so that only what changed is copied while
+    /// it is stopped (the final tree is verified against the stopped source as always).
+    #[arg(long)]
+    pub precopy: bool,
 }
 
 #[derive(Debug, Args)]

@@ -50,15 +50,32 @@ fn data_host_path(manifest: &Path) -> PathBuf {
 
 /// `etcdops migrate apply --yes --to TO [-o json]` on node 1, with extra env.
 fn apply(lab: &Lab, to: &str, json: bool, env: &[(&str, &str)]) -> common::Run {
+    apply_with(lab, to, json, false, env)
+}
+
+/// `apply`, with `--precopy` when `precopy`.
+fn apply_with(lab: &Lab, to: &str, json: bool, precopy: bool, env: &[(&str, &str)]) -> common::Run {
     let mut args = vec!["migrate", "apply", "--yes", "--to", to];
     if json {
         args.extend(["-o", "json"]);
     }
+    if precopy {
+        args.push("--precopy");
+    }
     lab.etcdops(1, &args, env)
 }
 
-/// The whole job, on etcd 3.4 and 3.5: plan, apply, health, finalize, fence.
-fn end_to_end(version: Version) {
+/// The copy's staging dir beside `to` (where a pre-copy lives).
+fn staging_of(to: &Path) -> PathBuf {
+    to.parent().unwrap().join(format!(
+        ".{}.etcdops-staging",
+        to.file_name().unwrap().to_string_lossy()
+    ))
+}
+
+/// The whole job, on etcd 3.4 and 3.5: plan, apply, health, finalize, fence. With
+/// `precopy`, the data dir is copied while etcd runs and only what changed after the stop.
+fn end_to_end(version: Version, precopy: bool) {
     let lab = Lab::up(version, 3);
     put_keys(&lab, "/e2e/", 50);
     let old = lab.data_dir(1);
@@ -75,9 +92,23 @@ fn end_to_end(version: Version) {
     );
     assert!(!new.exists(), "plan must change nothing");
 
-    let run = apply(&lab, &to, true, &[]);
+    let run = apply_with(&lab, &to, true, precopy, &[]);
     run.code(0);
     let doc = run.json();
+    let after = doc["bytes_after_stop"].as_u64().unwrap();
+    // The source is not changed by the run: its size is what the copy had to move.
+    let copied: u64 = tree_bytes(&old).iter().map(|(_, b)| b.len() as u64).sum();
+    if precopy {
+        // Little changes on an idle member between the pre-copy and the stop.
+        assert!(
+            after * 10 <= copied,
+            "{after} of {copied} bytes after the stop\n{}",
+            run.dump()
+        );
+    } else {
+        assert_eq!(after, copied, "{}", run.dump());
+    }
+    assert!(!staging_of(&new).exists(), "staging dir left behind");
     assert_eq!(doc["state"], "completed", "{}", run.dump());
     let steps: Vec<&str> = doc["steps"]
         .as_array()
@@ -91,6 +122,7 @@ fn end_to_end(version: Version) {
         [
             "preflight",
             "snapshot",
+            "precopy",
             "stop-etcd",
             "stop-kubelet",
             "copy",
@@ -167,12 +199,12 @@ fn end_to_end(version: Version) {
 
 #[test]
 fn end_to_end_3_5() {
-    end_to_end(Version::V35);
+    end_to_end(Version::V35, true);
 }
 
 #[test]
 fn end_to_end_3_4() {
-    end_to_end(Version::V34);
+    end_to_end(Version::V34, false);
 }
 
 fn quiet(_: &str) {}
@@ -219,8 +251,9 @@ fn a_fault_at_every_step_rolls_back_or_stops_safely() {
     let manifest = lab.manifest(1);
     let identity = real_host(&lab, 1).identity().unwrap();
     // (step, host method, nth call, fail before the real call, etcd ran on the copy)
-    let faults: [(&str, &'static str, usize, bool, bool); 9] = [
+    let faults: [(&str, &'static str, usize, bool, bool); 10] = [
         ("snapshot", "snapshot", 1, false, false),
+        ("precopy", "precopy", 1, false, false),
         ("stop-etcd", "stop_etcd", 1, false, false),
         ("stop-kubelet", "stop_kubelet", 1, false, false),
         ("copy", "copy", 1, false, false),
@@ -247,7 +280,7 @@ fn a_fault_at_every_step_rolls_back_or_stops_safely() {
             unfinished: etcdops::runs::check_none_unfinished,
         };
         let endpoint = inner.conn.endpoints[0].clone();
-        let outcome = migrate::apply(&host, &opts, &to, true, &endpoint).unwrap();
+        let outcome = migrate::apply_with(&host, &opts, &to, true, true, &endpoint).unwrap();
         let err = outcome.result.expect_err(step);
         assert!(err.one_line().contains(step), "{step}: {}", err.one_line());
         let rh = real_host(&lab, 1);
@@ -301,7 +334,8 @@ fn a_fault_at_every_step_rolls_back_or_stops_safely() {
 
 /// kill -9 right after each step's `done` record: `status` says 5; `rollback` returns to
 /// the original in one run, and a second attempt killed at the same point is finished by
-/// `resume` in one run. Every key and the cluster's HashKV agreement survive.
+/// `resume` in one run. Every key and the cluster's HashKV agreement survive. The runs use
+/// `--precopy`, so a kill after the pre-copy is covered: rollback removes its staging dir.
 #[test]
 fn kill_9_after_every_step_then_resume_or_rollback() {
     let lab = Lab::up(Version::V35, 3);
@@ -314,10 +348,11 @@ fn kill_9_after_every_step_then_resume_or_rollback() {
         let to = lab.path().join(format!("crash-{i}-a/etcd"));
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         let manifest_before = std::fs::read(lab.manifest(1)).unwrap();
-        let killed = apply(
+        let killed = apply_with(
             &lab,
             to.to_str().unwrap(),
             false,
+            true,
             &[("ETCDOPS_TEST_KILL_AFTER", &point)],
         );
         assert_eq!(
@@ -362,6 +397,10 @@ fn kill_9_after_every_step_then_resume_or_rollback() {
                 "{point}"
             );
             assert!(!to.exists(), "{point}: {} left behind", to.display());
+            assert!(
+                !staging_of(&to).exists(),
+                "{point}: staging dir left behind"
+            );
             assert_eq!(data_host_path(&lab.manifest(1)), current);
         }
         assert_eq!(count_keys(&lab, "/crash/"), 30, "{point}");
@@ -369,10 +408,11 @@ fn kill_9_after_every_step_then_resume_or_rollback() {
         // 2. killed at the same point, then resumed.
         let to = lab.path().join(format!("crash-{i}-b/etcd"));
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        let killed = apply(
+        let killed = apply_with(
             &lab,
             to.to_str().unwrap(),
             false,
+            true,
             &[("ETCDOPS_TEST_KILL_AFTER", &point)],
         );
         assert_eq!(

@@ -1,4 +1,4 @@
-//! `etcdops datadir check | copy | verify | sums`: arguments -> options -> `crate::datadir`
+//! `etcdops datadir check | copy | precopy | verify | sums`: arguments -> options -> `crate::datadir`
 //! -> printer. The progress bar and the SIGINT/SIGTERM handling live here, not in the
 //! library, which only sees a `Progress` and a cancel flag.
 
@@ -12,7 +12,8 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction
 use crate::cli::{DatadirArgs, DatadirCommand, GlobalArgs};
 use crate::datadir::digest::SumsReport;
 use crate::datadir::{
-    self, CheckReport, CopyOptions, CopyReport, KnownSums, VerifyOptions, VerifyReport,
+    self, CheckReport, CopyOptions, CopyReport, KnownSums, PrecopyOptions, PrecopyReport,
+    PrecopyUse, ReadBack, VerifyOptions, VerifyReport,
 };
 use crate::error::{Error, Result};
 use crate::output::{self, Format, Render, Table, bytes, millis};
@@ -44,17 +45,40 @@ pub fn exec(global: &GlobalArgs, args: DatadirArgs) -> Result<()> {
                 cancel: Some(cancel_on_signals()?),
                 sums_file: a.sums,
             };
-            let report = datadir::copy(&opts)?;
+            let report = if a.update {
+                datadir::finish_copy(&opts)?
+            } else {
+                datadir::copy(&opts)?
+            };
+            output::print(format, &report);
+            Ok(())
+        }
+        DatadirCommand::Precopy(a) => {
+            let bar = Bar::new(format);
+            let report = datadir::precopy(&PrecopyOptions {
+                src: a.src,
+                dst: a.dst,
+                progress: &bar,
+                cancel: Some(cancel_on_signals()?),
+            })?;
             output::print(format, &report);
             Ok(())
         }
         DatadirCommand::Verify(a) => {
             let src_sums = a.sums.as_deref().map(KnownSums::load).transpose()?;
-            let report = datadir::verify(&VerifyOptions {
-                src: a.src,
-                dst: a.dst,
-                src_sums,
-            })?;
+            let read_back = if a.verify_from_cache {
+                ReadBack::Cache
+            } else {
+                ReadBack::Device
+            };
+            let report = datadir::verify_with(
+                &VerifyOptions {
+                    src: a.src,
+                    dst: a.dst,
+                    src_sums,
+                },
+                read_back,
+            )?;
             output::print(format, &report);
             if report.identical {
                 Ok(())
@@ -161,7 +185,7 @@ impl Render for CheckReport {
 impl Render for CopyReport {
     fn table(&self) -> String {
         format!(
-            "copied {} file(s) in {} dir(s), {} in {} ({}/s)\n  from {}\n  to   {}\ndigest {}\n{}",
+            "copied {} file(s) in {} dir(s), {} in {} ({}/s)\n  from {}\n  to   {}\ndigest {}\n{}{}",
             self.files,
             self.dirs,
             bytes(self.bytes),
@@ -170,6 +194,17 @@ impl Render for CopyReport {
             self.src.display(),
             self.dst.display(),
             self.digest,
+            match self.precopy {
+                PrecopyUse::NotAsked => String::new(),
+                PrecopyUse::Used => format!(
+                    "pre-copy used: {} written after the stop\n",
+                    bytes(self.bytes_after_stop)
+                ),
+                PrecopyUse::FellBack => format!(
+                    "pre-copy not used ({}): copied everything\n",
+                    self.precopy_fallback.as_deref().unwrap_or("unusable")
+                ),
+            },
             self.sums_file
                 .as_ref()
                 .map(|f| format!("sums   {}\n", f.display()))
@@ -190,7 +225,7 @@ impl Render for VerifyReport {
             out.push('\n');
         }
         out.push_str(&format!(
-            "{}: {} vs {} ({} file(s), {} compared by content, in {})\n",
+            "{}: {} vs {} ({} file(s), {} compared by content, read from the {}, in {})\n",
             if self.identical {
                 "identical".to_string()
             } else {
@@ -200,9 +235,33 @@ impl Render for VerifyReport {
             self.dst.display(),
             self.files,
             bytes(self.bytes),
+            match self.verified_from {
+                datadir::VerifiedFrom::Device => "device".to_string(),
+                datadir::VerifiedFrom::PageCache => format!(
+                    "page cache ({} of the copy was cached)",
+                    bytes(self.resident_bytes)
+                ),
+            },
             millis(self.took_ms)
         ));
         out
+    }
+}
+
+impl Render for PrecopyReport {
+    fn table(&self) -> String {
+        format!(
+            "pre-copied {} file(s), {} in {}\n  from {}\n  to   {} (staging for {})\n\
+             next: stop etcd, then `etcdops datadir copy --update {} {}`\n",
+            self.files,
+            bytes(self.bytes),
+            millis(self.took_ms),
+            self.src.display(),
+            self.staging.display(),
+            self.dst.display(),
+            self.src.display(),
+            self.dst.display()
+        )
     }
 }
 

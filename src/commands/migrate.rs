@@ -106,6 +106,7 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
                     to: &a.to,
                     endpoint: host.conn.endpoints.first().map_or("", String::as_str),
                     snapshot: true,
+                    precopy: false,
                     id: "plan".into(),
                     unfinished: crate::runs::check_none_unfinished,
                 },
@@ -127,8 +128,14 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
                 ))?;
             }
             let endpoint = host.conn.endpoints.first().cloned().unwrap_or_default();
-            let mut outcome =
-                migrate::apply(&host, &opts, &a.target.to, !a.no_snapshot, &endpoint)?;
+            let mut outcome = migrate::apply_with(
+                &host,
+                &opts,
+                &a.target.to,
+                !a.no_snapshot,
+                a.precopy,
+                &endpoint,
+            )?;
             if outcome.result.is_ok() {
                 outcome.report.notes.push(format!(
                     "make kubeadm keep the new path: {}",

@@ -43,7 +43,7 @@ use crate::error::{Error, Result};
 const STEP: usize = 8 * 1024 * 1024;
 
 /// Start writeback of a file every this many bytes written.
-const WRITEBACK: u64 = 8 * 1024 * 1024;
+pub(super) const WRITEBACK: u64 = 8 * 1024 * 1024;
 
 /// Free space the target filesystem must have beyond the data: 10 %.
 const SPACE_MARGIN_PERCENT: u64 = 10;
@@ -70,6 +70,12 @@ pub struct CopyReport {
     pub took_ms: u64,
     /// blake3 over the source's sums lines as read during the copy (see `digest`).
     pub digest: String,
+    /// Bytes written into the target while the source was quiesced (etcd stopped): all of
+    /// them for a full copy, only the changed blocks and files after a pre-copy.
+    pub bytes_after_stop: u64,
+    pub precopy: PrecopyUse,
+    /// Why a pre-copy asked for was not used (none found, interrupted, another source).
+    pub precopy_fallback: Option<String>,
     pub sums_file: Option<PathBuf>,
     /// The source's sums as read during the copy, for `verify` and the migration's run dir.
     #[serde(skip)]
@@ -90,8 +96,23 @@ fn staging_name(parent: &Path, name: &std::ffi::OsStr) -> PathBuf {
 }
 
 /// Copy the data dir `opts.src` to `opts.dst` (which must not exist, or be an empty
-/// directory). See the module header for the guarantees.
+/// directory). See the module header for the guarantees. A staging dir left beside the
+/// target (a killed copy, or a pre-copy) is discarded: every byte is copied.
 pub fn copy(opts: &CopyOptions) -> Result<CopyReport> {
+    copy_with(opts, false)
+}
+
+/// Like [`copy`], but when the staging dir holds a finished pre-copy of the same source
+/// (`datadir precopy`, [`super::precopy::precopy`]), only the blocks and files that changed
+/// since are written; otherwise (no pre-copy, an interrupted one, another source) it falls
+/// back to the full copy and says why in `CopyReport::precopy_fallback`. Either way the
+/// source is quiesced and locked first, re-read whole, and its sums are what `verify`
+/// checks the final tree against: the pre-copy is never evidence.
+pub fn finish_copy(opts: &CopyOptions) -> Result<CopyReport> {
+    copy_with(opts, true)
+}
+
+fn copy_with(opts: &CopyOptions, update: bool) -> Result<CopyReport> {
     let started = Instant::now();
     let layout = Layout::open(&opts.src)?;
     let target = Target::resolve(&opts.dst, &layout.root)?;
@@ -120,11 +141,44 @@ pub fn copy(opts: &CopyOptions) -> Result<CopyReport> {
             ));
         }
     }
-    target.check_space(&tree)?;
+    let (staging, record, precopy_fallback) = if update {
+        match Staging::adopt(&target)? {
+            Adopted::Precopy(staging, record) if record.src == layout.root => {
+                (staging, Some(record), None)
+            }
+            Adopted::Precopy(staging, record) => {
+                staging
+                    .remove()
+                    .map_err(|e| Error::io("remove stale staging dir", target.staging_path(), e))?;
+                let reason = format!(
+                    "the pre-copy in the staging dir was made from {}",
+                    record.src.display()
+                );
+                (Staging::acquire(&target)?, None, Some(reason))
+            }
+            Adopted::Missing(reason) => (Staging::acquire(&target)?, None, Some(reason)),
+        }
+    } else {
+        (Staging::acquire(&target)?, None, None)
+    };
+    match &record {
+        Some(r) => target.check_space_beyond(&tree, r.bytes())?,
+        None => target.check_space(&tree)?,
+    }
+    let precopy = match (&record, &precopy_fallback) {
+        (Some(_), _) => PrecopyUse::Used,
+        (None, Some(_)) => PrecopyUse::FellBack,
+        (None, None) => PrecopyUse::NotAsked,
+    };
 
-    let staging = Staging::acquire(&target)?;
     opts.progress.start(tree.file_bytes());
-    let copied = copy_tree(&tree, &staging.path, opts).and_then(|sums| {
+    let done = match &record {
+        Some(r) => super::precopy::update_tree(&tree, &staging.path, r, opts),
+        None => copy_tree(&tree, &staging.path, opts).map(|sums| (sums, tree.file_bytes())),
+    };
+    let mut bytes_after_stop = 0;
+    let copied = done.and_then(|(sums, written)| {
+        bytes_after_stop = written;
         let known = KnownSums {
             sums,
             as_of: staging.created,
@@ -193,9 +247,24 @@ pub fn copy(opts: &CopyOptions) -> Result<CopyReport> {
         bytes: tree.file_bytes(),
         took_ms: started.elapsed().as_millis() as u64,
         digest: known.sums.digest().to_hex().to_string(),
+        bytes_after_stop,
+        precopy,
+        precopy_fallback,
         sums_file,
         sums: known,
     })
+}
+
+/// Whether a copy used a pre-copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrecopyUse {
+    /// A plain `copy`: no pre-copy asked for.
+    NotAsked,
+    /// The staging dir's pre-copy was updated in place.
+    Used,
+    /// A pre-copy was asked for but not usable: everything was copied.
+    FellBack,
 }
 
 /// The parent directory of `path` (`.` for a bare name), resolved; it must exist and be a
@@ -237,17 +306,17 @@ fn sums_file_path(file: &Path, src: &Path, dst: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn cancelled(opts: &CopyOptions) -> bool {
+pub(super) fn cancelled(opts: &CopyOptions) -> bool {
     opts.cancel.is_some_and(|c| c.load(SeqCst))
 }
 
 /// Only stops the copy: `copy` words the error once it has removed the staging dir.
-fn interrupted() -> Error {
+pub(super) fn interrupted() -> Error {
     Error::failed("copy", "interrupted")
 }
 
 /// Where the copy goes, resolved and checked before anything is written.
-struct Target {
+pub(super) struct Target {
     /// Canonical parent joined with the last component of `dst`.
     path: PathBuf,
     parent: PathBuf,
@@ -257,7 +326,7 @@ struct Target {
 }
 
 impl Target {
-    fn resolve(dst: &Path, src: &Path) -> Result<Target> {
+    pub(super) fn resolve(dst: &Path, src: &Path) -> Result<Target> {
         let name = match dst.components().next_back() {
             Some(Component::Normal(n)) => n.to_os_string(),
             _ => {
@@ -332,18 +401,25 @@ impl Target {
         })
     }
 
-    fn staging_path(&self) -> PathBuf {
+    pub(super) fn staging_path(&self) -> PathBuf {
         staging_name(&self.parent, &self.name)
     }
 
     /// Refuse (exit 4) unless the target's filesystem has room for the data + 10 % and an
     /// inode per entry.
-    fn check_space(&self, tree: &Tree) -> Result<()> {
+    pub(super) fn check_space(&self, tree: &Tree) -> Result<()> {
+        self.check_space_beyond(tree, 0)
+    }
+
+    /// As [`Target::check_space`], when `staged` bytes of the data are already in the
+    /// staging dir (a pre-copy): only the rest must still fit.
+    pub(super) fn check_space_beyond(&self, tree: &Tree, staged: u64) -> Result<()> {
         let st = nix::sys::statvfs::statvfs(&self.parent)
             .map_err(|e| Error::io("statvfs", &self.parent, e.into()))?;
         let available = st.blocks_available() as u128 * st.fragment_size() as u128;
         let data = tree.file_bytes() as u128;
-        let needed = data + data * SPACE_MARGIN_PERCENT as u128 / 100;
+        let needed =
+            (data + data * SPACE_MARGIN_PERCENT as u128 / 100).saturating_sub(staged as u128);
         if available < needed {
             return Err(Error::refused(
                 self.path.display().to_string(),
@@ -406,17 +482,17 @@ impl Target {
 /// The staging dir, locked by us (flock on the directory) while we fill it, removed when
 /// dropped unless disarmed. A staging dir left by a killed run is unlocked: it is removed
 /// and made again; one locked by a running copy is refused.
-struct Staging {
-    path: PathBuf,
+pub(super) struct Staging {
+    pub(super) path: PathBuf,
     _lock: Flock<File>,
     armed: bool,
     /// Its ctime: a filesystem timestamp taken before any source file is read, the
     /// `as_of` of the sums.
-    created: (i64, i64),
+    pub(super) created: (i64, i64),
 }
 
 impl Staging {
-    fn acquire(target: &Target) -> Result<Staging> {
+    pub(super) fn acquire(target: &Target) -> Result<Staging> {
         let path = target.staging_path();
         for _ in 0..3 {
             match DirBuilder::new().mode(0o700).create(&path) {
@@ -450,11 +526,54 @@ impl Staging {
         Err(busy(target, &path))
     }
 
-    fn disarm(mut self) {
+    /// Take over the staging dir a finished pre-copy left, with its record; anything else
+    /// (no staging dir, no record: an interrupted pre-copy or a killed copy) is `Missing`,
+    /// with the reason, and is left for [`Staging::acquire`] to replace.
+    pub(super) fn adopt(target: &Target) -> Result<Adopted> {
+        let path = target.staging_path();
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Ok(Adopted::Missing(format!(
+                    "{} is not a directory",
+                    path.display()
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Adopted::Missing(format!(
+                    "no pre-copy found (no staging dir {})",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(Error::io("stat", &path, e)),
+        }
+        let lock = lock_dir(&path)?.ok_or_else(|| busy(target, &path))?;
+        let record = match super::precopy::Record::load(&path) {
+            Ok(r) => r,
+            // The lock is dropped here, so that `acquire` can take the dir over.
+            Err(reason) => return Ok(Adopted::Missing(reason)),
+        };
+        // The sums' `as_of` must be a filesystem timestamp from before the source is read
+        // again: changing the dir's mode (to what it is while we fill it) stamps its ctime.
+        fchmod(&*lock, Mode::from_bits_truncate(0o700))
+            .map_err(|e| Error::io("chmod", &path, e.into()))?;
+        let meta = lock.metadata().map_err(|e| Error::io("stat", &path, e))?;
+        Ok(Adopted::Precopy(
+            Staging {
+                path,
+                _lock: lock,
+                armed: true,
+                created: (meta.ctime(), meta.ctime_nsec()),
+            },
+            record,
+        ))
+    }
+
+    pub(super) fn disarm(mut self) {
         self.armed = false;
     }
 
-    fn remove(mut self) -> io::Result<()> {
+    pub(super) fn remove(mut self) -> io::Result<()> {
         self.armed = false;
         match fs::remove_dir_all(&self.path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -470,6 +589,12 @@ impl Drop for Staging {
             let _ = fs::remove_dir_all(&self.path);
         }
     }
+}
+
+/// What [`Staging::adopt`] found.
+pub(super) enum Adopted {
+    Precopy(Staging, super::precopy::Record),
+    Missing(String),
 }
 
 fn busy(target: &Target, staging: &Path) -> Error {
@@ -525,14 +650,14 @@ fn copy_tree(tree: &Tree, root: &Path, opts: &CopyOptions) -> Result<Sums> {
 }
 
 /// Set a directory's owner, mode and times, then fsync it (its entries become durable).
-fn finish_dir(path: &Path, meta: &Meta) -> Result<()> {
+pub(super) fn finish_dir(path: &Path, meta: &Meta) -> Result<()> {
     let dir = File::open(path).map_err(|e| Error::io("open", path, e))?;
     apply_meta(&dir, path, meta)?;
     dir.sync_all().map_err(|e| Error::io("fsync", path, e))
 }
 
 /// Owner first: chown clears setuid/setgid, so the mode goes after it; times last.
-fn apply_meta(file: &File, path: &Path, meta: &Meta) -> Result<()> {
+pub(super) fn apply_meta(file: &File, path: &Path, meta: &Meta) -> Result<()> {
     fchown(
         file,
         Some(Uid::from_raw(meta.uid)),
@@ -626,7 +751,7 @@ fn hash_sources(files: &[&Entry], failed: &AtomicU8) -> Result<Vec<blake3::Hash>
     Ok(hashes)
 }
 
-fn changed_size(e: &Entry, read: u64) -> Error {
+pub(super) fn changed_size(e: &Entry, read: u64) -> Error {
     Error::failed(
         format!("copy {}", e.path.display()),
         format!(
@@ -759,7 +884,7 @@ fn copy_file(
 }
 
 /// Fill `buf` from `r` unless the end comes first; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match r.read(&mut buf[filled..]) {
@@ -774,7 +899,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Ask the kernel to start writing a range back now, without waiting. Only a head start for
 /// the fsync that follows, which reports any error: the result is ignored.
-fn start_writeback(file: &File, offset: u64, len: u64) {
+pub(super) fn start_writeback(file: &File, offset: u64, len: u64) {
     // SAFETY: plain syscall on an open descriptor; no memory is passed.
     unsafe {
         libc::sync_file_range(

@@ -1,6 +1,8 @@
 //! The etcd data dir engine: what a data dir looks like (this file), whether etcd still runs
 //! on it (`quiesce`), a streaming blake3 tree digest and b3sum-compatible sums (`digest`), a
-//! metadata-preserving, crash-clean copy (`copy`) and a full tree comparison (`verify`).
+//! metadata-preserving, crash-clean copy (`copy`), a pre-copy of a live data dir that the
+//! copy then only updates (`precopy`) and a full tree comparison (`verify`) that reads the
+//! target back from its device.
 //!
 //! Everything here is plain functions taking an options struct and returning a report, so
 //! that `commands/datadir.rs` and the migration steps call the same code. Nothing here
@@ -8,6 +10,7 @@
 
 pub mod copy;
 pub mod digest;
+pub mod precopy;
 pub mod quiesce;
 pub mod verify;
 
@@ -17,10 +20,13 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-pub use copy::{CopyOptions, CopyReport, copy};
+pub use copy::{CopyOptions, CopyReport, PrecopyUse, copy, finish_copy};
 pub use digest::{KnownSums, Sums, sums};
+pub use precopy::{PrecopyOptions, PrecopyReport, precopy};
 pub use quiesce::{CheckReport, check};
-pub use verify::{Difference, VerifyOptions, VerifyReport, verify};
+pub use verify::{
+    Difference, ReadBack, VerifiedFrom, VerifyOptions, VerifyReport, verify, verify_with,
+};
 
 /// Read and write in chunks of this size: large enough for full-speed sequential I/O and
 /// hashing, small enough that memory stays flat whatever the data size.

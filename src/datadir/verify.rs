@@ -6,17 +6,30 @@
 //! at two chunks whatever the data size. Right after a copy, the source's sums the copy
 //! computed while reading it stand in for the source's contents (unless a file changed since,
 //! which its ctime tells): only the target is read.
+//!
+//! By default the target is read back from its device, not from the page cache the copy just
+//! filled: each target file is fdatasync'ed, its cached pages dropped
+//! (posix_fadvise(POSIX_FADV_DONTNEED)), and mincore(2) then tells whether they really left
+//! the cache — DONTNEED only drops clean pages no one else maps, and a tmpfs has no device
+//! at all. Only when every page of every target file was gone before it was read does the
+//! report say `verified_from: "device"`; otherwise `"page-cache"`, with the bytes still
+//! resident. The source is not dropped: its bytes are the reference, wherever they come from.
 
 use std::collections::BTreeMap;
-use std::fs;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
 
-use super::digest::{KnownSums, hash_file_with};
-use super::{CHUNK, Entry, Kind, Meta, Tree, existing_dir};
+use nix::fcntl::PosixFadviseAdvice;
+use nix::libc;
+
+use super::digest::{KnownSums, hash_file_with, hash_reader};
+use super::{CHUNK, Entry, Kind, Meta, Tree, existing_dir, open_read};
 use crate::error::{Error, Result};
 
 pub struct VerifyOptions {
@@ -38,7 +51,38 @@ pub struct VerifyReport {
     /// Source files read for their content (the others' hashes came from `src_sums`).
     pub src_files_read: usize,
     pub took_ms: u64,
+    /// Where the target's bytes were read from: `device` only if every page of every
+    /// target file had left the page cache before it was read.
+    pub verified_from: VerifiedFrom,
+    /// Bytes of target files in the page cache just before they were read (after dropping
+    /// them unless `--verify-from-cache`): 0 for `device`.
+    pub resident_bytes: u64,
     pub differences: Vec<Difference>,
+}
+
+/// How the target is read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadBack {
+    /// Drop the target's pages first, so that the bytes come from the disk.
+    Device,
+    /// Read whatever the page cache holds (faster right after a copy; proves memory only).
+    Cache,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerifiedFrom {
+    Device,
+    PageCache,
+}
+
+impl VerifiedFrom {
+    pub fn name(self) -> &'static str {
+        match self {
+            VerifiedFrom::Device => "device",
+            VerifiedFrom::PageCache => "page-cache",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -82,8 +126,14 @@ impl DiffKind {
     }
 }
 
-/// Compare the trees `opts.src` and `opts.dst`. Differences are findings, not errors.
+/// Compare the trees `opts.src` and `opts.dst`, reading the target from its device.
+/// Differences are findings, not errors.
 pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
+    verify_with(opts, ReadBack::Device)
+}
+
+/// [`verify`], choosing where the target is read from.
+pub fn verify_with(opts: &VerifyOptions, read_back: ReadBack) -> Result<VerifyReport> {
     let started = Instant::now();
     let src = Tree::walk(&existing_dir(&opts.src)?)?;
     let dst = Tree::walk(&existing_dir(&opts.dst)?)?;
@@ -156,7 +206,14 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
             .map(|((a, _), _)| *a),
     );
     let src_files_read = jobs.len() - to_hash.len();
-    let hashes = hash_all(&jobs)?;
+    let (hashes, resident) = hash_all(&jobs, to_hash.len(), read_back)?;
+    let dst_bytes: u64 = to_hash.iter().map(|(_, b)| b.meta.size).sum();
+    let resident_bytes = resident.min(dst_bytes);
+    let verified_from = if read_back == ReadBack::Device && resident == 0 {
+        VerifiedFrom::Device
+    } else {
+        VerifiedFrom::PageCache
+    };
     let (dst_hashes, src_read) = hashes.split_at(to_hash.len());
     let mut src_read = src_read.iter();
     for (((a, _), k), hb) in to_hash.iter().zip(&known).zip(dst_hashes) {
@@ -185,6 +242,8 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
         bytes,
         src_files_read,
         took_ms: started.elapsed().as_millis() as u64,
+        verified_from,
+        resident_bytes,
         differences: diffs,
     })
 }
@@ -235,18 +294,35 @@ fn diff(path: &str, kind: DiffKind, detail: String) -> Difference {
 
 /// Hash files on two threads (the machine's two cores), biggest first so that the work
 /// evens out; each thread streams through its own chunk buffer. Hashes come back in the
-/// order of `files`.
-fn hash_all(files: &[&Entry]) -> Result<Vec<blake3::Hash>> {
+/// order of `files`. The first `targets` files are the target's: with [`ReadBack::Device`]
+/// their pages are dropped just before each is read, and the bytes that stayed resident
+/// are summed into the second value.
+fn hash_all(
+    files: &[&Entry],
+    targets: usize,
+    read_back: ReadBack,
+) -> Result<(Vec<blake3::Hash>, u64)> {
     let mut order: Vec<usize> = (0..files.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(files[i].meta.size));
     let next = AtomicUsize::new(0);
-    let worker = || -> Result<Vec<(usize, blake3::Hash)>> {
+    let worker = || -> Result<(Vec<(usize, blake3::Hash)>, u64)> {
         let mut buf = vec![0u8; CHUNK];
         let mut done = Vec::new();
+        let mut resident = 0;
         while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
-            done.push((i, hash_file_with(&files[i].path, &mut buf)?));
+            let path = &files[i].path;
+            let hash = if i < targets {
+                let mut file = open_read(path)?;
+                resident += cached_bytes(&file, path, read_back)?;
+                hash_reader(&mut file, &mut buf)
+                    .map(|(h, _)| h)
+                    .map_err(|e| Error::io("read", path, e))?
+            } else {
+                hash_file_with(path, &mut buf)?
+            };
+            done.push((i, hash));
         }
-        Ok(done)
+        Ok((done, resident))
     };
     let (a, b) = std::thread::scope(|s| {
         let other = s.spawn(worker);
@@ -256,11 +332,87 @@ fn hash_all(files: &[&Entry]) -> Result<Vec<blake3::Hash>> {
             other.join().expect("the hashing thread does not panic"),
         )
     });
+    let (a, ra) = a?;
+    let (b, rb) = b?;
     let mut hashes = vec![blake3::Hash::from_bytes([0; 32]); files.len()];
-    for (i, h) in a?.into_iter().chain(b?) {
+    for (i, h) in a.into_iter().chain(b) {
         hashes[i] = h;
     }
-    Ok(hashes)
+    Ok((hashes, ra + rb))
+}
+
+/// With [`ReadBack::Device`], make the next read of `file` come from the device: write back
+/// anything dirty (fdatasync), ask the kernel to drop its cached pages. Then count with
+/// mincore(2) the bytes that are (still) cached — pages mapped by another process, a tmpfs,
+/// a filesystem that ignores the advice. Returns those bytes: 0 means the read that follows
+/// reaches the device.
+pub fn cached_bytes(file: &File, path: &Path, read_back: ReadBack) -> Result<u64> {
+    if read_back == ReadBack::Device {
+        // fdatasync works on a read-only descriptor on Linux.
+        file.sync_data()
+            .map_err(|e| Error::io("fdatasync", path, e))?;
+        nix::fcntl::posix_fadvise(file, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED)
+            .map_err(|e| Error::io("posix_fadvise(DONTNEED)", path, e.into()))?;
+    }
+    let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+    let len = meta.len();
+    if !mincore_trusted(path, &meta) {
+        // Since Linux 5.0, mincore reports the page cache of a file only to its owner, a
+        // capable process or one that may write it; anyone else sees "not resident".
+        return Ok(len);
+    }
+    resident_bytes(file, len).map_err(|e| Error::io("mincore", path, e))
+}
+
+fn mincore_trusted(path: &Path, meta: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let euid = nix::unistd::geteuid().as_raw();
+    euid == 0
+        || euid == meta.uid()
+        || nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok()
+}
+
+/// Bytes of `file` (of length `len`) in the page cache, by mincore(2) over a shared
+/// read-only mapping, 64 MiB at a time (the mapping costs address space, not memory: no
+/// page is touched).
+fn resident_bytes(file: &File, len: u64) -> io::Result<u64> {
+    // SAFETY: sysconf has no memory effects.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    const WINDOW: u64 = 64 * 1024 * 1024;
+    let mut vec = vec![0u8; (WINDOW / page) as usize];
+    let mut resident = 0u64;
+    let mut offset = 0u64;
+    while offset < len {
+        let n = (len - offset).min(WINDOW);
+        // SAFETY: a fresh read-only shared mapping of an open file, at a page-aligned
+        // offset, never dereferenced, unmapped below.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                n as usize,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let pages = n.div_ceil(page) as usize;
+        // SAFETY: `vec` holds at least one byte per page of the `n`-byte mapping at `addr`.
+        let rc = unsafe { libc::mincore(addr, n as usize, vec.as_mut_ptr()) };
+        let err = io::Error::last_os_error();
+        // SAFETY: unmaps exactly the mapping made above.
+        unsafe { libc::munmap(addr, n as usize) };
+        if rc != 0 {
+            return Err(err);
+        }
+        let in_cache = vec[..pages].iter().filter(|b| **b & 1 != 0).count() as u64;
+        resident += (in_cache * page).min(n);
+        offset += n;
+    }
+    Ok(resident)
 }
 
 fn read_link(path: &Path) -> Result<PathBuf> {

@@ -33,6 +33,9 @@ pub struct Plan {
     /// The local client URL the checks use.
     pub endpoint: String,
     pub snapshot: bool,
+    /// Pre-copy while etcd runs (`--precopy`); absent in journals written before it existed.
+    #[serde(default)]
+    pub precopy: bool,
     /// The target existed as an empty dir: rollback empties it instead of removing it.
     pub target_existed: bool,
     pub identity: Identity,
@@ -110,6 +113,18 @@ pub fn apply(
     snapshot: bool,
     endpoint: &str,
 ) -> Result<Outcome> {
+    apply_with(host, opts, to, snapshot, false, endpoint)
+}
+
+/// [`apply`], with the pre-copy step on (`precopy`) or skipped.
+pub fn apply_with(
+    host: &dyn Host,
+    opts: &RunOptions,
+    to: &Path,
+    snapshot: bool,
+    precopy: bool,
+    endpoint: &str,
+) -> Result<Outcome> {
     let _lock = RunLock::acquire(&opts.state_dir)?;
     let id = crate::run::unique_id(&opts.state_dir);
     let pre = preflight::run(
@@ -120,6 +135,7 @@ pub fn apply(
             to,
             endpoint,
             snapshot,
+            precopy,
             id: id.clone(),
             unfinished: opts.unfinished,
         },

@@ -42,6 +42,8 @@ pub struct PreflightInput<'a> {
     pub to: &'a Path,
     pub endpoint: &'a str,
     pub snapshot: bool,
+    /// Run the pre-copy step (`--precopy`).
+    pub precopy: bool,
     pub id: String,
     /// Refuses while any run of this node, of any kind, is unfinished (`runs`, above the
     /// sagas, knows every kind).
@@ -194,6 +196,7 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
             manifest: input.manifest.to_path_buf(),
             endpoint: input.endpoint.to_string(),
             snapshot: input.snapshot,
+            precopy: input.precopy,
             target_existed,
             identity,
         }),

@@ -13,6 +13,9 @@ use crate::run::{RunCtx, RunKind, Saga, StepKind};
 pub enum MigrateStep {
     Preflight,
     Snapshot,
+    /// Copy the data dir while etcd still runs (`--precopy`), so that the copy after the
+    /// stop writes only what changed: downtime that does not grow with the data.
+    Precopy,
     StopEtcd,
     StopKubelet,
     Copy,
@@ -29,6 +32,7 @@ impl StepKind for MigrateStep {
     const ALL: &'static [MigrateStep] = &[
         Preflight,
         Snapshot,
+        Precopy,
         StopEtcd,
         StopKubelet,
         Copy,
@@ -43,6 +47,7 @@ impl StepKind for MigrateStep {
         match self {
             Preflight => "preflight",
             Snapshot => "snapshot",
+            Precopy => "precopy",
             StopEtcd => "stop-etcd",
             StopKubelet => "stop-kubelet",
             Copy => "copy",
@@ -55,7 +60,7 @@ impl StepKind for MigrateStep {
     }
 
     fn has_undo(self) -> bool {
-        matches!(self, StopEtcd | StopKubelet | Copy | StartKubelet)
+        matches!(self, Precopy | StopEtcd | StopKubelet | Copy | StartKubelet)
     }
 
     fn changes_node(self) -> bool {
@@ -113,6 +118,17 @@ impl Saga for Migration<'_> {
                 host.snapshot(&path)?;
                 Ok(serde_json::json!({"path": path}))
             }
+            Precopy => {
+                if !plan.precopy {
+                    return Ok(serde_json::json!({"skipped": "no --precopy"}));
+                }
+                // Replaces the staging dir of an attempt killed mid-way.
+                let report = host.precopy(&plan.from, &plan.to)?;
+                Ok(
+                    serde_json::json!({"files": report.files, "bytes": report.bytes,
+                    "staging": report.staging}),
+                )
+            }
             StopEtcd => {
                 // The original is kept first, byte for byte, so that it exists whenever the
                 // manifest is not in the manifests dir.
@@ -137,7 +153,8 @@ impl Saga for Migration<'_> {
                 let report = host.copy(&plan.from, &plan.to, &rd.sums())?;
                 Ok(
                     serde_json::json!({"files": report.files, "bytes": report.bytes,
-                    "digest": report.digest}),
+                    "digest": report.digest, "bytes_after_stop": report.bytes_after_stop,
+                    "precopy": report.precopy, "precopy_fallback": report.precopy_fallback}),
                 )
             }
             Verify => {
@@ -182,6 +199,11 @@ impl Saga for Migration<'_> {
         let host = self.host;
         match step {
             StartKubelet => undo_start(host, plan, &rd),
+            // The pre-copy lives only in the staging dir (the copy's undo removes it too).
+            Precopy => match crate::datadir::copy::staging_path_for(&plan.to) {
+                Some(staging) => host.remove_tree(&staging),
+                None => Ok(()),
+            },
             Copy => {
                 // A copy killed mid-way leaves its staging dir beside the target.
                 if let Some(staging) = crate::datadir::copy::staging_path_for(&plan.to) {

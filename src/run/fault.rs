@@ -10,6 +10,7 @@ use std::path::Path;
 use super::Identity;
 use super::host::Host;
 use crate::datadir::copy::CopyReport;
+use crate::datadir::precopy::PrecopyReport;
 use crate::datadir::verify::VerifyReport;
 use crate::error::{Error, Result};
 use crate::etcd::health::HealthReport;
@@ -101,6 +102,9 @@ impl Host for FaultHost<'_> {
     }
     fn copy(&self, src: &Path, dst: &Path, sums_file: &Path) -> Result<CopyReport> {
         self.wrap("copy", || self.inner.copy(src, dst, sums_file))
+    }
+    fn precopy(&self, src: &Path, dst: &Path) -> Result<PrecopyReport> {
+        self.wrap("precopy", || self.inner.precopy(src, dst))
     }
     fn verify(&self, src: &Path, dst: &Path, src_sums: Option<&Path>) -> Result<VerifyReport> {
         self.wrap("verify", || self.inner.verify(src, dst, src_sums))

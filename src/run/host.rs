@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::datadir::copy::{CopyOptions, CopyReport, copy};
+use crate::datadir::copy::{CopyOptions, CopyReport, finish_copy};
 use crate::datadir::digest::{KnownSums, sums};
+use crate::datadir::precopy::{PrecopyOptions, PrecopyReport, precopy};
 use crate::datadir::verify::{VerifyOptions, VerifyReport, verify};
 use crate::datadir::{Progress, quiesce};
 use crate::error::{Error, Result};
@@ -67,6 +68,9 @@ pub trait Host {
     // --- data dirs
     /// Copy the data dir, writing the source's sums (as read during the copy) to `sums_file`.
     fn copy(&self, src: &Path, dst: &Path, sums_file: &Path) -> Result<CopyReport>;
+    /// Copy the live data dir `src` into the staging dir of `dst` (see `datadir::precopy`);
+    /// a later `copy` then writes only what changed.
+    fn precopy(&self, src: &Path, dst: &Path) -> Result<PrecopyReport>;
     /// Compare the trees; source files unchanged since `src_sums` was written are not read.
     fn verify(&self, src: &Path, dst: &Path, src_sums: Option<&Path>) -> Result<VerifyReport>;
     /// Whether no process holds etcd's locks in the data dir.
@@ -381,13 +385,24 @@ impl Host for RealHost<'_> {
         .map(|_| ())
     }
 
+    /// Uses the pre-copy in the staging dir when there is a finished one (only changed
+    /// blocks are written); otherwise the same full copy as `datadir copy`.
     fn copy(&self, src: &Path, dst: &Path, sums_file: &Path) -> Result<CopyReport> {
-        copy(&CopyOptions {
+        finish_copy(&CopyOptions {
             src: src.to_path_buf(),
             dst: dst.to_path_buf(),
             progress: self.progress,
             cancel: self.cancel.map(Cancel::flag),
             sums_file: Some(sums_file.to_path_buf()),
+        })
+    }
+
+    fn precopy(&self, src: &Path, dst: &Path) -> Result<PrecopyReport> {
+        precopy(&PrecopyOptions {
+            src: src.to_path_buf(),
+            dst: dst.to_path_buf(),
+            progress: self.progress,
+            cancel: self.cancel.map(Cancel::flag),
         })
     }
 

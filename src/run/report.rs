@@ -25,6 +25,9 @@ pub struct RunReport {
     pub state: RunState,
     pub steps: Vec<StepReport>,
     pub downtime_ms: Option<u64>,
+    /// Bytes the copy wrote while etcd was stopped (the whole data dir without a pre-copy):
+    /// the part of the downtime that grows with the data, independent of this machine.
+    pub bytes_after_stop: Option<u64>,
     pub identity: Option<Identity>,
     pub run_dir: PathBuf,
     pub error: Option<String>,
@@ -57,6 +60,7 @@ pub fn of<S: StepKind, P: RunPlan>(log: &RunLog<S, P>, dir: &Path, running_now: 
     let mut error = None;
     let mut notes = Vec::new();
     let (mut down_start, mut down_end) = (None, None);
+    let mut bytes_after_stop = None;
     for r in log.records() {
         match r {
             Record::Begin { step, ts_ms } if step.downtime_starts() => {
@@ -67,6 +71,9 @@ pub fn of<S: StepKind, P: RunPlan>(log: &RunLog<S, P>, dir: &Path, running_now: 
             } => {
                 if step.downtime_ends() {
                     down_end = Some(*ts_ms);
+                }
+                if let Some(b) = data.get("bytes_after_stop").and_then(|b| b.as_u64()) {
+                    bytes_after_stop = Some(b);
                 }
                 if let Some(n) = data.get("note").and_then(|n| n.as_str()) {
                     notes.push(n.to_string());
@@ -95,6 +102,7 @@ pub fn of<S: StepKind, P: RunPlan>(log: &RunLog<S, P>, dir: &Path, running_now: 
             (Some(a), Some(b)) if b >= a => Some(b - a),
             _ => None,
         },
+        bytes_after_stop,
         identity: plan.identity().cloned(),
         run_dir: dir.to_path_buf(),
         error,
