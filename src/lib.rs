@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod commands;
 pub mod datadir;
+pub mod doctor;
 pub mod error;
 pub mod etcd;
 pub mod lab;
