@@ -271,7 +271,7 @@ pub fn expiry(ctx: &Ctx) -> Verdict {
         }
     };
     for f in &leaves {
-        let label = format!("{} {}", f.role, f.cert.display());
+        let label = format!("{} {}{}", f.role, f.cert.display(), kubeadm_hint(f.role));
         let parsed = pems(&f.cert).and_then(|p| parse(&p[0]));
         let fix = reissue(f, parsed.as_ref().ok(), &[]);
         judge(label, parsed.as_ref().map_err(Clone::clone), fix);
@@ -335,7 +335,7 @@ pub fn sans(ctx: &Ctx) -> Verdict {
             ));
         } else {
             bad.push(format!(
-                "{} {} lacks {} (its SANs: {})",
+                "{} {} lacks {} (its SANs: {}){}",
                 f.role,
                 f.cert.display(),
                 missing.join(", "),
@@ -344,13 +344,10 @@ pub fn sans(ctx: &Ctx) -> Verdict {
                     .cloned()
                     .chain(p.ips.iter().map(|i| i.to_string()))
                     .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-            fixes.push(format!(
-                "{}{}",
-                reissue(f, Some(&p), &missing),
+                    .join(", "),
                 kubeadm_hint(f.role)
             ));
+            fixes.push(reissue(f, Some(&p), &missing));
         }
     }
     if bad.is_empty() {

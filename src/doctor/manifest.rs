@@ -19,7 +19,19 @@ pub fn parse(ctx: &Ctx) -> Verdict {
     let path = &ctx.opts.manifest;
     let pod = match &ctx.pod {
         Ok(p) => p,
-        Err(e) => return Verdict::fail(e.clone(), restore_fix(ctx)),
+        Err(e) => {
+            // A run moves the manifest out while etcd is stopped: putting a backup back by
+            // hand would race it; the run itself puts the manifest back.
+            if !path.exists()
+                && let Some(id) = super::runs::unfinished_run(&ctx.opts.state_dir)
+            {
+                return Verdict::fail(
+                    format!("{e}: run {id} moved it out and did not finish"),
+                    ctx.etcdops(&format!("migrate resume --id {id}")),
+                );
+            }
+            return Verdict::fail(e.clone(), restore_fix(ctx));
+        }
     };
     let container = match pod.etcd_container() {
         Ok(c) => c,

@@ -34,6 +34,16 @@ fn runs(state_dir: &Path) -> Result<Vec<Run>, String> {
     Ok(out)
 }
 
+/// The id of the latest run that is neither settled nor running, if any.
+pub fn unfinished_run(state_dir: &Path) -> Option<String> {
+    runs(state_dir)
+        .ok()?
+        .into_iter()
+        .rev()
+        .find(|r| !crate::migrate::is_settled(&r.report.state) && r.report.state != "running")
+        .map(|r| r.id)
+}
+
 pub fn unfinished(ctx: &Ctx) -> Verdict {
     let state_dir = &ctx.opts.state_dir;
     let all = match runs(state_dir) {
