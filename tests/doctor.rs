@@ -127,8 +127,8 @@ fn run_fix(lab: &Lab, fix: &str) {
     );
 }
 
-/// Apply a fix that is an edit: "edit FILE: replace `A` with `B`".
-fn apply_edit(fix: &str) {
+/// The file's text after a fix that is an edit: "edit FILE: replace `A` with `B`".
+fn apply_edit(fix: &str) -> String {
     let (file, rest) = fix
         .strip_prefix("edit ")
         .and_then(|f| f.split_once(": replace `"))
@@ -137,7 +137,7 @@ fn apply_edit(fix: &str) {
     let to = rest.strip_suffix('`').unwrap();
     let text = fs::read_to_string(file).unwrap();
     assert!(text.contains(from), "{file} lacks {from}");
-    write_manifest(Path::new(file), &text.replace(from, to));
+    text.replace(from, to)
 }
 
 /// Replace a manifest as an operator should: a file outside the manifests dir, renamed in.
@@ -150,6 +150,24 @@ fn write_manifest(manifest: &Path, text: &str) {
         .join(".etcd.yaml.new");
     fs::write(&tmp, text).unwrap();
     fs::rename(&tmp, manifest).unwrap();
+}
+
+/// Replace node 1's manifest and wait until the stand-in has restarted etcd from it (a new
+/// pid in etcd.pid) and the member is healthy again.
+fn change_manifest(lab: &Lab, text: &str) {
+    let pid_file = lab.node_dir(1).join("etcd.pid");
+    let before = fs::read_to_string(&pid_file).unwrap_or_default();
+    write_manifest(&lab.manifest(1), text);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fs::read_to_string(&pid_file).unwrap_or_default() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the kubelet stand-in did not restart etcd within 60s of the manifest change\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_healthy(lab);
 }
 
 /// Wait until doctor says the local member answers and the cluster is healthy.
@@ -363,8 +381,7 @@ fn doctor_healthy_node_then_each_problem_3_5() {
         .lines()
         .find(|l| l.contains("--initial-cluster="))
         .unwrap();
-    write_manifest(&manifest, &text.replace(line, &format!("{line}{ghost}")));
-    wait_healthy(&lab);
+    change_manifest(&lab, &text.replace(line, &format!("{line}{ghost}")));
     let c = expect(&lab, "flags.cluster", "warn");
     assert!(
         c["evidence"]
@@ -373,8 +390,7 @@ fn doctor_healthy_node_then_each_problem_3_5() {
             .contains("node9=https://127.0.0.99:2380, which is not a member"),
         "{c:#}"
     );
-    apply_edit(c["fix"].as_str().unwrap());
-    wait_healthy(&lab);
+    change_manifest(&lab, &apply_edit(c["fix"].as_str().unwrap()));
     expect(&lab, "flags.cluster", "ok");
 
     // kubelet stopped (etcd keeps running, as with the real kubelet) ...
