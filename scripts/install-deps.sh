@@ -8,6 +8,8 @@
 #     systemd itself, booted from the host's /usr in each node), xfsprogs and e2fsprogs
 #     (mkfs of the loop-device disks, also for tests/migrate_fs.rs), util-linux and mount
 #     (nsenter, losetup)
+#   - openssl (doctor's certificate fixes are openssl commands the tests run) and promtool
+#     from Debian's prometheus package (the tests check doctor's metrics with it)
 #   - shellcheck, and vagrant (Debian's, without its recommended libvirt stack) for
 #     `vagrant validate` of the lab: CI lints what it cannot run
 #   - promtool (Debian's prometheus package; its daemons are kept from starting), ansible-core
@@ -40,9 +42,11 @@ command -v mkfs.xfs >/dev/null 2>&1 || need_apt+=(xfsprogs)
 command -v mkfs.ext4 >/dev/null 2>&1 || need_apt+=(e2fsprogs)
 command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v losetup >/dev/null 2>&1 || need_apt+=(mount)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # vagrant recommends vagrant-libvirt, which pulls in libvirt and QEMU: not for a linter.
 need_apt_bare=()
 command -v vagrant >/dev/null 2>&1 || need_apt_bare+=(vagrant)
+command -v promtool >/dev/null 2>&1 || need_apt_bare+=(prometheus)
 
 command -v man >/dev/null 2>&1 || need_apt+=(man-db)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
@@ -50,7 +54,6 @@ command -v ansible-playbook >/dev/null 2>&1 || need_apt+=(ansible-core)
 command -v ansible-lint >/dev/null 2>&1 || need_apt+=(ansible-lint)
 # Only promtool is wanted from prometheus: without its recommended node exporter, and with
 # its daemon kept from starting (below).
-command -v promtool >/dev/null 2>&1 || need_apt_bare+=(prometheus)
 
 if [ ${#need_apt[@]} -gt 0 ] || [ ${#need_apt_bare[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${need_apt[*]} ${need_apt_bare[*]}" >&2

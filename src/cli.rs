@@ -43,7 +43,7 @@ pub struct Cli {
 pub enum OutputFormat {
     Table,
     Json,
-    /// node_exporter textfile format (`health` only).
+    /// node_exporter textfile format (`health` and `doctor`).
     Prometheus,
 }
 
@@ -173,6 +173,33 @@ pub enum Command {
 
     /// Print the man page (roff) on stdout, or write one page per command to --out-dir.
     Man(ManArgs),
+
+    /// Find what is wrong with this node's etcd (manifest, hostPaths, ownership, space,
+    /// certificates, flags, kubelet, runs, disk) and say how to fix it. Changes nothing.
+    /// Exit 0 when no check fails, 4 otherwise.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Run only these checks (ids or groups such as `certs`; repeat or separate with commas).
+    #[arg(long = "check", value_name = "ID", value_delimiter = ',')]
+    pub check: Vec<String>,
+
+    /// Leave these checks out (ids or groups).
+    #[arg(long = "skip", value_name = "ID", value_delimiter = ',')]
+    pub skip: Vec<String>,
+
+    /// Measure the disk's fdatasync latency (writes 22 MiB beside the data dir, removed after).
+    #[arg(long, overrides_with = "no_disk_probe")]
+    pub disk_probe: bool,
+
+    /// Do not measure the disk (the default: the probe adds load on a busy node).
+    #[arg(long, overrides_with = "disk_probe")]
+    pub no_disk_probe: bool,
+
+    #[command(flatten)]
+    pub quota: QuotaArgs,
 }
 
 #[derive(Debug, Args)]

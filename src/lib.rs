@@ -8,6 +8,7 @@ pub mod backup;
 pub mod cli;
 pub mod commands;
 pub mod datadir;
+pub mod doctor;
 pub mod error;
 pub mod etcd;
 pub mod lab;

@@ -7,6 +7,7 @@ pub mod compact;
 pub mod completions;
 pub mod datadir;
 pub mod defrag;
+pub mod doctor;
 pub mod health;
 pub mod kubelet;
 pub mod maintain;
@@ -26,7 +27,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let global = &cli.global;
     if global.output == OutputFormat::Prometheus && !exports_metrics(&cli.command) {
         return Err(Error::Usage(
-            "-o prometheus is only for `etcdops health`; use -o table or -o json".into(),
+            "-o prometheus is only for `etcdops health` and `etcdops doctor`; use -o table or -o json".into(),
         ));
     }
     match cli.command {
@@ -44,12 +45,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Restore(cmd) => restore::exec(global, cmd),
         Command::Completions(args) => completions::exec(args),
         Command::Man(args) => man::exec(args),
+        Command::Doctor(args) => doctor::exec(global, args),
     }
 }
 
 /// Commands whose report can be printed as Prometheus metrics.
 fn exports_metrics(command: &Command) -> bool {
-    matches!(command, Command::Health(_))
+    matches!(command, Command::Health(_) | Command::Doctor(_))
 }
 
 /// The output format the operator chose.
