@@ -235,6 +235,12 @@ impl Host for FailAt<'_> {
         self.inner.remove_tree(path)?;
         self.hit("remove_tree")
     }
+    fn hold_guard(&self, run_id: &str) -> Result<()> {
+        self.inner.hold_guard(run_id)
+    }
+    fn release_guard(&self) {
+        self.inner.release_guard()
+    }
 }
 
 fn real_host(lab: &Lab, node: usize) -> RealHost<'static> {
@@ -261,6 +267,7 @@ fn real_host(lab: &Lab, node: usize) -> RealHost<'static> {
         quota: etcdops::etcd::health::DEFAULT_QUOTA,
         progress: &Silent,
         cancel: None,
+        guard: Default::default(),
     }
 }
 

@@ -91,6 +91,7 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
             quota: quota_backend_bytes(quota_flag, &manifest)?,
             progress: &bar,
             cancel,
+            guard: Default::default(),
         })
     };
     // An unfinished run may have moved the manifest out: say that, not "manifest missing".

@@ -169,7 +169,7 @@ impl Connection {
             .map_err(|e| describe(&e))
     }
 
-    fn tls_options(&self) -> Result<TlsOptions, String> {
+    pub(crate) fn tls_options(&self) -> Result<TlsOptions, String> {
         let read = |p: &Path| std::fs::read(p).map_err(|e| format!("read {}: {e}", p.display()));
         let mut tls = TlsOptions::new();
         if let Some(ca) = &self.tls.cacert {

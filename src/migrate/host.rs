@@ -46,6 +46,14 @@ pub trait Host {
     fn wait_healthy(&self) -> Result<()>;
     /// Remove a directory tree this run created.
     fn remove_tree(&self, path: &Path) -> Result<()>;
+    /// Take (or, for the same run, take over) the cluster-wide guard before this member goes
+    /// down; refused while another run holds it or another member is unhealthy (DESIGN.md,
+    /// "Guards"). Held until `release_guard`. Fakes need no guard.
+    fn hold_guard(&self, _run_id: &str) -> Result<()> {
+        Ok(())
+    }
+    /// Release the guard once the member is healthy again.
+    fn release_guard(&self) {}
 }
 
 pub struct RealHost<'a> {
@@ -58,6 +66,8 @@ pub struct RealHost<'a> {
     pub progress: &'a dyn Progress,
     /// Set by SIGINT/SIGTERM: the copy stops (and removes its staging dir).
     pub cancel: Option<&'a AtomicBool>,
+    /// The cluster-wide guard while this member is down (released when dropped).
+    pub guard: std::cell::RefCell<Option<crate::etcd::guard::Guard>>,
 }
 
 impl RealHost<'_> {
@@ -216,6 +226,28 @@ impl Host for RealHost<'_> {
                 Ok(r.endpoints.iter().all(|e| e.healthy))
             },
         )
+    }
+
+    fn hold_guard(&self, run_id: &str) -> Result<()> {
+        if self.guard.borrow().is_some() {
+            return Ok(());
+        }
+        let manifest = self.conn.manifest.as_deref().ok_or_else(|| {
+            Error::Usage("the guard needs the member's name: no manifest was read".into())
+        })?;
+        let name = crate::manifest::StaticPod::load(manifest)?
+            .etcd_flag("name")?
+            .unwrap_or_default();
+        let holder = crate::etcd::guard::Holder::here(&name, "", "migrate", run_id);
+        *self.guard.borrow_mut() = Some(crate::etcd::guard::acquire(&self.conn, &holder)?);
+        Ok(())
+    }
+
+    fn release_guard(&self) {
+        if let Some(g) = self.guard.borrow_mut().take() {
+            // If etcd cannot be told, the lease lapses within its TTL by itself.
+            let _ = g.release();
+        }
     }
 
     fn remove_tree(&self, path: &Path) -> Result<()> {

@@ -259,6 +259,7 @@ impl Ctx<'_> {
                     fs::copy(&plan.manifest, self.run.original())
                         .map_err(|e| Error::io("keep a copy of", &plan.manifest, e))?;
                 }
+                host.hold_guard(&plan.id)?; // issue 11: one member down at a time
                 host.stop_etcd(&plan.manifest, &self.run.manifest(), &plan.from)?;
                 Ok(serde_json::Value::Null)
             }
@@ -308,7 +309,11 @@ impl Ctx<'_> {
                 host.put_manifest(&self.run.manifest(), &plan.manifest)?;
                 Ok(serde_json::Value::Null)
             }
-            "wait-healthy" => host.wait_healthy().map(|_| serde_json::Value::Null),
+            "wait-healthy" => {
+                host.wait_healthy()?;
+                host.release_guard(); // issue 11: the member is back
+                Ok(serde_json::Value::Null)
+            }
             "post-verify" => post_verify(host, &plan),
             other => unreachable!("unknown step {other}"),
         }
@@ -850,6 +855,10 @@ pub fn resume(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<Ou
         current.id,
         STEPS.get(next).unwrap_or(&"end")
     ));
+    // issue 11: the member may be down from stop-etcd until wait-healthy: hold the guard.
+    if (3..=8).contains(&next) {
+        host.hold_guard(&ctx.plan.id)?;
+    }
     let result = ctx.run_from(next);
     finish(&ctx.run.dir, result)
 }
@@ -878,6 +887,9 @@ pub fn rollback(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<
         ));
     }
     let began = began_steps(&records);
+    if began.iter().any(|s| s == "stop-etcd") {
+        host.hold_guard(&ctx.plan.id)?; // issue 11: the member is down until the undo
+    }
     let result = match ctx.rollback(&began) {
         Ok(()) => ctx.set_state("rolled-back", Some("rolled back by the operator".into())),
         // The raft rule: the message already says to resume instead.
