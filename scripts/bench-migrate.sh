@@ -47,7 +47,7 @@ echo "bench-migrate: node 1's data dir holds $((size / 1000000)) MB" >&2
 to="$work/disk2/etcd"
 mkdir -p "$(dirname "$to")"
 sync
-"$bin/etcdops" migrate apply --yes --no-snapshot --to "$to" -o json > "$work/run.json"
+"$bin/etcdops" migrate apply --yes --no-snapshot --same-filesystem --to "$to" -o json > "$work/run.json"
 python3 - "$work/run.json" "$size" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

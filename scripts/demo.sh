@@ -48,10 +48,10 @@ mount -t tmpfs -o size=512m tmpfs "$lab/newdisk"
 df -h "$lab/newdisk" | tail -n 1
 
 step "etcdops migrate plan: every check, nothing changed"
-"$bin/etcdops" migrate plan --to "$lab/newdisk/etcd"
+"$bin/etcdops" migrate plan --allow-volatile-target --to "$lab/newdisk/etcd"
 
 step "etcdops migrate apply: snapshot, stop etcd (manifest out), stop kubelet, copy, verify, rewrite hostPath, start, prove identity and data"
-"$bin/etcdops" migrate apply --yes --to "$lab/newdisk/etcd"
+"$bin/etcdops" migrate apply --yes --allow-volatile-target --to "$lab/newdisk/etcd"
 
 step "The manifest now points at the new disk (only the hostPath changed)"
 "$bin/etcdops" manifest show

@@ -541,6 +541,15 @@ pub struct MigrateToArgs {
     #[arg(long)]
     pub to: PathBuf,
 
+    /// Accept a target on tmpfs, ramfs or overlay (empty after a reboot: for labs only).
+    #[arg(long)]
+    pub allow_volatile_target: bool,
+
+    /// Accept a target on the data dir's own filesystem (refused by default: the usual
+    /// cause is a new disk that is not mounted).
+    #[arg(long)]
+    pub same_filesystem: bool,
+
     #[command(flatten)]
     pub quota: QuotaArgs,
 }

@@ -53,7 +53,8 @@ fn data_host_path(manifest: &Path) -> PathBuf {
 
 /// `etcdops migrate apply --yes --to TO [-o json]` on node 1, with extra env.
 fn apply(lab: &Lab, to: &str, json: bool, env: &[(&str, &str)]) -> common::Run {
-    let mut args = vec!["migrate", "apply", "--yes", "--to", to];
+    // The lab's targets share the source's filesystem (issue 11 refuses that by default).
+    let mut args = vec!["migrate", "apply", "--yes", "--same-filesystem", "--to", to];
     if json {
         args.extend(["-o", "json"]);
     }
@@ -69,7 +70,11 @@ fn end_to_end(version: Version) {
     std::fs::create_dir_all(new.parent().unwrap()).unwrap();
     let to = new.display().to_string();
 
-    let plan = lab.etcdops(1, &["migrate", "plan", "--to", &to], &[]);
+    let plan = lab.etcdops(
+        1,
+        &["migrate", "plan", "--same-filesystem", "--to", &to],
+        &[],
+    );
     plan.code(0);
     assert!(
         plan.stdout.contains("etcd.local.dataDir"),
@@ -313,6 +318,10 @@ fn a_fault_at_every_step_rolls_back_or_stops_safely() {
             state_dir: lab.state_dir(1),
             say: &say,
             cancel: None,
+            fs_policy: etcdops::datadir::target::FsPolicy {
+                allow_volatile: false,
+                same_filesystem: true,
+            },
         };
         let endpoint = host.inner.conn.endpoints[0].clone();
         let outcome = migrate::apply(&host, &opts, &to, true, &endpoint).unwrap();
@@ -640,6 +649,7 @@ fn rolling_migration_under_writes_loses_nothing() {
                 "migrate",
                 "apply",
                 "--yes",
+                "--same-filesystem",
                 "--to",
                 to.to_str().unwrap(),
                 "-o",

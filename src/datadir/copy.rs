@@ -45,9 +45,6 @@ const STEP: usize = 8 * 1024 * 1024;
 /// Start writeback of a file every this many bytes written.
 const WRITEBACK: u64 = 8 * 1024 * 1024;
 
-/// Free space the target filesystem must have beyond the data: 10 %.
-const SPACE_MARGIN_PERCENT: u64 = 10;
-
 pub struct CopyOptions<'a> {
     pub src: PathBuf,
     pub dst: PathBuf,
@@ -102,23 +99,8 @@ pub fn copy(opts: &CopyOptions) -> Result<CopyReport> {
     let lock = quiesce::lock(&layout)?;
     // Walk only once etcd is locked out: the tree cannot change any more.
     let tree = Tree::walk(&layout.root)?;
-    for e in &tree.entries {
-        if !matches!(e.meta.kind, Kind::Dir | Kind::File) {
-            return Err(Error::input(
-                &e.path,
-                format!(
-                    "is a {}: an etcd data dir holds only directories and regular files; \
-                     resolve it by hand before copying",
-                    e.meta.kind.name()
-                ),
-            ));
-        }
-        if e.rel.contains('\r') {
-            return Err(Error::input(
-                &e.path,
-                "file name contains a carriage return: no b3sum line can name it portably",
-            ));
-        }
+    if let Some((path, why)) = uncopyable(&tree).into_iter().next() {
+        return Err(Error::input(path, why));
     }
     target.check_space(&tree)?;
 
@@ -237,6 +219,31 @@ fn sums_file_path(file: &Path, src: &Path, dst: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The entries `copy` refuses, with why: anything but directories and regular files (FIFOs,
+/// symlinks, sockets, devices), and names no b3sum line can carry. `datadir check` reports
+/// the same list, so that it never calls ready what `copy` then refuses.
+pub fn uncopyable(tree: &Tree) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    for e in &tree.entries {
+        if !matches!(e.meta.kind, Kind::Dir | Kind::File) {
+            out.push((
+                e.path.clone(),
+                format!(
+                    "is a {}: an etcd data dir holds only directories and regular files; \
+                     resolve it by hand before copying",
+                    e.meta.kind.name()
+                ),
+            ));
+        } else if e.rel.contains('\r') {
+            out.push((
+                e.path.clone(),
+                "file name contains a carriage return: no b3sum line can name it portably".into(),
+            ));
+        }
+    }
+    out
+}
+
 fn cancelled(opts: &CopyOptions) -> bool {
     opts.cancel.is_some_and(|c| c.load(SeqCst))
 }
@@ -320,7 +327,7 @@ impl Target {
             Ok(_) => {
                 return Err(Error::refused(
                     path.display().to_string(),
-                    "exists and is not a directory",
+                    super::target::not_a_directory(&path),
                 ));
             }
         };
@@ -337,40 +344,15 @@ impl Target {
     }
 
     /// Refuse (exit 4) unless the target's filesystem has room for the data + 10 % and an
-    /// inode per entry.
+    /// inode per entry: the one policy of `super::target`.
     fn check_space(&self, tree: &Tree) -> Result<()> {
-        let st = nix::sys::statvfs::statvfs(&self.parent)
-            .map_err(|e| Error::io("statvfs", &self.parent, e.into()))?;
-        let available = st.blocks_available() as u128 * st.fragment_size() as u128;
-        let data = tree.file_bytes() as u128;
-        let needed = data + data * SPACE_MARGIN_PERCENT as u128 / 100;
-        if available < needed {
-            return Err(Error::refused(
-                self.path.display().to_string(),
-                format!(
-                    "not enough free space on the filesystem of {}: need {} (data {} + {} %), \
-                     {} available",
-                    self.parent.display(),
-                    crate::output::bytes(needed as u64),
-                    crate::output::bytes(data as u64),
-                    SPACE_MARGIN_PERCENT,
-                    crate::output::bytes(available as u64)
-                ),
-            ));
-        }
-        let entries = tree.entries.len() as u64 + 1;
-        // Filesystems without an inode limit (btrfs, some FUSE) report zero inodes.
-        if st.files() > 0 && (st.files_available() as u64) < entries {
-            return Err(Error::refused(
-                self.path.display().to_string(),
-                format!(
-                    "not enough free inodes on the filesystem of {}: need {entries}, {} available",
-                    self.parent.display(),
-                    st.files_available()
-                ),
-            ));
-        }
-        Ok(())
+        super::target::check_space(
+            &self.path,
+            &self.parent,
+            tree.file_bytes(),
+            Some(tree.entries.len() as u64 + 1),
+        )
+        .map(|_| ())
     }
 
     /// Rename the finished staging dir into place and make the rename durable. A target

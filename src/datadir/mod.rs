@@ -9,6 +9,7 @@
 pub mod copy;
 pub mod digest;
 pub mod quiesce;
+pub mod target;
 pub mod verify;
 
 use std::fs::{self, File, Metadata, OpenOptions};

@@ -12,6 +12,7 @@ pub mod defrag;
 pub mod guard;
 pub mod health;
 pub mod maintain;
+pub mod member;
 pub mod rule;
 pub mod snapshot;
 

@@ -54,6 +54,14 @@ pub trait Host {
     }
     /// Release the guard once the member is healthy again.
     fn release_guard(&self) {}
+    /// Prove that the member judged is the one the manifest runs (issue 11); what was proved.
+    fn check_member(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+    /// Who holds the cluster-wide guard now, described for an error message.
+    fn guard_holder(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 pub struct RealHost<'a> {
@@ -241,6 +249,20 @@ impl Host for RealHost<'_> {
         let holder = crate::etcd::guard::Holder::here(&name, "", "migrate", run_id);
         *self.guard.borrow_mut() = Some(crate::etcd::guard::acquire(&self.conn, &holder)?);
         Ok(())
+    }
+
+    fn check_member(&self) -> Result<Option<String>> {
+        let Some(manifest) = self.conn.manifest.as_deref() else {
+            return Ok(None);
+        };
+        let pod = crate::manifest::StaticPod::load(manifest)?;
+        self.block_on(crate::etcd::member::check_local(&self.conn, &pod))
+            .map(Some)
+    }
+
+    fn guard_holder(&self) -> Result<Option<String>> {
+        let h = self.block_on(crate::etcd::guard::holder(&self.conn))?;
+        Ok(h.map(|h| h.describe()))
     }
 
     fn release_guard(&self) {

@@ -202,6 +202,10 @@ impl Ctx<'_> {
                     ),
                 ));
             }
+            // issue 11: one member down at a time; a refusal here changes nothing.
+            if *step == "stop-etcd" {
+                self.host.hold_guard(&self.plan.id).map_err(|e| (i, e))?;
+            }
             (self.say)(&format!("[{}/{}] {step} ...", i + 1, STEPS.len()));
             self.record(Record::Begin {
                 ts_ms: now_ms(),
@@ -259,7 +263,6 @@ impl Ctx<'_> {
                     fs::copy(&plan.manifest, self.run.original())
                         .map_err(|e| Error::io("keep a copy of", &plan.manifest, e))?;
                 }
-                host.hold_guard(&plan.id)?; // issue 11: one member down at a time
                 host.stop_etcd(&plan.manifest, &self.run.manifest(), &plan.from)?;
                 Ok(serde_json::Value::Null)
             }
@@ -427,8 +430,13 @@ impl Ctx<'_> {
         let step = STEPS[failed_at];
         let records = Journal::read(&self.run.dir)?;
         let began = began_steps(&records);
-        if failed_at < FIRST_CHANGING_STEP {
+        let refused_before =
+            matches!(err, Error::Refused { .. }) && !began.iter().any(|b| b == step);
+        if failed_at < FIRST_CHANGING_STEP || refused_before {
             self.set_state("rolled-back", Some(err.one_line()))?;
+            if refused_before {
+                return Err(err); // issue 11: the guard is held elsewhere; exit 4, nothing changed
+            }
             return Err(Error::failed(
                 format!("migration step {step}"),
                 format!("{}; nothing on the node was changed", err.one_line()),
@@ -709,6 +717,8 @@ pub struct RunOptions<'a> {
     pub say: &'a dyn Fn(&str),
     /// Set by SIGINT/SIGTERM (see `Ctx::cancel`).
     pub cancel: Option<&'a std::sync::atomic::AtomicBool>,
+    /// What the target's filesystem may be (issue 11).
+    pub fs_policy: crate::datadir::target::FsPolicy,
 }
 
 /// `migrate apply`: preflight, then the steps; rolls back by itself on failure.
@@ -730,6 +740,7 @@ pub fn apply(
             endpoint,
             snapshot,
             id: id.clone(),
+            fs_policy: opts.fs_policy, // issue 11
         },
     );
     // A refusal is one line on stderr; warnings matter only for a run that goes ahead.
