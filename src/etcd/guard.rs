@@ -197,26 +197,21 @@ pub async fn refuse_if_held(conn: &Connection, what: &str) -> Result<()> {
     }
 }
 
-/// Take the guard for `holder`. `self_name` is this member's name (from the manifest): every
-/// *other* member must be healthy, and the guard is written and kept alive through them.
+/// Take the guard for `holder`. `holder.member` is this member's name (from the manifest):
+/// every *other* member must be healthy, and the guard is written and kept alive through
+/// them. A transport error (a member going down under our feet, as another node's run
+/// stops its etcd) is retried twice: the next attempt then sees that run's guard and names it.
 pub fn acquire(conn: &Connection, holder: &Holder) -> Result<Guard> {
     let rt = runtime();
-    let (urls, lease) = rt.block_on(async {
-        let urls = healthy_others(conn, &holder.member).await?;
-        let mut c = client(conn, &urls).await?;
-        let lease = c
-            .lease_grant(TTL_SECS, None)
-            .await
-            .map_err(|e| rpc_err("grant the guard lease", &urls, &e))?
-            .id();
-        match put_if_absent(&mut c, &urls, holder, lease).await {
-            Ok(()) => Ok((urls, lease)),
-            Err(e) => {
-                let _ = c.lease_revoke(lease).await;
-                Err(e)
-            }
+    let mut attempt = 0;
+    let (urls, lease) = loop {
+        attempt += 1;
+        match rt.block_on(try_acquire(conn, holder)) {
+            Ok(found) => break found,
+            Err(Error::Etcd { .. } | Error::Unreachable { .. }) if attempt < 3 => {}
+            Err(e) => return Err(e),
         }
-    })?;
+    };
     let value = serde_json::to_string(holder).expect("a holder serializes");
     let (stop, stopped) = mpsc::channel();
     let keeper = {
@@ -236,6 +231,52 @@ pub fn acquire(conn: &Connection, holder: &Holder) -> Result<Guard> {
         stop: Some(stop),
         keeper: Some(keeper),
     })
+}
+
+async fn try_acquire(conn: &Connection, holder: &Holder) -> Result<(Vec<String>, i64)> {
+    held_by_other(conn, holder).await?;
+    let urls = match healthy_others(conn, &holder.member).await {
+        Ok(urls) => urls,
+        Err(e) => {
+            // A member down because another run holds the guard: name that run.
+            held_by_other(conn, holder).await?;
+            return Err(e);
+        }
+    };
+    let mut c = client(conn, &urls).await?;
+    let lease = c
+        .lease_grant(TTL_SECS, None)
+        .await
+        .map_err(|e| rpc_err("grant the guard lease", &urls, &e))?
+        .id();
+    match put_if_absent(&mut c, &urls, holder, lease).await {
+        Ok(()) => Ok((urls, lease)),
+        Err(e) => {
+            let _ = c.lease_revoke(lease).await;
+            Err(e)
+        }
+    }
+}
+
+/// Refuse when another run holds the guard (a read that fails proves nothing here: the
+/// transaction decides).
+async fn held_by_other(conn: &Connection, me: &Holder) -> Result<()> {
+    match holder(conn).await {
+        Ok(Some(current)) if !current.same_run(me) => Err(held_error(me, &current)),
+        _ => Ok(()),
+    }
+}
+
+fn held_error(me: &Holder, current: &Holder) -> Error {
+    Error::refused(
+        format!("{} run {}", me.kind, me.run_id),
+        format!(
+            "only one member may be down for etcdops at a time and the guard {KEY} is held by \
+             {}; wait until that run is done (the guard lapses {TTL_SECS}s after its process \
+             dies)",
+            current.describe()
+        ),
+    )
 }
 
 /// Every member other than `self_name` must answer a linearizable read; their client URLs.
@@ -322,15 +363,7 @@ async fn put_if_absent(c: &mut Client, urls: &[String], holder: &Holder, lease: 
     };
     let current = parse_holder(kv.value());
     if !current.same_run(holder) {
-        return Err(Error::refused(
-            format!("{} run {}", holder.kind, holder.run_id),
-            format!(
-                "only one member may be down for etcdops at a time and the guard {KEY} is held \
-                 by {}; wait until that run is done (the guard lapses {TTL_SECS}s after its \
-                 process dies)",
-                current.describe()
-            ),
-        ));
+        return Err(held_error(holder, &current));
     }
     // Our own run (a resume or rollback after a crash): take the key over, unless it changed
     // in between.
