@@ -62,9 +62,12 @@ impl Holder {
         }
     }
 
-    /// The same run of the same member: a resume or rollback may take its own guard over.
-    pub fn same_run(&self, other: &Holder) -> bool {
-        self.member == other.member && self.kind == other.kind && self.run_id == other.run_id
+    /// The same member on the same node: it may take its own guard over (a resume or rollback
+    /// after a crash, or the next run after a killed one whose lease has not lapsed yet). The
+    /// node's run lock and its journal already keep runs on one node to one at a time; the
+    /// guard is for the other nodes.
+    pub fn same_member(&self, other: &Holder) -> bool {
+        self.member == other.member && self.node == other.node
     }
 
     /// How an error message names the holder.
@@ -262,7 +265,7 @@ async fn try_acquire(conn: &Connection, holder: &Holder) -> Result<(Vec<String>,
 /// transaction decides).
 async fn held_by_other(conn: &Connection, me: &Holder) -> Result<()> {
     match holder(conn).await {
-        Ok(Some(current)) if !current.same_run(me) => Err(held_error(me, &current)),
+        Ok(Some(current)) if !current.same_member(me) => Err(held_error(me, &current)),
         _ => Ok(()),
     }
 }
@@ -362,11 +365,11 @@ async fn put_if_absent(c: &mut Client, urls: &[String], holder: &Holder, lease: 
         return Box::pin(put_if_absent(c, urls, holder, lease)).await;
     };
     let current = parse_holder(kv.value());
-    if !current.same_run(holder) {
+    if !current.same_member(holder) {
         return Err(held_error(holder, &current));
     }
-    // Our own run (a resume or rollback after a crash): take the key over, unless it changed
-    // in between.
+    // Our own member's guard (a resume or rollback after a crash): take the key over, unless
+    // it changed in between.
     let resp = c
         .txn(
             Txn::new()

@@ -262,7 +262,15 @@ impl Host for RealHost<'_> {
 
     fn guard_holder(&self) -> Result<Option<String>> {
         let h = self.block_on(crate::etcd::guard::holder(&self.conn))?;
-        Ok(h.map(|h| h.describe()))
+        // This member's own guard (a killed run's, until its lease lapses) is no obstacle.
+        let name = match self.conn.manifest.as_deref() {
+            Some(m) => crate::manifest::StaticPod::load(m)?
+                .etcd_flag("name")?
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        let me = crate::etcd::guard::Holder::here(&name, "", "migrate", "");
+        Ok(h.filter(|h| !h.same_member(&me)).map(|h| h.describe()))
     }
 
     fn release_guard(&self) {

@@ -868,10 +868,26 @@ pub fn resume(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<Ou
     ));
     // issue 11: the member may be down from stop-etcd until wait-healthy: hold the guard.
     if (3..=8).contains(&next) {
-        host.hold_guard(&ctx.plan.id)?;
+        rehold_guard(host, &ctx)?;
     }
     let result = ctx.run_from(next);
     finish(&ctx.run.dir, result)
+}
+
+/// issue 11: re-take the guard for a run whose member may be down. Another run holding it
+/// refuses; not reaching etcd at all (this member down, discovery knowing only its URL) does
+/// not: finishing the run is what brings the member back.
+fn rehold_guard(host: &dyn Host, ctx: &Ctx) -> Result<()> {
+    match host.hold_guard(&ctx.plan.id) {
+        Err(e @ Error::Unreachable { .. }) => {
+            (ctx.say)(&format!(
+                "warning: the cluster-wide guard could not be taken ({}); going on",
+                e.one_line()
+            ));
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// `migrate rollback`: return to the original state from wherever the run stopped.
@@ -899,7 +915,7 @@ pub fn rollback(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<
     }
     let began = began_steps(&records);
     if began.iter().any(|s| s == "stop-etcd") {
-        host.hold_guard(&ctx.plan.id)?; // issue 11: the member is down until the undo
+        rehold_guard(host, &ctx)?; // issue 11: the member is down until the undo
     }
     let result = match ctx.rollback(&began) {
         Ok(()) => ctx.set_state("rolled-back", Some("rolled back by the operator".into())),
