@@ -74,7 +74,7 @@ for mode in plain precopy; do
   from=$("$bin/etcdops" -o json manifest show | python3 -c 'import json, sys; print(json.load(sys.stdin)["host_path"])')
   size=$(du -sb "$from" | cut -f1)
   sync
-  /usr/bin/time -v -o "$work/rss-$mode" "$bin/etcdops" migrate apply --yes --no-snapshot "${flags[@]}" --to "$to" -o json > "$work/run-$mode.json" || true
+  /usr/bin/time -v -o "$work/rss-$mode" "$bin/etcdops" migrate apply --yes --no-snapshot --same-filesystem "${flags[@]}" --to "$to" -o json > "$work/run-$mode.json" || true
   stop_writer
   rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/rss-$mode")
   python3 - "$work/run-$mode.json" "$size" "$mode" "$rss" <<'PY' || status=1

@@ -60,6 +60,8 @@ for i in $(seq 1 200); do "${ctl[@]}" put "/demo/key$i" "value-$i" >/dev/null; d
 step "etcdops health --cluster (no flags: endpoints and certs come from the manifest)"
 etcdops health --cluster
 
+# A tmpfs is volatile: migrate refuses it unless told that this is a demo.
+volatile=()
 if $systemd; then
   newdisk=$ETCDOPS_LAB_NEW_DISK
   step "Node 1's new disk: an ext4 loop device mounted inside the node"
@@ -70,13 +72,14 @@ else
   mkdir -p "$newdisk"
   mount -t tmpfs -o size=512m tmpfs "$newdisk"
   df -h "$newdisk" | tail -n 1
+  volatile=(--allow-volatile-target)
 fi
 
 step "etcdops migrate plan: every check, nothing changed"
-etcdops migrate plan --to "$newdisk/etcd"
+etcdops migrate plan "${volatile[@]}" --to "$newdisk/etcd"
 
 step "etcdops migrate apply: snapshot, stop etcd (manifest out), stop kubelet, copy, verify, rewrite hostPath, start, prove identity and data"
-etcdops migrate apply --yes --to "$newdisk/etcd"
+etcdops migrate apply --yes "${volatile[@]}" --to "$newdisk/etcd"
 
 step "The manifest now points at the new disk (only the hostPath changed)"
 etcdops manifest show

@@ -256,11 +256,12 @@ pub struct SetDataPathArgs {
 #[derive(Debug, Args)]
 pub struct CompactArgs {
     /// Compact to this revision [default: the current revision].
-    #[arg(long, value_parser = clap::value_parser!(i64).range(1..), conflicts_with = "retain")]
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..), conflicts_with = "retain",
+          allow_negative_numbers = true)]
     pub revision: Option<i64>,
 
     /// Keep the last N revisions (1 keeps only the current one).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), allow_negative_numbers = true)]
     pub retain: Option<u64>,
 
     /// Return once the compaction is recorded, before the backend has dropped the old revisions.
@@ -468,17 +469,68 @@ pub struct QuotaArgs {
 }
 
 /// Parse the command line of either binary: `--help` and `--version` print and exit 0; a
-/// usage error prints clap's message and exits 2, as every invalid input does.
+/// usage error keeps the error contract (DESIGN.md): one line on stderr naming the flag,
+/// exit 2, and with `-o json` the JSON error document on stdout.
 pub fn parse_or_exit<T: Parser>() -> T {
     T::try_parse().unwrap_or_else(|e| {
-        let code = if e.use_stderr() {
-            crate::error::exit::USAGE
-        } else {
-            crate::error::exit::OK
-        };
-        let _ = e.print();
-        std::process::exit(code)
+        if !e.use_stderr() {
+            let _ = e.print();
+            std::process::exit(crate::error::exit::OK)
+        }
+        let line = usage_line(&e);
+        if wants_json(std::env::args_os().skip(1)) {
+            crate::output::print_error_json(&line, crate::error::exit::USAGE);
+        }
+        eprintln!("{}: {line}", T::command().get_name());
+        std::process::exit(crate::error::exit::USAGE)
     })
+}
+
+/// clap's message as one line: its first paragraph (which names the flag and the value, or
+/// lists the missing arguments) without the `error: ` prefix, the tips and the usage block.
+pub fn usage_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("tip:"))
+        .collect();
+    let first = first.join(" ");
+    let first = first.strip_prefix("error: ").unwrap_or(&first);
+    if first.is_empty() {
+        return "invalid usage (see --help)".into();
+    }
+    format!("{first} (see --help)")
+}
+
+/// Whether the raw arguments ask for `-o json`, read without clap because clap has just
+/// refused them: `-o json`, `-ojson`, `-o=json`, `--output json`, `--output=json`.
+pub fn wants_json(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let args: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+    let mut json = false;
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        if a == "--" {
+            break;
+        }
+        let value = match a {
+            "-o" | "--output" => {
+                i += 1;
+                args.get(i).map(String::as_str)
+            }
+            _ => a
+                .strip_prefix("--output=")
+                .or_else(|| a.strip_prefix("-o="))
+                .or_else(|| a.strip_prefix("-o")),
+        };
+        if let Some(v) = value {
+            json = v == "json";
+        }
+        i += 1;
+    }
+    json
 }
 
 /// Durations as etcdctl writes them: `2s`, `500ms`, `5m`, `1m30s`.
@@ -504,6 +556,20 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn json_is_found_in_every_spelling() {
+        let has = |a: &[&str]| wants_json(a.iter().map(std::ffi::OsString::from));
+        assert!(has(&["-o", "json", "health"]));
+        assert!(has(&["-ojson", "health"]));
+        assert!(has(&["-o=json", "health"]));
+        assert!(has(&["health", "--output=json"]));
+        assert!(has(&["--output", "json", "compact"]));
+        assert!(!has(&["-o", "table", "health"]));
+        assert!(!has(&["-o", "json", "-o", "table"]));
+        assert!(!has(&["health", "--", "-o", "json"]));
+        assert!(!has(&["health"]));
     }
 
     #[test]
@@ -540,6 +606,15 @@ pub struct MigrateToArgs {
     /// The new data dir on the new disk (absent or empty; its parent must exist).
     #[arg(long)]
     pub to: PathBuf,
+
+    /// Accept a target on tmpfs, ramfs or overlay (empty after a reboot: for labs only).
+    #[arg(long)]
+    pub allow_volatile_target: bool,
+
+    /// Accept a target on the data dir's own filesystem (refused by default: the usual
+    /// cause is a new disk that is not mounted).
+    #[arg(long)]
+    pub same_filesystem: bool,
 
     #[command(flatten)]
     pub quota: QuotaArgs,

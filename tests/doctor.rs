@@ -443,7 +443,14 @@ fn doctor_interrupted_migration_and_fence_3_4() {
     fs::create_dir_all(new.parent().unwrap()).unwrap();
     let r = lab.etcdops(
         1,
-        &["migrate", "apply", "--yes", "--to", new.to_str().unwrap()],
+        &[
+            "migrate",
+            "apply",
+            "--yes",
+            "--same-filesystem",
+            "--to",
+            new.to_str().unwrap(),
+        ],
         &[("ETCDOPS_TEST_KILL_AFTER", "copy:done")],
     );
     assert_ne!(r.code, 0, "the kill hook must stop the run\n{}", r.dump());

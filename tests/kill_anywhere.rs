@@ -146,6 +146,7 @@ impl Node {
                 "migrate",
                 "apply",
                 "--yes",
+                "--same-filesystem",
                 "--to",
                 to.to_str().unwrap(),
                 "-o",
@@ -661,7 +662,14 @@ fn kill_9_during_stop_kubelet_child(lab: Lab) {
     let mut apply = Proc::spawn(
         lab.etcdops_cmd(
             1,
-            &["migrate", "apply", "--yes", "--to", to.to_str().unwrap()],
+            &[
+                "migrate",
+                "apply",
+                "--yes",
+                "--same-filesystem",
+                "--to",
+                to.to_str().unwrap(),
+            ],
             &[("ETCDOPS_KUBELET_STOP_CMD", &stop_cmd)],
         ),
         "migrate apply",

@@ -55,7 +55,8 @@ fn apply(lab: &Lab, to: &str, json: bool, env: &[(&str, &str)]) -> common::Run {
 
 /// `apply`, with `--precopy` when `precopy`.
 fn apply_with(lab: &Lab, to: &str, json: bool, precopy: bool, env: &[(&str, &str)]) -> common::Run {
-    let mut args = vec!["migrate", "apply", "--yes", "--to", to];
+    // The lab's targets share the source's filesystem (issue 11 refuses that by default).
+    let mut args = vec!["migrate", "apply", "--yes", "--same-filesystem", "--to", to];
     if json {
         args.extend(["-o", "json"]);
     }
@@ -83,7 +84,11 @@ fn end_to_end(version: Version, precopy: bool) {
     std::fs::create_dir_all(new.parent().unwrap()).unwrap();
     let to = new.display().to_string();
 
-    let plan = lab.etcdops(1, &["migrate", "plan", "--to", &to], &[]);
+    let plan = lab.etcdops(
+        1,
+        &["migrate", "plan", "--same-filesystem", "--to", &to],
+        &[],
+    );
     plan.code(0);
     assert!(
         plan.stdout.contains("etcd.local.dataDir"),
@@ -236,6 +241,7 @@ fn real_host(lab: &Lab, node: usize) -> RealHost<'static> {
         quota: etcdops::etcd::health::DEFAULT_QUOTA,
         progress: &Silent,
         cancel: None,
+        guard: Default::default(),
     }
 }
 
@@ -278,6 +284,10 @@ fn a_fault_at_every_step_rolls_back_or_stops_safely() {
             say: &say,
             cancel: None,
             unfinished: etcdops::runs::check_none_unfinished,
+            fs_policy: etcdops::datadir::target::FsPolicy {
+                allow_volatile: false,
+                same_filesystem: true,
+            },
         };
         let endpoint = inner.conn.endpoints[0].clone();
         let outcome = migrate::apply_with(&host, &opts, &to, true, true, &endpoint).unwrap();
@@ -617,6 +627,7 @@ fn rolling_migration_under_writes_loses_nothing() {
                 "migrate",
                 "apply",
                 "--yes",
+                "--same-filesystem",
                 "--to",
                 to.to_str().unwrap(),
                 "-o",
@@ -779,8 +790,12 @@ fn a_fully_compacted_idle_cluster_migrates() {
     let to = lab.path().join("compacted-disk/etcd");
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
     let to = to.display().to_string();
-    lab.etcdops(1, &["migrate", "plan", "--to", &to], &[])
-        .code(0);
+    lab.etcdops(
+        1,
+        &["migrate", "plan", "--same-filesystem", "--to", &to],
+        &[],
+    )
+    .code(0);
     let run = apply(&lab, &to, true, &[]);
     run.code(0);
     let doc = run.json();

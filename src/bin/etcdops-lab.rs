@@ -92,6 +92,28 @@ enum Cmd {
         #[command(subcommand)]
         action: KubeletCmd,
     },
+    /// Take etcdops' cluster-wide guard as member MEMBER and hold it until killed or stdin
+    /// closes: a stand-in for a node-changing run, for tests and demos of the guard.
+    GuardHold(GuardHoldArgs),
+}
+
+#[derive(Debug, Args)]
+struct GuardHoldArgs {
+    /// Client URLs of the cluster (comma-separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    endpoints: Vec<String>,
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// The member this holder stands for (its health is not required).
+    #[arg(long)]
+    member: String,
+    /// The run id written into the guard.
+    #[arg(long, default_value = "lab")]
+    run_id: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,7 +172,33 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Status { dir } => status(&Lab::open(&dir.dir)?).map(|_| 0),
         Cmd::Kubelet { action } => kubelet_cmd(action),
+        Cmd::GuardHold(args) => guard_hold(args),
     }
+}
+
+fn guard_hold(args: GuardHoldArgs) -> Result<i32> {
+    use etcdops::etcd::guard::{self, Holder};
+    let conn = Given {
+        endpoints: args.endpoints,
+        cacert: args.cacert,
+        cert: args.cert,
+        key: args.key,
+        manifest: None,
+        dial_timeout: Duration::from_secs(2),
+        command_timeout: Duration::from_secs(5),
+    }
+    .resolve()?;
+    let holder = Holder::here(&args.member, "", "lab", &args.run_id);
+    let g = guard::acquire(&conn, &holder)?;
+    println!(
+        "{}",
+        serde_json::to_string(g.holder()).expect("a holder serializes")
+    );
+    // Hold until stdin closes (the test's handle dropped) or a signal kills us.
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    g.release()?;
+    Ok(0)
 }
 
 fn kubelet_cmd(action: KubeletCmd) -> Result<i32> {

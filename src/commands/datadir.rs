@@ -24,7 +24,21 @@ pub fn exec(global: &GlobalArgs, args: DatadirArgs) -> Result<()> {
         DatadirCommand::Check(a) => {
             let report = datadir::check(&a.dir)?;
             output::print(format, &report);
-            if report.quiesced {
+            if let Some(first) = report.uncopyable.first() {
+                // What `datadir copy` would refuse is a finding of check too (issue 11).
+                Err(Error::input(
+                    &report.path,
+                    format!(
+                        "{} entr{} that `datadir copy` refuses; first: {first}",
+                        report.uncopyable.len(),
+                        if report.uncopyable.len() == 1 {
+                            "y"
+                        } else {
+                            "ies"
+                        }
+                    ),
+                ))
+            } else if report.quiesced {
                 Ok(())
             } else {
                 Err(Error::refused(
@@ -178,7 +192,11 @@ impl Render for CheckReport {
             bytes(self.db_size),
             format!("{} in {} file(s)", bytes(self.wal_bytes), self.wal_files),
         ]);
-        t.render()
+        let mut out = t.render();
+        for u in &self.uncopyable {
+            out.push_str(&format!("copy would refuse: {u}\n"));
+        }
+        out
     }
 }
 

@@ -44,12 +44,22 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
         None
     };
     let cancel = cancel.as_ref();
+    let target = match &args.command {
+        MigrateCommand::Plan(a) => Some(a),
+        MigrateCommand::Apply(a) => Some(&a.target),
+        _ => None,
+    };
+    let fs_policy = crate::datadir::target::FsPolicy {
+        allow_volatile: target.is_some_and(|a| a.allow_volatile_target),
+        same_filesystem: target.is_some_and(|a| a.same_filesystem),
+    };
     let opts = RunOptions {
         manifest: manifest.clone(),
         state_dir: state_dir.clone(),
         say: &say,
         cancel,
         unfinished: crate::runs::check_none_unfinished,
+        fs_policy,
     };
     let quota_flag = match &args.command {
         MigrateCommand::Plan(a) => a.quota.quota_backend_bytes,
@@ -72,7 +82,17 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
     let host = || -> Result<RealHost<'_>> {
         let mut given = super::given(global);
         given.manifest = discovery_manifest()?;
-        let conn = given.resolve()?;
+        // issue 11: judge the member this node's manifest runs, whatever ETCDCTL_* names.
+        let read_from = given.manifest.clone().unwrap_or_else(|| manifest.clone());
+        if let Ok(pod) = crate::manifest::StaticPod::load(&read_from) {
+            given.endpoints =
+                crate::etcd::member::local_endpoints(&given.endpoints, &pod, &read_from)?;
+            given.manifest = Some(read_from.clone());
+        }
+        let mut conn = given.resolve()?;
+        // The member's name (guard, member check) comes from the manifest even when flags
+        // gave every connection detail.
+        conn.manifest.get_or_insert(read_from);
         Ok(RealHost {
             conn,
             kubelet: super::kubelet_commands(global),
@@ -86,6 +106,7 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
             quota: quota_backend_bytes(quota_flag, &manifest)?,
             progress: &bar,
             cancel,
+            guard: Default::default(),
         })
     };
     // An unfinished run may have moved the manifest out: say that, not "manifest missing".
@@ -109,6 +130,7 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
                     precopy: false,
                     id: "plan".into(),
                     unfinished: crate::runs::check_none_unfinished,
+                    fs_policy,
                 },
             );
             output::print(format, &report);

@@ -45,9 +45,6 @@ const STEP: usize = 8 * 1024 * 1024;
 /// Start writeback of a file every this many bytes written.
 pub(super) const WRITEBACK: u64 = 8 * 1024 * 1024;
 
-/// Free space the target filesystem must have beyond the data: 10 %.
-const SPACE_MARGIN_PERCENT: u64 = 10;
-
 pub struct CopyOptions<'a> {
     pub src: PathBuf,
     pub dst: PathBuf,
@@ -123,23 +120,8 @@ fn copy_with(opts: &CopyOptions, update: bool) -> Result<CopyReport> {
     let lock = quiesce::lock(&layout)?;
     // Walk only once etcd is locked out: the tree cannot change any more.
     let tree = Tree::walk(&layout.root)?;
-    for e in &tree.entries {
-        if !matches!(e.meta.kind, Kind::Dir | Kind::File) {
-            return Err(Error::input(
-                &e.path,
-                format!(
-                    "is a {}: an etcd data dir holds only directories and regular files; \
-                     resolve it by hand before copying",
-                    e.meta.kind.name()
-                ),
-            ));
-        }
-        if e.rel.contains('\r') {
-            return Err(Error::input(
-                &e.path,
-                "file name contains a carriage return: no b3sum line can name it portably",
-            ));
-        }
+    if let Some((path, why)) = uncopyable(&tree).into_iter().next() {
+        return Err(Error::input(path, why));
     }
     let (staging, record, precopy_fallback) = if update {
         match Staging::adopt(&target)? {
@@ -306,6 +288,31 @@ fn sums_file_path(file: &Path, src: &Path, dst: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The entries `copy` refuses, with why: anything but directories and regular files (FIFOs,
+/// symlinks, sockets, devices), and names no b3sum line can carry. `datadir check` reports
+/// the same list, so that it never calls ready what `copy` then refuses.
+pub fn uncopyable(tree: &Tree) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    for e in &tree.entries {
+        if !matches!(e.meta.kind, Kind::Dir | Kind::File) {
+            out.push((
+                e.path.clone(),
+                format!(
+                    "is a {}: an etcd data dir holds only directories and regular files; \
+                     resolve it by hand before copying",
+                    e.meta.kind.name()
+                ),
+            ));
+        } else if e.rel.contains('\r') {
+            out.push((
+                e.path.clone(),
+                "file name contains a carriage return: no b3sum line can name it portably".into(),
+            ));
+        }
+    }
+    out
+}
+
 pub(super) fn cancelled(opts: &CopyOptions) -> bool {
     opts.cancel.is_some_and(|c| c.load(SeqCst))
 }
@@ -389,7 +396,7 @@ impl Target {
             Ok(_) => {
                 return Err(Error::refused(
                     path.display().to_string(),
-                    "exists and is not a directory",
+                    super::target::not_a_directory(&path),
                 ));
             }
         };
@@ -406,7 +413,7 @@ impl Target {
     }
 
     /// Refuse (exit 4) unless the target's filesystem has room for the data + 10 % and an
-    /// inode per entry.
+    /// inode per entry: the one policy of `super::target`.
     pub(super) fn check_space(&self, tree: &Tree) -> Result<()> {
         self.check_space_beyond(tree, 0)
     }
@@ -414,39 +421,14 @@ impl Target {
     /// As [`Target::check_space`], when `staged` bytes of the data are already in the
     /// staging dir (a pre-copy): only the rest must still fit.
     pub(super) fn check_space_beyond(&self, tree: &Tree, staged: u64) -> Result<()> {
-        let st = nix::sys::statvfs::statvfs(&self.parent)
-            .map_err(|e| Error::io("statvfs", &self.parent, e.into()))?;
-        let available = st.blocks_available() as u128 * st.fragment_size() as u128;
-        let data = tree.file_bytes() as u128;
-        let needed =
-            (data + data * SPACE_MARGIN_PERCENT as u128 / 100).saturating_sub(staged as u128);
-        if available < needed {
-            return Err(Error::refused(
-                self.path.display().to_string(),
-                format!(
-                    "not enough free space on the filesystem of {}: need {} (data {} + {} %), \
-                     {} available",
-                    self.parent.display(),
-                    crate::output::bytes(needed as u64),
-                    crate::output::bytes(data as u64),
-                    SPACE_MARGIN_PERCENT,
-                    crate::output::bytes(available as u64)
-                ),
-            ));
-        }
-        let entries = tree.entries.len() as u64 + 1;
-        // Filesystems without an inode limit (btrfs, some FUSE) report zero inodes.
-        if st.files() > 0 && (st.files_available() as u64) < entries {
-            return Err(Error::refused(
-                self.path.display().to_string(),
-                format!(
-                    "not enough free inodes on the filesystem of {}: need {entries}, {} available",
-                    self.parent.display(),
-                    st.files_available()
-                ),
-            ));
-        }
-        Ok(())
+        super::target::check_space_beyond(
+            &self.path,
+            &self.parent,
+            tree.file_bytes(),
+            staged,
+            Some(tree.entries.len() as u64 + 1),
+        )
+        .map(|_| ())
     }
 
     /// Rename the finished staging dir into place and make the rename durable. A target

@@ -12,6 +12,7 @@ pub mod copy;
 pub mod digest;
 pub mod precopy;
 pub mod quiesce;
+pub mod target;
 pub mod verify;
 
 use std::fs::{self, File, Metadata, OpenOptions};

@@ -29,6 +29,8 @@ pub struct CheckReport {
     /// Regular files in the whole data dir and their total size.
     pub files: usize,
     pub bytes: u64,
+    /// Entries `datadir copy` would refuse (FIFOs, symlinks, ...): `path: why`.
+    pub uncopyable: Vec<String>,
 }
 
 /// Validate the layout of `dir`, measure it and probe etcd's locks. Not being quiesced is a
@@ -42,7 +44,12 @@ pub fn check(dir: &Path) -> Result<CheckReport> {
             .find(|e| e.path == p)
             .map_or(0, |e| e.meta.size)
     };
+    let uncopyable = super::copy::uncopyable(&tree)
+        .into_iter()
+        .map(|(p, why)| format!("{}: {why}", p.display()))
+        .collect();
     Ok(CheckReport {
+        uncopyable,
         quiesced: in_use.is_empty(),
         in_use: in_use.iter().map(|p| rel(&layout.root, p)).collect(),
         db_size: size_of(&layout.db),

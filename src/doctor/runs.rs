@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{Ctx, Verdict};
-use crate::run::{RunState, StepState};
 use crate::output::bytes;
+use crate::run::{RunState, StepState};
 
 /// A completed migration should be finalized within this (the fence protects against a
 /// reverted manifest only once it is there).
@@ -72,7 +72,9 @@ pub fn unfinished(ctx: &Ctx) -> Verdict {
         .steps
         .iter()
         .find(|s| s.state != StepState::Done)
-        .map_or("end".to_string(), |s| format!("{} ({})", s.name, s.state.name()));
+        .map_or("end".to_string(), |s| {
+            format!("{} ({})", s.name, s.state.name())
+        });
     let evidence = format!(
         "run {} ({} -> {}) is {} at step {}{}; journal {}",
         run.id,

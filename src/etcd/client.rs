@@ -96,7 +96,10 @@ impl Endpoint {
             match attempt.await {
                 Ok((_, s)) if s.is_learner => errors.push(format!("{url}: a learner")),
                 Ok(found) => return Ok(found),
-                Err(e) => errors.push(format!("{url}: {e}")),
+                Err(e) => errors.push(format!(
+                    "{url}: {}",
+                    super::connect::with_tls_hint(url, e, conn.dial_timeout)
+                )),
             }
         }
         Err(crate::error::Error::Unreachable {

@@ -133,11 +133,7 @@ impl Connection {
             ));
         }
         for e in &self.endpoints {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(Error::Usage(format!(
-                    "endpoint {e:?} must start with http:// or https://"
-                )));
-            }
+            check_endpoint(e)?;
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(Error::Usage(
@@ -173,7 +169,7 @@ impl Connection {
             .map_err(|e| describe(&e))
     }
 
-    fn tls_options(&self) -> Result<TlsOptions, String> {
+    pub(crate) fn tls_options(&self) -> Result<TlsOptions, String> {
         let read = |p: &Path| std::fs::read(p).map_err(|e| format!("read {}: {e}", p.display()));
         let mut tls = TlsOptions::new();
         if let Some(ca) = &self.tls.cacert {
@@ -214,6 +210,130 @@ pub fn manifest_endpoints(pod: &StaticPod) -> Result<Vec<String>> {
             "the etcd container has neither --listen-client-urls nor --advertise-client-urls",
         )
     })
+}
+
+/// A client URL must be `http[s]://HOST:PORT` with a port in 1..=65535 and a closed IPv6
+/// bracket: a malformed one is the operator's typo (exit 2 naming it), not an unreachable
+/// member (exit 3).
+pub fn check_endpoint(url: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::Usage(format!("endpoint {url:?}: {why}")));
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return bad("must start with http:// or https://");
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.len() != rest.trim_end_matches('/').len() {
+        return bad("a client URL has no path: write http[s]://HOST:PORT");
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let Some((addr, after)) = v6.split_once(']') else {
+            return bad("the IPv6 address has no closing `]`");
+        };
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return bad(&format!("`{addr}` is not an IPv6 address"));
+        }
+        match after.strip_prefix(':') {
+            Some(p) => (addr, Some(p)),
+            None if after.is_empty() => (addr, None),
+            None => return bad("expected `:PORT` after the IPv6 address"),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return bad("no host");
+    }
+    if host.contains(['[', ']', ' ', '@']) {
+        return bad(&format!("`{host}` is not a host name or address"));
+    }
+    match port {
+        None => bad("no port (etcd's client port is usually 2379)"),
+        Some(p) => match p.parse::<u32>() {
+            Ok(n) if (1..=65535).contains(&n) => Ok(()),
+            Ok(n) => bad(&format!("port {n} is out of range (1-65535)")),
+            Err(_) => bad(&format!("port `{p}` is not a number")),
+        },
+    }
+}
+
+/// Whether whatever listens at a plain `http://` URL answers in TLS: we send a TLS 1.2
+/// ClientHello and look at the first byte of the answer, a TLS handshake (0x16) or alert
+/// (0x15) record. A real probe bounded by `timeout`, so that the hint "the member may need
+/// https://" is given only when it is true (etcd's TLS listener just closes a plaintext
+/// HTTP/2 connection, which looks like any broken pipe).
+pub fn speaks_tls(url: &str, timeout: Duration) -> bool {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    let Some(authority) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = authority.trim_end_matches('/');
+    let Some(addr) = authority.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+        return false;
+    };
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    if stream.write_all(&client_hello()).is_err() {
+        return false;
+    }
+    let mut first = [0u8; 1];
+    matches!(stream.read(&mut first), Ok(1) if first[0] == 0x15 || first[0] == 0x16)
+}
+
+/// A minimal TLS 1.2 ClientHello (ECDHE with AES-GCM, P-256/X25519, ECDSA/RSA signatures).
+fn client_hello() -> Vec<u8> {
+    fn with_len16(body: &[u8]) -> Vec<u8> {
+        let mut v = (body.len() as u16).to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+    fn extension(kind: u16, body: &[u8]) -> Vec<u8> {
+        let mut v = kind.to_be_bytes().to_vec();
+        v.extend(with_len16(body));
+        v
+    }
+    let mut hello = vec![0x03, 0x03];
+    hello.extend([0x42; 32]); // client random: any value will do for a probe
+    hello.push(0); // no session id
+    hello.extend(with_len16(&[
+        0xc0, 0x2b, 0xc0, 0x2f, 0xc0, 0x2c, 0xc0, 0x30,
+    ]));
+    hello.extend([0x01, 0x00]); // compression: null
+    let mut exts = Vec::new();
+    exts.extend(extension(0x000a, &with_len16(&[0x00, 0x1d, 0x00, 0x17])));
+    exts.extend(extension(0x000b, &[0x01, 0x00]));
+    exts.extend(extension(
+        0x000d,
+        &with_len16(&[0x04, 0x03, 0x08, 0x04, 0x04, 0x01]),
+    ));
+    hello.extend(with_len16(&exts));
+    let mut handshake = vec![0x01];
+    handshake.extend(&(hello.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(hello);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend(with_len16(&handshake));
+    record
+}
+
+/// The one-line reason an endpoint failed, with the hint that a plain `http://` URL may need
+/// `https://` when the member answered in TLS.
+pub fn with_tls_hint(url: &str, reason: String, timeout: Duration) -> String {
+    if speaks_tls(url, timeout) {
+        format!(
+            "{reason} (the member answers in TLS: it may need {})",
+            url.replacen("http://", "https://", 1)
+        )
+    } else {
+        reason
+    }
 }
 
 fn is_loopback_url(url: &str) -> bool {
@@ -267,6 +387,35 @@ mod tests {
         assert!(is_loopback_url("http://localhost:2379"));
         assert!(is_loopback_url("https://[::1]:2379"));
         assert!(!is_loopback_url("https://10.0.0.5:2379"));
+    }
+
+    /// Regression (issue 11, bug 7): these counted as unreachable (exit 3).
+    #[test]
+    fn malformed_endpoints_are_usage_errors_naming_the_url() {
+        for (url, why) in [
+            ("https://127.0.0.1:65536", "out of range"),
+            ("https://127.0.0.1:99999", "out of range"),
+            ("https://[::1", "closing `]`"),
+            ("https://[::1]", "no port"),
+            ("https://127.0.0.1", "no port"),
+            ("https://127.0.0.1:23x9", "not a number"),
+            ("https://:2379", "no host"),
+            ("127.0.0.1:2379", "http:// or https://"),
+            ("https://127.0.0.1:2379/v3", "no path"),
+        ] {
+            let e = check_endpoint(url).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{url}");
+            let line = e.one_line();
+            assert!(line.contains(url) && line.contains(why), "{url}: {line}");
+        }
+        for ok in [
+            "https://127.0.0.1:2379",
+            "http://localhost:2379",
+            "https://[::1]:2379",
+            "https://etcd-0.example:2379/",
+        ] {
+            check_endpoint(ok).unwrap_or_else(|e| panic!("{ok}: {}", e.one_line()));
+        }
     }
 
     #[test]

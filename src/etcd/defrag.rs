@@ -251,6 +251,8 @@ pub async fn run(
 ) -> Result<(DefragReport, Option<Box<Gate>>)> {
     let start = Instant::now();
     let mut report = DefragReport::new(opts);
+    // Never take a member's capacity while another is down for a node-changing run.
+    super::guard::refuse_if_held(conn, "defrag").await?;
     let gate = match gate(conn, opts.quota).await? {
         GateOutcome::Pass(g) => g,
         GateOutcome::Refuse(blocking) => {

@@ -227,7 +227,11 @@ pub async fn check_endpoint(conn: &Connection, url: &str) -> EndpointHealth {
             {
                 h.fill(s);
             }
-            h.error = Some(e);
+            h.error = Some(if h.status.is_none() && url.starts_with("http://") {
+                super::connect::with_tls_hint(url, e, conn.dial_timeout)
+            } else {
+                e
+            });
         }
     }
     h

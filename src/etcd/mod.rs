@@ -1,6 +1,7 @@
 //! Everything that talks to etcd: connection discovery and TLS (`connect`), a per-endpoint
 //! client with our own types (`client`), the health model (`health`), and maintenance:
-//! the `rule` language, `compact`, rolling `defrag`, `maintain`, `alarm`s and `snapshot`s.
+//! the `rule` language, `compact`, rolling `defrag`, `maintain`, `alarm`s and `snapshot`s,
+//! and the cluster-wide `guard` that keeps node-changing runs to one member at a time.
 //! No etcd-client type leaves this module.
 
 pub mod alarm;
@@ -8,8 +9,10 @@ pub mod client;
 pub mod compact;
 pub mod connect;
 pub mod defrag;
+pub mod guard;
 pub mod health;
 pub mod maintain;
+pub mod member;
 pub mod rule;
 pub mod snapshot;
 

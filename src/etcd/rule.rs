@@ -172,11 +172,20 @@ impl fmt::Display for Rule {
 impl Rule {
     /// Parse and type-check a rule. Errors are exit-2 usage errors naming the position.
     pub fn parse(text: &str) -> Result<Rule> {
+        let chars = text.chars().count();
+        if chars > MAX_RULE_CHARS {
+            return Err(ParseError::new(
+                MAX_RULE_CHARS + 1,
+                format!("the rule is {chars} characters long; the limit is {MAX_RULE_CHARS}"),
+            )
+            .into_error(text));
+        }
         let tokens = lex(text).map_err(|e| e.into_error(text))?;
         let mut p = Parser {
             tokens,
             pos: 0,
-            end: text.chars().count() + 1,
+            end: chars + 1,
+            depth: 0,
         };
         let (expr, ty, start) = p.or().map_err(|e| e.into_error(text))?;
         if let Some(t) = p.peek() {
@@ -253,8 +262,17 @@ impl ParseError {
     }
 
     fn into_error(self, text: &str) -> Error {
+        // A rule of thousands of characters would drown the one line: quote its start.
+        let quoted: String = if text.chars().count() > QUOTE_CHARS {
+            text.chars()
+                .take(QUOTE_CHARS)
+                .chain("...".chars())
+                .collect()
+        } else {
+            text.to_string()
+        };
         Error::Usage(format!(
-            "bad --rule {text:?} at position {}: {}",
+            "bad --rule {quoted:?} at position {}: {}",
             self.col, self.message
         ))
     }
@@ -374,11 +392,24 @@ fn lex(text: &str) -> Result<Vec<Token>, ParseError> {
     Ok(out)
 }
 
+/// How deep `(`, `!` and unary `-` may nest. The parser and the evaluator recurse once per
+/// level; without a limit 5000 parentheses overflow the stack and abort the process.
+pub const MAX_DEPTH: usize = 64;
+
+/// The longest rule accepted: bounds the depth of left-nested operator chains (`1+1+...`),
+/// which the evaluator also walks recursively.
+pub const MAX_RULE_CHARS: usize = 4096;
+
+/// How much of a rejected rule an error message quotes.
+const QUOTE_CHARS: usize = 80;
+
 struct Parser {
     tokens: Vec<Token>,
     pos: usize,
     /// The column just past the rule's last character, where "unexpected end" points.
     end: usize,
+    /// Current nesting of `(`, `!` and unary `-`.
+    depth: usize,
 }
 
 /// An expression, its type, and the column where it starts (for error messages).
@@ -391,6 +422,18 @@ impl Parser {
 
     fn end_col(&self) -> usize {
         self.end
+    }
+
+    /// Enter one nesting level at `col`, refusing past `MAX_DEPTH`.
+    fn descend(&mut self, col: usize) -> Result<(), ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(ParseError::new(
+                col,
+                format!("nested deeper than {MAX_DEPTH} levels of `(`, `!` or `-`"),
+            ));
+        }
+        Ok(())
     }
 
     /// The operator at the cursor, if it is one of `ops`.
@@ -451,7 +494,9 @@ impl Parser {
 
     fn not(&mut self) -> Result<Parsed, ParseError> {
         if let Some((_, col)) = self.eat_op(&["!"]) {
+            self.descend(col)?;
             let inner = self.not()?;
+            self.depth -= 1;
             let e = self.expect(inner, Type::Bool, "!")?;
             return Ok((Expr::Not(Box::new(e)), Type::Bool, col));
         }
@@ -491,7 +536,9 @@ impl Parser {
 
     fn unary(&mut self) -> Result<Parsed, ParseError> {
         if let Some((_, col)) = self.eat_op(&["-"]) {
+            self.descend(col)?;
             let inner = self.unary()?;
+            self.depth -= 1;
             let e = self.expect(inner, Type::Number, "-")?;
             return Ok((Expr::Neg(Box::new(e)), Type::Number, col));
         }
@@ -519,7 +566,9 @@ impl Parser {
                 )),
             },
             Kind::LParen => {
+                self.descend(tok.col)?;
                 let (e, ty, _) = self.or()?;
+                self.depth -= 1;
                 match self.peek() {
                     Some(Token {
                         kind: Kind::RParen, ..
@@ -706,5 +755,174 @@ mod tests {
             assert!(d.contains(&format!("{v}=")), "{d}");
         }
         assert!(d.contains("dbSizeFree=60"), "{d}");
+    }
+
+    /// Regression (issue 11, bug 6): 5000 parentheses or 20000 `!` aborted the process with a
+    /// stack overflow (exit 134). Now a one-line usage error.
+    #[test]
+    fn deep_nesting_is_a_usage_error_not_a_crash() {
+        let parens = format!("{}dbSize > 1{}", "(".repeat(5000), ")".repeat(5000));
+        let nots = format!("{}(dbSize > 1)", "!".repeat(20000));
+        let negs = format!("{}dbSize > 1", "-".repeat(3000));
+        for rule in [parens, nots, negs] {
+            let e = Rule::parse(&rule).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            let line = e.one_line();
+            assert!(!line.contains('\n') && line.len() < 300, "{line}");
+            assert!(
+                line.contains("deeper than 64") || line.contains("limit is 4096"),
+                "{line}"
+            );
+        }
+        let within = format!("{}dbSize > 1{}", "(".repeat(60), ")".repeat(60));
+        assert!(Rule::parse(&within).is_ok());
+        let e = error(&format!("{}(dbSize > 1)", "!".repeat(100)));
+        assert!(
+            e.contains("deeper than 64") && e.contains("position 65"),
+            "{e}"
+        );
+    }
+
+    /// A long but flat chain is walked recursively by `eval`: the length limit bounds it.
+    #[test]
+    fn long_flat_chains_evaluate() {
+        let n = (MAX_RULE_CHARS - 20) / 4;
+        let rule = format!("dbSize{} > 0", " + 1".repeat(n));
+        let r = Rule::parse(&rule).unwrap();
+        assert!(r.matches(&vars(1, 1)));
+        let e = error(&format!("dbSize{} > 0", " + 1".repeat(2000)));
+        assert!(e.contains("limit is 4096"), "{e}");
+    }
+
+    mod fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn var() -> impl Strategy<Value = Var> {
+            prop_oneof![
+                Just(Var::Size),
+                Just(Var::SizeInUse),
+                Just(Var::SizeFree),
+                Just(Var::Quota),
+                Just(Var::QuotaUsage),
+            ]
+        }
+
+        fn number() -> impl Strategy<Value = Expr> {
+            let leaf = prop_oneof![
+                (0u32..1_000_000).prop_map(|n| Expr::Num(f64::from(n))),
+                var().prop_map(Expr::Var),
+            ];
+            leaf.prop_recursive(5, 24, 2, |inner| {
+                prop_oneof![
+                    inner.clone().prop_map(|e| Expr::Neg(Box::new(e))),
+                    (
+                        prop_oneof![Just(Op::Add), Just(Op::Sub), Just(Op::Mul), Just(Op::Div)],
+                        inner.clone(),
+                        inner
+                    )
+                        .prop_map(|(o, l, r)| Expr::Bin(
+                            o,
+                            Box::new(l),
+                            Box::new(r)
+                        )),
+                ]
+            })
+        }
+
+        fn condition() -> impl Strategy<Value = Expr> {
+            let cmp = prop_oneof![
+                Just(Op::Lt),
+                Just(Op::Le),
+                Just(Op::Gt),
+                Just(Op::Ge),
+                Just(Op::Eq),
+                Just(Op::Ne),
+            ];
+            let leaf = (cmp, number(), number())
+                .prop_map(|(o, l, r)| Expr::Bin(o, Box::new(l), Box::new(r)));
+            leaf.prop_recursive(4, 16, 2, |inner| {
+                prop_oneof![
+                    inner.clone().prop_map(|e| Expr::Not(Box::new(e))),
+                    (
+                        prop_oneof![Just(Op::And), Just(Op::Or)],
+                        inner.clone(),
+                        inner
+                    )
+                        .prop_map(|(o, l, r)| Expr::Bin(
+                            o,
+                            Box::new(l),
+                            Box::new(r)
+                        )),
+                ]
+            })
+        }
+
+        /// Fully parenthesised source text of an expression.
+        fn print(e: &Expr) -> String {
+            match e {
+                Expr::Num(n) => format!("{n}"),
+                Expr::Var(v) => v.name().to_string(),
+                Expr::Neg(e) => format!("-({})", print(e)),
+                Expr::Not(e) => format!("!({})", print(e)),
+                Expr::Bin(o, l, r) => {
+                    let op = match o {
+                        Op::Add => "+",
+                        Op::Sub => "-",
+                        Op::Mul => "*",
+                        Op::Div => "/",
+                        Op::Lt => "<",
+                        Op::Le => "<=",
+                        Op::Gt => ">",
+                        Op::Ge => ">=",
+                        Op::Eq => "==",
+                        Op::Ne => "!=",
+                        Op::And => "&&",
+                        Op::Or => "||",
+                    };
+                    format!("({}) {op} ({})", print(l), print(r))
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any text of the rule alphabet parses or fails with a one-line exit-2 error.
+            #[test]
+            fn random_token_soup_never_panics(
+                text in "[ ()!<>=&|+*/.0-9e-]{0,40}|(dbSize|dbQuota|[a-z]| |[()!<>=&|+*/-]|[0-9.]){0,30}"
+            ) {
+                if let Err(e) = Rule::parse(&text) {
+                    prop_assert_eq!(e.exit_code(), 2);
+                    prop_assert!(!e.one_line().contains('\n'));
+                }
+            }
+
+            #[test]
+            fn arbitrary_unicode_never_panics(text in "\\PC{0,64}") {
+                if let Err(e) = Rule::parse(&text) {
+                    prop_assert_eq!(e.exit_code(), 2);
+                }
+            }
+
+            /// Printing a well-typed expression and parsing it back gives the same tree, and
+            /// evaluating it does not panic.
+            #[test]
+            fn print_then_parse_round_trips(e in condition(), size in 0u64..1<<33, used in 0u64..1<<33) {
+                let text = print(&e);
+                let rule = Rule::parse(&text).map_err(|err| TestCaseError::fail(err.one_line()))?;
+                prop_assert_eq!(&rule.expr, &e);
+                let _ = rule.matches(&vars(size, used.min(size)));
+            }
+        }
+
+        fn vars(size: u64, in_use: u64) -> Vars {
+            Vars {
+                db_size: size,
+                db_size_in_use: in_use,
+                db_quota: 2 << 30,
+            }
+        }
     }
 }

@@ -94,6 +94,15 @@ pub fn preflight(file: &Path) -> Result<()> {
     if file.as_os_str().is_empty() || file.file_name().is_none() {
         return Err(Error::input(file, "not a file name"));
     }
+    if file.is_dir() {
+        return Err(Error::input(
+            file,
+            format!(
+                "is a directory: give the snapshot's file name, e.g. {}",
+                file.join("etcd-snapshot.db").display()
+            ),
+        ));
+    }
     if file.symlink_metadata().is_ok() {
         return Err(Error::refused(
             format!("snapshot save {}", file.display()),

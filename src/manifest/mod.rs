@@ -165,6 +165,14 @@ impl StaticPod {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        if text.starts_with('\u{feff}') {
+            // serde_yaml then says "missing field `spec` at line 1 column 2", which hides it.
+            return Err(Error::input(
+                path,
+                "starts with a UTF-8 byte order mark (BOM, bytes EF BB BF): save the manifest \
+                 without a BOM",
+            ));
+        }
         let blank = text.lines().all(|l| {
             let l = l.trim();
             l.is_empty() || l.starts_with('#')

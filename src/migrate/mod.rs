@@ -90,6 +90,8 @@ pub struct RunOptions<'a> {
     pub cancel: Option<&'a Cancel>,
     /// Refuses while any run of any kind is unfinished (`runs::check_none_unfinished`).
     pub unfinished: fn(&Path) -> Result<String>,
+    /// What the target's filesystem may be (`--allow-volatile-target`, `--same-filesystem`).
+    pub fs_policy: crate::datadir::target::FsPolicy,
 }
 
 /// A run that got as far as having a journal: its report, and how it ended.
@@ -138,6 +140,7 @@ pub fn apply_with(
             precopy,
             id: id.clone(),
             unfinished: opts.unfinished,
+            fs_policy: opts.fs_policy,
         },
     );
     // A refusal is one line on stderr; warnings matter only for a run that goes ahead.

@@ -1,7 +1,6 @@
 //! Step 1: every check before anything changes. `migrate plan` prints them; `apply` refuses
 //! (exit 4, or 2 for bad input) unless all pass. The checks only read.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use serde::Serialize;
@@ -11,6 +10,25 @@ use crate::datadir::{Layout, Tree};
 use crate::error::{Error, Result};
 use crate::manifest::StaticPod;
 use crate::run::host::Host;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 11, "also unclear"): the hint was not quoted where YAML must quote.
+    #[test]
+    fn kubeadm_hint_quotes_paths_yaml_must_quote() {
+        assert!(kubeadm_config_hint(Path::new("/mnt/etcd")).contains("dataDir: /mnt/etcd "));
+        for (path, quoted) in [
+            ("/mnt/a: b", "\"/mnt/a: b\""),
+            ("/mnt/x #1", "\"/mnt/x #1\""),
+            ("/mnt/'q", "/mnt/'q"),
+        ] {
+            let hint = kubeadm_config_hint(Path::new(path));
+            assert!(hint.contains(&format!("dataDir: {quoted} ")), "{hint}");
+        }
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
@@ -48,6 +66,8 @@ pub struct PreflightInput<'a> {
     /// Refuses while any run of this node, of any kind, is unfinished (`runs`, above the
     /// sagas, knows every kind).
     pub unfinished: fn(&Path) -> Result<String>,
+    /// `--allow-volatile-target` / `--same-filesystem`.
+    pub fs_policy: crate::datadir::target::FsPolicy,
 }
 
 /// The `kubeadm-config` change that makes the next `kubeadm upgrade` keep the new path.
@@ -55,13 +75,28 @@ pub fn kubeadm_config_hint(to: &Path) -> String {
     format!(
         "kubectl -n kube-system edit configmap kubeadm-config  # set ClusterConfiguration.etcd.local.dataDir: {} \
          (else `kubeadm upgrade` regenerates etcd.yaml with the old path)",
-        to.display()
+        yaml_scalar(&to.display().to_string())
     )
+}
+
+/// A path as a YAML plain scalar when that reads back as the same string, else
+/// double-quoted (a path with `: `, ` #`, a leading `!&*?|>'"%@` or backquote, ...).
+fn yaml_scalar(s: &str) -> String {
+    let plain = !s.is_empty()
+        && serde_yaml::from_str::<serde_yaml::Value>(s)
+            .ok()
+            .and_then(|v| v.as_str().map(|v| v == s))
+            .unwrap_or(false);
+    if plain {
+        s.to_string()
+    } else {
+        serde_json::to_string(s).expect("a string serializes")
+    }
 }
 
 pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
     let mut checks = Vec::new();
-    let mut warnings = Vec::new();
+    let warnings = Vec::new();
     let mut refusal: Option<Error> = None;
     let mut check = |name: &str, r: Result<String>| match r {
         Ok(detail) => checks.push(Check {
@@ -146,18 +181,38 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
             })(),
         );
         check("target", check_target(src, input.to));
-        check(
-            "space",
-            check_space(input.to, source_bytes, src, &mut warnings),
-        );
+        check("space", check_space(input.to, source_bytes));
+        if input.to.is_absolute() {
+            check(
+                "filesystem",
+                crate::datadir::target::check_filesystem(src, input.to, input.fs_policy),
+            );
+        }
     }
 
     let mut identity: Option<Identity> = None;
+    // Another node's run holds the guard: say whose, rather than "unhealthy" while its
+    // member is down (issue 11).
+    let held_by = || -> Result<()> {
+        match host.guard_holder()? {
+            Some(h) => Err(Error::refused(
+                "migrate",
+                format!(
+                    "only one member may be down for etcdops at a time and the guard {} is \
+                     held by {h}; wait until that run is done",
+                    crate::etcd::guard::KEY
+                ),
+            )),
+            None => Ok(()),
+        }
+    };
     check(
         "cluster",
         (|| {
+            held_by()?;
             let h = host.health(true)?;
             if !h.healthy {
+                held_by()?;
                 return Err(Error::refused(
                     "cluster",
                     format!("unhealthy: {}", h.problems.join("; ")),
@@ -172,6 +227,11 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
                     .unwrap_or_default()
             ))
         })(),
+    );
+    check(
+        "member",
+        host.check_member()
+            .map(|m| m.unwrap_or_else(|| "not checked".into())),
     );
     check(
         "identity",
@@ -288,10 +348,7 @@ fn check_target(src: &Path, to: &Path) -> Result<String> {
     if !parent.is_dir() {
         return Err(Error::refused(
             to.display().to_string(),
-            format!(
-                "parent {} does not exist (mount the new disk first)",
-                parent.display()
-            ),
+            crate::datadir::target::bad_parent(parent),
         ));
     }
     match std::fs::symlink_metadata(to) {
@@ -309,44 +366,13 @@ fn check_target(src: &Path, to: &Path) -> Result<String> {
         }
         Ok(_) => Err(Error::refused(
             to.display().to_string(),
-            "target exists and is not a directory",
+            crate::datadir::target::not_a_directory(to),
         )),
     }
 }
 
-fn check_space(to: &Path, bytes: u64, src: &Path, warnings: &mut Vec<String>) -> Result<String> {
-    let t = resolve(to);
-    let parent = if t.exists() {
-        t.clone()
-    } else {
-        t.parent().map(Path::to_path_buf).unwrap_or(t.clone())
-    };
-    let st = nix::sys::statvfs::statvfs(&parent)
-        .map_err(|e| Error::io("statvfs", &parent, std::io::Error::from(e)))?;
-    let avail = st.blocks_available() as u64 * st.fragment_size() as u64;
-    let need = bytes + bytes / 10;
-    if let (Ok(a), Ok(b)) = (std::fs::metadata(src), std::fs::metadata(&parent))
-        && a.dev() == b.dev()
-    {
-        warnings.push(format!(
-            "{} is on the same filesystem as {}: the migration will not move the data to another disk",
-            to.display(),
-            src.display()
-        ));
-    }
-    if avail < need {
-        return Err(Error::refused(
-            to.display().to_string(),
-            format!(
-                "{} free on its filesystem, the data needs {} (+10 %)",
-                crate::output::bytes(avail),
-                crate::output::bytes(need)
-            ),
-        ));
-    }
-    Ok(format!(
-        "{} free, {} needed",
-        crate::output::bytes(avail),
-        crate::output::bytes(need)
-    ))
+/// Free space through the one policy of `datadir::target` (also used by `datadir copy`).
+fn check_space(to: &Path, bytes: u64) -> Result<String> {
+    let at = crate::datadir::target::nearest_existing(&resolve(to));
+    crate::datadir::target::check_space(to, &at, bytes, None)
 }

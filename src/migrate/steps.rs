@@ -243,6 +243,26 @@ impl Saga for Migration<'_> {
         }
     }
 
+    /// The guard through the host. Not reaching etcd at all (this member down and the
+    /// connection knowing only its own URL, on a resume or rollback) does not stop the run:
+    /// finishing it is what brings the member back.
+    fn hold_guard(&self, run: &RunCtx<Plan>) -> Result<()> {
+        match self.host.hold_guard(&run.plan.id) {
+            Err(e @ Error::Unreachable { .. }) => {
+                (run.say)(&format!(
+                    "warning: the cluster-wide guard could not be taken ({}); going on",
+                    e.one_line()
+                ));
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn release_guard(&self) {
+        self.host.release_guard();
+    }
+
     fn rolled_back_state(&self, _run: &RunCtx<Plan>) -> String {
         "original manifest in place, member healthy with its old identity, source untouched".into()
     }

@@ -142,4 +142,16 @@ impl Host for FaultHost<'_> {
     fn remove_tree(&self, path: &Path) -> Result<()> {
         self.wrap("remove_tree", || self.inner.remove_tree(path))
     }
+    fn hold_guard(&self, run_id: &str) -> Result<()> {
+        self.wrap("hold_guard", || self.inner.hold_guard(run_id))
+    }
+    fn release_guard(&self) {
+        self.inner.release_guard()
+    }
+    fn check_member(&self) -> Result<Option<String>> {
+        self.wrap("check_member", || self.inner.check_member())
+    }
+    fn guard_holder(&self) -> Result<Option<String>> {
+        self.wrap("guard_holder", || self.inner.guard_holder())
+    }
 }

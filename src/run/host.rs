@@ -95,6 +95,23 @@ pub trait Host {
     fn empty_dir(&self, dir: &Path) -> Result<()>;
     /// Remove a directory tree this run created; a missing one is fine.
     fn remove_tree(&self, path: &Path) -> Result<()>;
+    // --- the cluster
+    /// Take (or, for this member, take over) the cluster-wide guard before this member goes
+    /// down; refused while another run holds it or another member is unhealthy (DESIGN.md,
+    /// "Guards"). Held until `release_guard`. Fakes need no guard.
+    fn hold_guard(&self, _run_id: &str) -> Result<()> {
+        Ok(())
+    }
+    /// Release the guard once the member is healthy again.
+    fn release_guard(&self) {}
+    /// Prove that the member judged is the one the manifest runs; what was proved.
+    fn check_member(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+    /// Who holds the cluster-wide guard now (another member), described for an error.
+    fn guard_holder(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 pub struct RealHost<'a> {
@@ -112,6 +129,8 @@ pub struct RealHost<'a> {
     /// SIGINT/SIGTERM: the copy stops (and removes its staging dir), waits stop or say why
     /// they go on.
     pub cancel: Option<&'a Cancel>,
+    /// The cluster-wide guard while this member is down (released when dropped).
+    pub guard: std::cell::RefCell<Option<crate::etcd::guard::Guard>>,
 }
 
 /// How often a wait re-checks its preconditions (each check runs the status command).
@@ -498,6 +517,50 @@ impl Host for RealHost<'_> {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io("remove", path, e)),
+        }
+    }
+
+    fn hold_guard(&self, run_id: &str) -> Result<()> {
+        if self.guard.borrow().is_some() {
+            return Ok(());
+        }
+        let manifest = self.conn.manifest.as_deref().ok_or_else(|| {
+            Error::Usage("the guard needs the member's name: no manifest was read".into())
+        })?;
+        let name = crate::manifest::StaticPod::load(manifest)?
+            .etcd_flag("name")?
+            .unwrap_or_default();
+        let holder = crate::etcd::guard::Holder::here(&name, "", "migrate", run_id);
+        *self.guard.borrow_mut() = Some(crate::etcd::guard::acquire(&self.conn, &holder)?);
+        Ok(())
+    }
+
+    fn check_member(&self) -> Result<Option<String>> {
+        let Some(manifest) = self.conn.manifest.as_deref() else {
+            return Ok(None);
+        };
+        let pod = crate::manifest::StaticPod::load(manifest)?;
+        self.block_on(crate::etcd::member::check_local(&self.conn, &pod))
+            .map(Some)
+    }
+
+    fn guard_holder(&self) -> Result<Option<String>> {
+        let h = self.block_on(crate::etcd::guard::holder(&self.conn))?;
+        // This member's own guard (a killed run's, until its lease lapses) is no obstacle.
+        let name = match self.conn.manifest.as_deref() {
+            Some(m) => crate::manifest::StaticPod::load(m)?
+                .etcd_flag("name")?
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        let me = crate::etcd::guard::Holder::here(&name, "", "migrate", "");
+        Ok(h.filter(|h| !h.same_member(&me)).map(|h| h.describe()))
+    }
+
+    fn release_guard(&self) {
+        if let Some(g) = self.guard.borrow_mut().take() {
+            // If etcd cannot be told, the lease lapses within its TTL by itself.
+            let _ = g.release();
         }
     }
 }

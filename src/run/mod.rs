@@ -205,7 +205,7 @@ pub trait Saga {
     fn undo_step(&self, run: &RunCtx<Self::Plan>, step: Self::Step) -> Result<()>;
     /// Take (or, for this run, take over) the cluster-wide guard before this member goes
     /// down; refused (exit 4, naming the holder) while another run holds it.
-    fn hold_guard(&self, _plan: &Self::Plan) -> Result<()> {
+    fn hold_guard(&self, _run: &RunCtx<Self::Plan>) -> Result<()> {
         Ok(())
     }
     /// Release the guard once the member is back.
@@ -449,10 +449,15 @@ impl<'a, G: Saga> Engine<'a, G> {
                     ));
                 }
             }
-            if step.member_down()
-                && let Err(e) = self.saga.hold_guard(&self.log.plan)
-            {
-                return Err((step, e, false));
+            if step.member_down() {
+                let ctx = RunCtx {
+                    plan: &self.log.plan,
+                    dir: &self.dir,
+                    say: self.say,
+                };
+                if let Err(e) = self.saga.hold_guard(&ctx) {
+                    return Err((step, e, false));
+                }
             }
             (self.say)(&format!("[{}/{}] {} ...", i + 1, all.len(), step.name()));
             self.record(Record::Begin {
@@ -506,7 +511,12 @@ impl<'a, G: Saga> Engine<'a, G> {
     fn undo_all(&mut self) -> Result<()> {
         let steps = self.log.to_undo();
         if steps.iter().any(|s| s.member_down()) {
-            self.saga.hold_guard(&self.log.plan)?;
+            let ctx = RunCtx {
+                plan: &self.log.plan,
+                dir: &self.dir,
+                say: self.say,
+            };
+            self.saga.hold_guard(&ctx)?;
         }
         for step in steps {
             self.record(Record::UndoBegin {

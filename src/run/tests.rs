@@ -134,7 +134,7 @@ impl Saga for Fake {
     type Plan = P;
     const KIND: RunKind = RunKind::Migrate;
 
-    fn hold_guard(&self, _: &P) -> Result<()> {
+    fn hold_guard(&self, _: &RunCtx<P>) -> Result<()> {
         if self.guard_refused {
             return Err(Error::refused("guard", "held by node2 (migrate run x)"));
         }

@@ -1,0 +1,212 @@
+//! The one policy for where a data dir may be copied to, shared by `migrate` preflight and
+//! `datadir copy`: free space (data + 10 %, and an inode per entry), how an existing
+//! non-directory target is described (a symlink says where it points), a parent that is not
+//! a directory, and — for a migration — the target's filesystem: not volatile (tmpfs, ramfs,
+//! overlay: empty after a reboot, and kubelet's `DirectoryOrCreate` then starts an empty
+//! member) and not the source's own filesystem (the usual cause is a new disk that is not
+//! mounted: mounting it later hides the data and etcd starts empty).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Free space the target filesystem must have beyond the data: 10 %.
+pub const SPACE_MARGIN_PERCENT: u64 = 10;
+
+/// ramfs' magic number (linux/magic.h); nix names tmpfs and overlay but not ramfs.
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+/// What a migration accepts about the target's filesystem.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FsPolicy {
+    /// `--allow-volatile-target`: tmpfs, ramfs and overlay are accepted.
+    pub allow_volatile: bool,
+    /// `--same-filesystem`: a target on the source's filesystem is accepted.
+    pub same_filesystem: bool,
+}
+
+/// The nearest existing ancestor of `path` (itself if it exists): whose filesystem a new
+/// directory there would be on.
+pub fn nearest_existing(path: &Path) -> PathBuf {
+    let mut p = path.to_path_buf();
+    while std::fs::symlink_metadata(&p).is_err() {
+        match p.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => p = parent.to_path_buf(),
+            _ => return PathBuf::from("."),
+        }
+    }
+    p
+}
+
+/// Refuse (exit 4) unless the filesystem holding `dir` has room for `data` bytes + 10 %
+/// and, when `entries` is given, an inode per entry. `target` names the target in messages.
+pub fn check_space(target: &Path, dir: &Path, data: u64, entries: Option<u64>) -> Result<String> {
+    check_space_beyond(target, dir, data, 0, entries)
+}
+
+/// As [`check_space`], when `staged` bytes of the data are already on the target's
+/// filesystem (a pre-copy in the staging dir): only the rest must still fit.
+pub fn check_space_beyond(
+    target: &Path,
+    dir: &Path,
+    data: u64,
+    staged: u64,
+    entries: Option<u64>,
+) -> Result<String> {
+    let st = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| Error::io("statvfs", dir, std::io::Error::from(e)))?;
+    let available = st.blocks_available() as u128 * st.fragment_size() as u128;
+    let data = data as u128;
+    let needed = (data + data * SPACE_MARGIN_PERCENT as u128 / 100).saturating_sub(staged as u128);
+    if available < needed {
+        return Err(Error::refused(
+            target.display().to_string(),
+            format!(
+                "not enough free space on the filesystem of {}: need {} (data {} + {} %), {} \
+                 free",
+                dir.display(),
+                crate::output::bytes(needed as u64),
+                crate::output::bytes(data as u64),
+                SPACE_MARGIN_PERCENT,
+                crate::output::bytes(available as u64)
+            ),
+        ));
+    }
+    if let Some(entries) = entries {
+        // Filesystems without an inode limit (btrfs, some FUSE) report zero inodes.
+        if st.files() > 0 && (st.files_available() as u64) < entries {
+            return Err(Error::refused(
+                target.display().to_string(),
+                format!(
+                    "not enough free inodes on the filesystem of {}: need {entries}, {} available",
+                    dir.display(),
+                    st.files_available()
+                ),
+            ));
+        }
+    }
+    Ok(format!(
+        "{} free, {} needed",
+        crate::output::bytes(available.min(u64::MAX as u128) as u64),
+        crate::output::bytes(needed as u64)
+    ))
+}
+
+/// Why an existing `path` that is not a directory cannot be the target: a symlink says
+/// where it points (a link to a directory on the new disk is a common half-done setup).
+pub fn not_a_directory(path: &Path) -> String {
+    match std::fs::read_link(path) {
+        Ok(to) => format!(
+            "exists and is a symlink to {}: give the real directory, not a link",
+            to.display()
+        ),
+        Err(_) => "exists and is not a directory".into(),
+    }
+}
+
+/// The reason a missing parent cannot hold the target: it does not exist, or it is a file.
+pub fn bad_parent(parent: &Path) -> String {
+    match std::fs::metadata(parent) {
+        Ok(m) if !m.is_dir() => format!("parent {} is a file, not a directory", parent.display()),
+        _ => format!(
+            "parent {} does not exist (mount the new disk and create it first)",
+            parent.display()
+        ),
+    }
+}
+
+/// The migration's filesystem rule for `to` (which need not exist) given the source `src`.
+pub fn check_filesystem(src: &Path, to: &Path, policy: FsPolicy) -> Result<String> {
+    let at = nearest_existing(to);
+    let fs = nix::sys::statfs::statfs(&at)
+        .map_err(|e| Error::io("statfs", &at, std::io::Error::from(e)))?;
+    let kind = fs.filesystem_type();
+    let volatile = [
+        (nix::sys::statfs::TMPFS_MAGIC, "tmpfs"),
+        (nix::sys::statfs::FsType(RAMFS_MAGIC as _), "ramfs"),
+        (nix::sys::statfs::OVERLAYFS_SUPER_MAGIC, "overlay"),
+    ]
+    .into_iter()
+    .find(|(magic, _)| *magic == kind)
+    .map(|(_, name)| name);
+    let mut notes = Vec::new();
+    if let Some(name) = volatile {
+        if !policy.allow_volatile {
+            return Err(Error::refused(
+                to.display().to_string(),
+                format!(
+                    "is on {name} ({}), which is empty after a reboot: kubelet would then start \
+                     an empty member there; choose a disk, or pass --allow-volatile-target for \
+                     a lab",
+                    at.display()
+                ),
+            ));
+        }
+        notes.push(format!("on {name}, allowed by --allow-volatile-target"));
+    }
+    let src_dev = std::fs::metadata(src)
+        .map_err(|e| Error::io("stat", src, e))?
+        .dev();
+    let to_dev = std::fs::metadata(&at)
+        .map_err(|e| Error::io("stat", &at, e))?
+        .dev();
+    if src_dev == to_dev {
+        if !policy.same_filesystem {
+            return Err(Error::refused(
+                to.display().to_string(),
+                format!(
+                    "is on the same filesystem as the data dir {}: is the new disk mounted? \
+                     (mounting it later would hide the data); pass --same-filesystem to move \
+                     the data dir on this disk anyway",
+                    src.display()
+                ),
+            ));
+        }
+        notes.push("on the source's filesystem, allowed by --same-filesystem".into());
+    }
+    Ok(if notes.is_empty() {
+        "another filesystem, not volatile".into()
+    } else {
+        notes.join("; ")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_filesystem_is_refused_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let to = dir.path().join("new/etcd");
+        let e = check_filesystem(&src, &to, FsPolicy::default()).unwrap_err();
+        // /tmp may itself be a tmpfs: either refusal is exit 4 and names the target.
+        assert_eq!(e.exit_code(), 4);
+        assert!(e.one_line().contains(&to.display().to_string()));
+        let ok = check_filesystem(
+            &src,
+            &to,
+            FsPolicy {
+                allow_volatile: true,
+                same_filesystem: true,
+            },
+        )
+        .unwrap();
+        assert!(ok.contains("--same-filesystem"), "{ok}");
+    }
+
+    #[test]
+    fn a_symlink_says_where_it_points_and_a_file_parent_says_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/mnt/disk2/etcd", &link).unwrap();
+        assert!(not_a_directory(&link).contains("symlink to /mnt/disk2/etcd"));
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(bad_parent(&file).contains("is a file"));
+        assert!(bad_parent(&dir.path().join("nope")).contains("does not exist"));
+    }
+}
