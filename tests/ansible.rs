@@ -223,7 +223,7 @@ fn rolling_migration_playbook_on_a_lab_stops_at_a_failing_node_then_finishes() {
     // Node 2 refused before changing anything, and said why; node 3 was never reached.
     assert_eq!(manifest(2), m2, "{}", first.dump(&lab));
     // Refused by `migrate plan`'s preflight (free space), which changes nothing.
-    let why = "free on its filesystem, the data needs";
+    let why = "not enough free space on the filesystem of";
     assert!(
         first
             .stdout
