@@ -26,7 +26,7 @@ use super::{
     archive_name,
 };
 use crate::error::{Error, Result};
-use crate::etcd::client::{Endpoint, within};
+use crate::etcd::client::{Endpoint, RpcError, within};
 use crate::etcd::connect::Connection;
 use crate::etcd::snapshot::{Digests, TRAILER};
 use crate::output::hex_id;
@@ -235,10 +235,10 @@ pub async fn create(conn: &Connection, opts: &BackupOptions) -> Result<BackupRep
     let url = ep.url.clone();
     let etcd_err = |op: &'static str| {
         let url = url.clone();
-        move |reason: String| Error::Etcd {
+        move |reason: RpcError| Error::Etcd {
             op,
             endpoint: url,
-            reason,
+            reason: reason.into(),
         }
     };
     let t = conn.command_timeout;

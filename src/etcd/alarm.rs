@@ -68,10 +68,10 @@ pub async fn disarm(conn: &Connection, only: Option<&str>) -> Result<AlarmsRepor
     })
 }
 
-fn etcd(op: &'static str, ep: &Endpoint, reason: String) -> Error {
+fn etcd(op: &'static str, ep: &Endpoint, reason: impl Into<String>) -> Error {
     Error::Etcd {
         op,
         endpoint: ep.url.clone(),
-        reason,
+        reason: reason.into(),
     }
 }

@@ -1,6 +1,9 @@
 //! A thin wrapper over etcd-client for one endpoint: our own plain types in and out, so that
-//! no etcd-client type leaves `src/etcd/`. Errors are one-line strings; callers decide
-//! whether a failure means "unreachable" or "the operation failed".
+//! no etcd-client type leaves `src/etcd/`. Errors are an [`RpcError`]: a one-line message
+//! and a [`RpcErrorKind`] mapped once, here, where the error enters (from the gRPC status
+//! code and etcd's own error messages, as etcd's `rpctypes` does), so that no caller
+//! classifies an error by searching its text. Callers decide whether a failure means
+//! "unreachable" or "the operation failed".
 
 use std::time::Duration;
 
@@ -54,6 +57,98 @@ pub struct HashKv {
     pub revision: i64,
 }
 
+/// What kind of failure an RPC met, for the callers that act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RpcErrorKind {
+    /// `mvcc: required revision has been compacted` (OutOfRange).
+    Compacted,
+    /// `mvcc: required revision is a future revision` (OutOfRange).
+    FutureRevision,
+    /// A learner refuses the request (`rpc not supported for learner`).
+    NotForLearner,
+    /// `permission denied` (auth enabled): the request still went through consensus.
+    PermissionDenied,
+    /// Our own deadline (`within`) or the server's ran out.
+    Timeout,
+    /// The endpoint could not be reached or the channel broke.
+    Unavailable,
+    Other,
+}
+
+/// An RPC's failure: what kind, and the one-line message for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcError {
+    pub kind: RpcErrorKind,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn other(message: impl Into<String>) -> Self {
+        RpcError {
+            kind: RpcErrorKind::Other,
+            message: message.into(),
+        }
+    }
+
+    pub fn is(&self, kind: RpcErrorKind) -> bool {
+        self.kind == kind
+    }
+
+    /// The one place an etcd-client error is classified.
+    pub fn from_client(e: &etcd_client::Error) -> Self {
+        let message = describe(e);
+        let kind = match e {
+            etcd_client::Error::GRpcStatus(s) => {
+                let m = s.message();
+                match s.code() {
+                    tonic_code::OutOfRange
+                        if m.ends_with("required revision has been compacted") =>
+                    {
+                        RpcErrorKind::Compacted
+                    }
+                    tonic_code::OutOfRange
+                        if m.ends_with("required revision is a future revision") =>
+                    {
+                        RpcErrorKind::FutureRevision
+                    }
+                    _ if m.ends_with("rpc not supported for learner") => {
+                        RpcErrorKind::NotForLearner
+                    }
+                    _ if m.ends_with("permission denied") => RpcErrorKind::PermissionDenied,
+                    tonic_code::DeadlineExceeded => RpcErrorKind::Timeout,
+                    tonic_code::Unavailable => RpcErrorKind::Unavailable,
+                    _ => RpcErrorKind::Other,
+                }
+            }
+            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
+                RpcErrorKind::Unavailable
+            }
+            _ => RpcErrorKind::Other,
+        };
+        RpcError { kind, message }
+    }
+}
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<RpcError> for String {
+    fn from(e: RpcError) -> String {
+        e.message
+    }
+}
+
+impl From<String> for RpcError {
+    fn from(message: String) -> RpcError {
+        RpcError::other(message)
+    }
+}
+
+use tonic::Code as tonic_code;
+
 /// A connected client for exactly one endpoint.
 pub struct Endpoint {
     pub url: String,
@@ -62,7 +157,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Connect with the connection's command timeout. Unconfirmed until the first call.
-    pub async fn connect(conn: &Connection, url: &str) -> Result<Self, String> {
+    pub async fn connect(conn: &Connection, url: &str) -> Result<Self, RpcError> {
         Self::connect_with_timeout(conn, url, conn.command_timeout).await
     }
 
@@ -71,7 +166,7 @@ impl Endpoint {
         conn: &Connection,
         url: &str,
         request_timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, RpcError> {
         let client = conn.client(url, request_timeout).await?;
         Ok(Endpoint {
             url: url.to_string(),
@@ -91,14 +186,14 @@ impl Endpoint {
             let attempt = async {
                 let mut ep = Self::connect_with_timeout(conn, url, request_timeout).await?;
                 let status = within(conn.command_timeout, "status", ep.status()).await?;
-                Ok::<_, String>((ep, status))
+                Ok::<_, RpcError>((ep, status))
             };
             match attempt.await {
                 Ok((_, s)) if s.is_learner => errors.push(format!("{url}: a learner")),
                 Ok(found) => return Ok(found),
                 Err(e) => errors.push(format!(
                     "{url}: {}",
-                    super::connect::with_tls_hint(url, e, conn.dial_timeout)
+                    super::connect::with_tls_hint(url, e.into(), conn.dial_timeout)
                 )),
             }
         }
@@ -110,22 +205,22 @@ impl Endpoint {
 
     /// A linearizable read of the key `health`, as `etcdctl endpoint health` does. Permission
     /// denied still proves that the request went through consensus.
-    pub async fn linearizable_get(&mut self) -> Result<(), String> {
+    pub async fn linearizable_get(&mut self) -> Result<(), RpcError> {
         match self.client.get("health", None).await {
             Ok(_) => Ok(()),
-            Err(e) => {
-                let text = describe(&e);
-                if text.contains("permission denied") {
-                    Ok(())
-                } else {
-                    Err(text)
-                }
-            }
+            Err(e) => match RpcError::from_client(&e) {
+                e if e.is(RpcErrorKind::PermissionDenied) => Ok(()),
+                e => Err(e),
+            },
         }
     }
 
-    pub async fn status(&mut self) -> Result<Status, String> {
-        let s = self.client.status().await.map_err(|e| describe(&e))?;
+    pub async fn status(&mut self) -> Result<Status, RpcError> {
+        let s = self
+            .client
+            .status()
+            .await
+            .map_err(|e| RpcError::from_client(&e))?;
         let header = s.header();
         Ok(Status {
             member_id: header.map_or(0, |h| h.member_id()),
@@ -143,8 +238,12 @@ impl Endpoint {
         })
     }
 
-    pub async fn members(&mut self) -> Result<Vec<Member>, String> {
-        let resp = self.client.member_list().await.map_err(|e| describe(&e))?;
+    pub async fn members(&mut self) -> Result<Vec<Member>, RpcError> {
+        let resp = self
+            .client
+            .member_list()
+            .await
+            .map_err(|e| RpcError::from_client(&e))?;
         Ok(resp
             .members()
             .iter()
@@ -158,21 +257,21 @@ impl Endpoint {
             .collect())
     }
 
-    pub async fn alarms(&mut self) -> Result<Vec<Alarm>, String> {
+    pub async fn alarms(&mut self) -> Result<Vec<Alarm>, RpcError> {
         let resp = self
             .client
             .alarm(AlarmAction::Get, AlarmType::None, None)
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| RpcError::from_client(&e))?;
         Ok(alarm_list(resp.alarms()))
     }
 
-    pub async fn hash_kv(&mut self, revision: i64) -> Result<HashKv, String> {
+    pub async fn hash_kv(&mut self, revision: i64) -> Result<HashKv, RpcError> {
         let resp = self
             .client
             .hash_kv(revision)
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| RpcError::from_client(&e))?;
         Ok(HashKv {
             hash: resp.hash(),
             compact_revision: resp.compact_version(),
@@ -184,7 +283,7 @@ impl Endpoint {
 impl Endpoint {
     /// How many keys the store held at `revision` (a count-only range over every key), as
     /// `etcdctl get "" --prefix --count-only --rev R` reports it.
-    pub async fn key_count(&mut self, revision: i64) -> Result<i64, String> {
+    pub async fn key_count(&mut self, revision: i64) -> Result<i64, RpcError> {
         let opts = GetOptions::new()
             .with_all_keys()
             .with_count_only()
@@ -193,14 +292,14 @@ impl Endpoint {
             .client
             .get(vec![0u8], Some(opts))
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| RpcError::from_client(&e))?;
         Ok(resp.count())
     }
 
     /// Compact the key-value history up to `revision`; with `physical`, return only once the
     /// backend has really dropped the old revisions (so that a defrag after it frees them).
     /// Returns the header revision.
-    pub async fn compact(&mut self, revision: i64, physical: bool) -> Result<i64, String> {
+    pub async fn compact(&mut self, revision: i64, physical: bool) -> Result<i64, RpcError> {
         let opts = if physical {
             CompactionOptions::new().with_physical()
         } else {
@@ -210,34 +309,34 @@ impl Endpoint {
             .client
             .compact(revision, Some(opts))
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| RpcError::from_client(&e))?;
         Ok(resp.header().map_or(0, |h| h.revision()))
     }
 
     /// Defragment this member's backend. Blocks the member; the client's timeout must be long.
-    pub async fn defragment(&mut self) -> Result<(), String> {
+    pub async fn defragment(&mut self) -> Result<(), RpcError> {
         self.client
             .defragment()
             .await
             .map(|_| ())
-            .map_err(|e| describe(&e))
+            .map_err(|e| RpcError::from_client(&e))
     }
 
     /// Hand leadership to `target`. Must be sent to the current leader.
-    pub async fn move_leader(&mut self, target: u64) -> Result<(), String> {
+    pub async fn move_leader(&mut self, target: u64) -> Result<(), RpcError> {
         self.client
             .move_leader(target)
             .await
             .map(|_| ())
-            .map_err(|e| describe(&e))
+            .map_err(|e| RpcError::from_client(&e))
     }
 
     /// Deactivate one alarm; returns the alarms etcd says it deactivated.
-    pub async fn disarm(&mut self, alarm: &Alarm) -> Result<Vec<Alarm>, String> {
+    pub async fn disarm(&mut self, alarm: &Alarm) -> Result<Vec<Alarm>, RpcError> {
         let kind = match alarm.alarm.as_str() {
             "NOSPACE" => AlarmType::Nospace,
             "CORRUPT" => AlarmType::Corrupt,
-            other => return Err(format!("unknown alarm type {other}")),
+            other => return Err(RpcError::other(format!("unknown alarm type {other}"))),
         };
         let mut opts = AlarmOptions::new();
         opts.with_member(alarm.member_id);
@@ -245,30 +344,38 @@ impl Endpoint {
             .client
             .alarm(AlarmAction::Deactivate, kind, Some(opts))
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| RpcError::from_client(&e))?;
         Ok(alarm_list(resp.alarms()))
     }
 
     /// Start streaming a snapshot of this member's backend.
-    pub async fn snapshot(&mut self) -> Result<Snapshot, String> {
-        let stream = self.client.snapshot().await.map_err(|e| describe(&e))?;
+    pub async fn snapshot(&mut self) -> Result<Snapshot, RpcError> {
+        let stream = self
+            .client
+            .snapshot()
+            .await
+            .map_err(|e| RpcError::from_client(&e))?;
         Ok(Snapshot { stream })
     }
 }
 
 /// Run one call under `limit`, whatever timeout its client was made with: a member's one
 /// client serves quick calls and the long defragment alike.
-pub async fn within<T>(
+pub async fn within<T, E: From<RpcError>>(
     limit: Duration,
     what: &str,
-    call: impl Future<Output = Result<T, String>>,
-) -> Result<T, String> {
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
     match tokio::time::timeout(limit, call).await {
         Ok(r) => r,
-        Err(_) => Err(format!(
-            "{what} timed out after {}",
-            humantime::format_duration(limit)
-        )),
+        Err(_) => Err(RpcError {
+            kind: RpcErrorKind::Timeout,
+            message: format!(
+                "{what} timed out after {}",
+                humantime::format_duration(limit)
+            ),
+        }
+        .into()),
     }
 }
 
@@ -285,14 +392,14 @@ pub struct Chunk {
 
 impl Snapshot {
     /// The next chunk, or `None` at the end of the stream.
-    pub async fn next(&mut self) -> Result<Option<Chunk>, String> {
+    pub async fn next(&mut self) -> Result<Option<Chunk>, RpcError> {
         match self.stream.message().await {
             Ok(Some(m)) => Ok(Some(Chunk {
                 blob: m.blob().to_vec(),
                 remaining: m.remaining_bytes(),
             })),
             Ok(None) => Ok(None),
-            Err(e) => Err(describe(&e)),
+            Err(e) => Err(RpcError::from_client(&e)),
         }
     }
 }
@@ -312,5 +419,69 @@ pub(crate) fn alarm_name(a: AlarmType) -> String {
         AlarmType::Nospace => "NOSPACE".into(),
         AlarmType::Corrupt => "CORRUPT".into(),
         AlarmType::None => "NONE".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: tonic::Code, msg: &str) -> RpcError {
+        RpcError::from_client(&etcd_client::Error::GRpcStatus(tonic::Status::new(
+            code, msg,
+        )))
+    }
+
+    /// etcd's own messages (server/etcdserver/api/v3rpc/rpctypes) map to kinds once, here.
+    #[test]
+    fn etcd_errors_are_classified_where_they_enter() {
+        use tonic::Code;
+        let cases = [
+            (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+                RpcErrorKind::Compacted,
+            ),
+            (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+                RpcErrorKind::FutureRevision,
+            ),
+            (
+                Code::Unavailable,
+                "etcdserver: rpc not supported for learner",
+                RpcErrorKind::NotForLearner,
+            ),
+            (
+                Code::PermissionDenied,
+                "etcdserver: permission denied",
+                RpcErrorKind::PermissionDenied,
+            ),
+            (
+                Code::DeadlineExceeded,
+                "context deadline exceeded",
+                RpcErrorKind::Timeout,
+            ),
+            (
+                Code::Unavailable,
+                "etcdserver: leader changed",
+                RpcErrorKind::Unavailable,
+            ),
+            (
+                Code::Unknown,
+                "etcdserver: request is too large",
+                RpcErrorKind::Other,
+            ),
+        ];
+        for (code, msg, kind) in cases {
+            let e = status(code, msg);
+            assert_eq!(e.kind, kind, "{msg}");
+            assert_eq!(e.to_string(), msg);
+        }
+        // A message that merely mentions the word is not the error.
+        assert_eq!(
+            status(Code::Unknown, "key 'compacted' not found").kind,
+            RpcErrorKind::Other
+        );
     }
 }

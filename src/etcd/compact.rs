@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::client::Endpoint;
+use super::client::{Endpoint, RpcErrorKind};
 use super::connect::Connection;
 use crate::error::{Error, Result};
 
@@ -97,14 +97,14 @@ pub async fn compact(conn: &Connection, opts: &CompactOptions) -> Result<Compact
     };
     match ep.compact(target, opts.physical).await {
         Ok(_) => report.compacted_to = Some(target),
-        Err(e) if e.contains("required revision has been compacted") => {
+        Err(e) if e.is(RpcErrorKind::Compacted) => {
             report.compacted_to = Some(target);
             report.already_compacted = true;
             report.note = Some(format!(
                 "revision {target} was already compacted: nothing to do"
             ));
         }
-        Err(e) if e.contains("required revision is a future revision") => {
+        Err(e) if e.is(RpcErrorKind::FutureRevision) => {
             return Err(future(target, current));
         }
         Err(e) => {

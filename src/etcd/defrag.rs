@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::client::{Endpoint, Status, within};
+use super::client::{Endpoint, RpcErrorKind, Status, within};
 use super::compact::{self, CompactOptions, Target};
 use super::connect::Connection;
 use super::health::{self, AlarmReport, HealthOptions, HealthReport};
@@ -376,12 +376,12 @@ async fn targets(conn: &Connection, opts: &DefragOptions, gate: &Gate) -> Result
                 .map_err(|e| Error::Etcd {
                     op: "connect",
                     endpoint: url.clone(),
-                    reason: e,
+                    reason: e.into(),
                 })?;
             let s = ep.status().await.map_err(|e| Error::Etcd {
                 op: "status",
                 endpoint: url.clone(),
-                reason: e,
+                reason: e.into(),
             })?;
             // Two URLs of one member: defragment it once.
             if out.iter().any(|t| t.member_id == s.member_id) {
@@ -577,7 +577,7 @@ async fn member(
     let result = within(opts.defrag_timeout, "defragment", ep.defragment()).await;
     out.took_ms = started.elapsed().as_millis() as u64;
     if let Err(e) = result {
-        let hint = if e.contains("timed out") {
+        let hint = if e.is(RpcErrorKind::Timeout) {
             " (etcd may still be defragmenting; raise --defrag-timeout for large dbs)"
         } else {
             ""

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::client::{Alarm, Endpoint, HashKv, Member, Status};
+use super::client::{Alarm, Endpoint, HashKv, Member, RpcErrorKind, Status};
 use super::connect::Connection;
 use crate::error::{Error, Result};
 use crate::mounts::Location;
@@ -174,7 +174,7 @@ pub async fn check_endpoint(conn: &Connection, url: &str) -> EndpointHealth {
             Ok(()) => ep.status().await,
             // A learner refuses linearizable reads by design: it is healthy when it answers
             // status cleanly (otherwise no cluster with a learner could ever be defragmented).
-            Err(e) if e.contains("not supported for learner") => {
+            Err(e) if e.is(RpcErrorKind::NotForLearner) => {
                 let s = ep.status().await?;
                 if s.is_learner { Ok(s) } else { Err(e) }
             }
@@ -228,9 +228,9 @@ pub async fn check_endpoint(conn: &Connection, url: &str) -> EndpointHealth {
                 h.fill(s);
             }
             h.error = Some(if h.status.is_none() && url.starts_with("http://") {
-                super::connect::with_tls_hint(url, e, conn.dial_timeout)
+                super::connect::with_tls_hint(url, e.into(), conn.dial_timeout)
             } else {
-                e
+                e.into()
             });
         }
     }
@@ -386,7 +386,7 @@ pub async fn member_list(conn: &Connection) -> Result<Vec<Member>, String> {
 
 async fn alarm_list(conn: &Connection, url: &str) -> Result<Vec<Alarm>, String> {
     let mut ep = Endpoint::connect(conn, url).await?;
-    ep.alarms().await
+    Ok(ep.alarms().await?)
 }
 
 async fn cluster_checks(
@@ -487,7 +487,7 @@ async fn hash_agreement(
             .await;
             match result {
                 Ok(h) => hashes.push((e.endpoint.clone(), h)),
-                Err(err) if at != 0 && err.contains("required revision has been compacted") => {
+                Err(err) if at != 0 && err.is(RpcErrorKind::Compacted) => {
                     compacted = true;
                     break;
                 }

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::client::{Endpoint, within};
+use super::client::{Endpoint, RpcError, within};
 use super::connect::{Connection, manifest_endpoints};
 use crate::error::{Error, Result};
 use crate::manifest::StaticPod;
@@ -57,9 +57,9 @@ pub async fn check_local(conn: &Connection, pod: &StaticPod) -> Result<String> {
     let url = conn.endpoints.first().cloned().unwrap_or_default();
     let name = pod.etcd_flag("name")?.unwrap_or_default();
     let peers = split(pod.etcd_flag("initial-advertise-peer-urls")?);
-    let err = |e: String| Error::Unreachable {
+    let err = |e: RpcError| Error::Unreachable {
         endpoints: url.clone(),
-        reason: e,
+        reason: e.into(),
     };
     let mut ep = Endpoint::connect(conn, &url).await.map_err(err)?;
     let status = within(conn.command_timeout, "status", ep.status())

@@ -21,7 +21,7 @@ use nix::fcntl::{AT_FDCWD, Flock, FlockArg, RenameFlags, renameat2};
 use ring::digest::{Context, SHA256};
 use serde::Serialize;
 
-use super::client::{Endpoint, within};
+use super::client::{Endpoint, RpcError, within};
 use super::connect::Connection;
 use crate::error::{Error, Result};
 use crate::output::hex_id;
@@ -260,10 +260,10 @@ pub async fn save(
 
     let (mut ep, status) = Endpoint::first_answering(conn, opts.idle_timeout).await?;
     let url = ep.url.clone();
-    let fail = |e: String| Error::Etcd {
+    let fail = |e: RpcError| Error::Etcd {
         op: "snapshot",
         endpoint: url.clone(),
-        reason: e,
+        reason: e.into(),
     };
     let mut stream = within(
         opts.idle_timeout,

@@ -21,7 +21,7 @@ use crate::datadir::precopy::{PrecopyOptions, PrecopyReport, precopy};
 use crate::datadir::verify::{VerifyOptions, VerifyReport, verify};
 use crate::datadir::{Progress, quiesce};
 use crate::error::{Error, Result};
-use crate::etcd::client::Endpoint;
+use crate::etcd::client::{Endpoint, RpcErrorKind};
 use crate::etcd::connect::Connection;
 use crate::etcd::health::{self, HealthOptions, HealthReport};
 use crate::etcd::snapshot;
@@ -161,11 +161,11 @@ impl RealHost<'_> {
         self.conn.endpoints.first().map_or("", String::as_str)
     }
 
-    fn endpoint_err(&self, op: &'static str, reason: String) -> Error {
+    fn endpoint_err(&self, op: &'static str, reason: impl Into<String>) -> Error {
         Error::Etcd {
             op,
             endpoint: self.local().to_string(),
-            reason,
+            reason: reason.into(),
         }
     }
 
@@ -310,7 +310,7 @@ impl Host for RealHost<'_> {
                 .map_err(|e| self.endpoint_err("connect", e))?;
             match ep.hash_kv(revision).await {
                 Ok(h) => Ok(Some(h.hash)),
-                Err(e) if e.contains("compacted") => Ok(None),
+                Err(e) if e.is(RpcErrorKind::Compacted) => Ok(None),
                 Err(e) => Err(self.endpoint_err("hashkv", e)),
             }
         })
