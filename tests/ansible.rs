@@ -102,9 +102,9 @@ fn write_inventory(lab: &Lab, dir: &Path, targets: &[PathBuf]) -> PathBuf {
             "etcdops_health_retries": 60,
             "etcdops_health_delay": 1,
             "etcdops_apply_extra_args": ["--stop-timeout", "60s", "--start-timeout", "120s"],
-            // Nodes 1 and 3 move within the lab's own filesystem, which migrate refuses unless
-            // told; node 2's target is its own (too small) disk.
-            "etcdops_target_args": if n == 2 { vec![] } else { vec!["--same-filesystem"] },
+            // The lab's targets are on its own filesystem (node 2's too, once its small disk
+            // is unmounted), which migrate refuses unless told.
+            "etcdops_target_args": ["--same-filesystem"],
             "etcdops_apply_timeout": 600,
         });
         std::fs::write(

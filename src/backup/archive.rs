@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
-use nix::fcntl::{AT_FDCWD, Flock, FlockArg, RenameFlags, renameat2};
+use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
 use super::{
@@ -384,30 +384,11 @@ pub async fn create(conn: &Connection, opts: &BackupOptions) -> Result<BackupRep
         .sync_all()
         .map_err(|e| Error::io("fsync", &part, e))?;
     drop(locked);
-    match renameat2(
-        AT_FDCWD,
-        &part,
-        AT_FDCWD,
-        &file,
-        RenameFlags::RENAME_NOREPLACE,
-    ) {
-        Ok(()) => {}
-        Err(Errno::EEXIST) => {
-            return Err(Error::refused(
-                &what,
-                "the archive appeared while it was written; it was left alone",
-            ));
-        }
-        Err(Errno::EINVAL) | Err(Errno::ENOSYS) => {
-            if file.symlink_metadata().is_ok() {
-                return Err(Error::refused(
-                    &what,
-                    "the archive appeared while it was written; it was left alone",
-                ));
-            }
-            fs::rename(&part, &file).map_err(|e| Error::io("rename", &part, e))?;
-        }
-        Err(e) => return Err(Error::io("rename", &part, std::io::Error::from(e))),
+    if !crate::node::rename_noreplace(&part, &file)? {
+        return Err(Error::refused(
+            &what,
+            "the archive appeared while it was written; it was left alone",
+        ));
     }
     guard.armed = false;
     File::open(&opts.dir)

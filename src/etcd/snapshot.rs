@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{AT_FDCWD, Flock, FlockArg, RenameFlags, renameat2};
+use nix::fcntl::{Flock, FlockArg};
 use ring::digest::{Context, SHA256};
 use serde::Serialize;
 
@@ -310,31 +310,11 @@ pub async fn save(
     drop(locked);
 
     // Never replace a file that appeared while we streamed.
-    match renameat2(
-        AT_FDCWD,
-        &part,
-        AT_FDCWD,
-        file,
-        RenameFlags::RENAME_NOREPLACE,
-    ) {
-        Ok(()) => {}
-        Err(Errno::EEXIST) => {
-            return Err(Error::refused(
-                &what,
-                "the file appeared while the snapshot was streamed; it was left alone",
-            ));
-        }
-        // Filesystems without RENAME_NOREPLACE: check, then rename.
-        Err(Errno::EINVAL) | Err(Errno::ENOSYS) => {
-            if file.symlink_metadata().is_ok() {
-                return Err(Error::refused(
-                    &what,
-                    "the file appeared while the snapshot was streamed; it was left alone",
-                ));
-            }
-            std::fs::rename(&part, file).map_err(|e| Error::io("rename", &part, e))?;
-        }
-        Err(e) => return Err(Error::io("rename", &part, std::io::Error::from(e))),
+    if !crate::node::rename_noreplace(&part, file)? {
+        return Err(Error::refused(
+            &what,
+            "the file appeared while the snapshot was streamed; it was left alone",
+        ));
     }
     guard.armed = false;
     let dir = parent(file);

@@ -194,6 +194,26 @@ fn command_result(command: &str, out: std::process::Output) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Rename `from` to `to` without ever replacing an existing `to` (a file that appeared
+/// while `from` was written is someone else's): `RENAME_NOREPLACE`, or on a filesystem
+/// without it, a check and then a rename. `Ok(false)`: `to` exists and was left alone.
+pub fn rename_noreplace(from: &Path, to: &Path) -> Result<bool> {
+    use nix::errno::Errno;
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(true),
+        Err(Errno::EEXIST) => Ok(false),
+        Err(Errno::EINVAL) | Err(Errno::ENOSYS) => {
+            if to.symlink_metadata().is_ok() {
+                return Ok(false);
+            }
+            fs::rename(from, to).map_err(|e| Error::io("rename", from, e))?;
+            Ok(true)
+        }
+        Err(e) => Err(Error::io("rename", from, std::io::Error::from(e))),
+    }
+}
+
 /// fsync a directory so that a rename or unlink in it survives a crash.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     atomic::fsync_dir(dir).map_err(|e| Error::io("fsync", dir, e))
