@@ -546,9 +546,11 @@ impl<'a, G: Saga> Engine<'a, G> {
             return Ok(());
         };
         let what = self.what(step);
-        if !began && self.log.to_undo().is_empty() {
-            // Refused before the step began (the guard is held elsewhere, a signal came):
-            // nothing on the node changed; the refusal keeps its own exit code.
+        // Refused before the step began (the guard is held elsewhere, a signal came): the
+        // member was not touched, so once what earlier steps left is undone (a pre-copy's
+        // staging dir), the refusal keeps its own exit code.
+        let refused_before = !began;
+        if refused_before && self.log.to_undo().is_empty() {
             self.set_state(RunState::RolledBack, Some(err.one_line()))?;
             return Err(err);
         }
@@ -572,6 +574,9 @@ impl<'a, G: Saga> Engine<'a, G> {
         match self.undo_all() {
             Ok(()) => {
                 self.set_state(RunState::RolledBack, Some(err.one_line()))?;
+                if refused_before {
+                    return Err(err);
+                }
                 let ctx = RunCtx {
                     plan: &self.log.plan,
                     dir: &self.dir,

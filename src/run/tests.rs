@@ -41,7 +41,10 @@ impl StepKind for T {
         }
     }
     fn has_undo(self) -> bool {
-        matches!(self, T::StopEtcd | T::StopKubelet | T::Copy | T::Start)
+        matches!(
+            self,
+            T::Check | T::StopEtcd | T::StopKubelet | T::Copy | T::Start
+        )
     }
     fn changes_node(self) -> bool {
         self != T::Check
@@ -426,7 +429,17 @@ fn illegal_journals_are_refused() {
             "undo of a step without undo",
             &[
                 r#"{"event":"begin","ts_ms":2,"step":"check"}"#,
-                r#"{"event":"undo-begin","ts_ms":3,"step":"check"}"#,
+                r#"{"event":"done","ts_ms":2,"step":"check","took_ms":1}"#,
+                r#"{"event":"begin","ts_ms":2,"step":"stop-etcd"}"#,
+                r#"{"event":"done","ts_ms":2,"step":"stop-etcd","took_ms":1}"#,
+                r#"{"event":"begin","ts_ms":2,"step":"stop-kubelet"}"#,
+                r#"{"event":"done","ts_ms":2,"step":"stop-kubelet","took_ms":1}"#,
+                r#"{"event":"begin","ts_ms":2,"step":"copy"}"#,
+                r#"{"event":"done","ts_ms":2,"step":"copy","took_ms":1}"#,
+                r#"{"event":"begin","ts_ms":2,"step":"start"}"#,
+                r#"{"event":"done","ts_ms":2,"step":"start","took_ms":1}"#,
+                r#"{"event":"begin","ts_ms":2,"step":"wait"}"#,
+                r#"{"event":"undo-begin","ts_ms":3,"step":"wait"}"#,
             ],
         ),
         (
@@ -525,7 +538,9 @@ fn the_guard_is_held_while_the_member_may_be_down_and_a_refusal_changes_nothing(
     assert!(fake.unguarded.borrow().is_empty(), "{:?}", fake.unguarded);
     assert!(!*fake.guard_held.borrow());
 
-    // Held by another run: refused before anything changed, with the refusal's exit code.
+    // Held by another run: refused before the member was touched; what the earlier step
+    // left (Check has an undo, as a pre-copy has) is undone, and the refusal keeps its exit
+    // code (a guard refusal used to come back as exit 1 once a pre-copy step existed).
     let fake = Fake {
         guard_refused: true,
         ..Default::default()
