@@ -217,6 +217,10 @@ impl Node {
         let mut staging = Vec::new();
         for k in 1..=self.targets {
             let parent = self.lab.path().join(format!("t{k}"));
+            // Targets checked earlier and done with were removed (below).
+            if !parent.exists() {
+                continue;
+            }
             for e in std::fs::read_dir(&parent)
                 .map_err(|e| format!("{}: {e}", parent.display()))?
                 .flatten()
@@ -261,6 +265,14 @@ impl Node {
         match self.lab.count_on(1, PREFIX) {
             Some(n) if n == KEYS as u64 => {}
             other => return Err(format!("node 1 serves {other:?} of {KEYS} keys")),
+        }
+        // Data dirs this node no longer runs on are checked and done with: remove them, or
+        // 40+ copies of a ~200 MB data dir fill the disk of a CI machine.
+        for i in 1..=self.targets {
+            let dir = self.lab.path().join(format!("t{i}"));
+            if !now.starts_with(&dir) {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
         }
         self.current = now;
         Ok(state)

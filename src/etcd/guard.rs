@@ -149,15 +149,26 @@ fn rpc_err(op: &'static str, urls: &[String], e: &etcd_client::Error) -> Error {
 
 /// Who holds the guard now, if anyone. Read through the connection's endpoints.
 pub async fn holder(conn: &Connection) -> Result<Option<Holder>> {
-    let mut c = client(conn, &conn.endpoints).await?;
-    let resp = within_rpc(conn, "read the guard", c.get(KEY, None))
-        .await
-        .map_err(|e| Error::Etcd {
-            op: "read the guard",
-            endpoint: conn.endpoints.join(","),
-            reason: e,
-        })?;
-    Ok(resp.kvs().first().map(|kv| parse_holder(kv.value())))
+    // One endpoint at a time: a member that is down (or being defragmented) must not make
+    // the read fail while another one answers.
+    let mut errors = Vec::new();
+    for url in &conn.endpoints {
+        let attempt = async {
+            let mut c = client(conn, std::slice::from_ref(url))
+                .await
+                .map_err(|e| e.one_line())?;
+            within_rpc(conn, "read the guard", c.get(KEY, None)).await
+        };
+        match attempt.await {
+            Ok(resp) => return Ok(resp.kvs().first().map(|kv| parse_holder(kv.value()))),
+            Err(e) => errors.push(format!("{url}: {e}")),
+        }
+    }
+    Err(Error::Etcd {
+        op: "read the guard",
+        endpoint: conn.endpoints.join(","),
+        reason: errors.join("; "),
+    })
 }
 
 async fn within_rpc<T>(
