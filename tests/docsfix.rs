@@ -127,6 +127,8 @@ fn docsfix_non_root_plan_exits_4_with_a_root_row() {
 /// README: `snapshot verify /backup/etcd-*.db` with several files verifies each, exits 1 when
 /// any is corrupt and names that one (not the good one), and reads without changing a byte.
 /// A missing file among them is a usage error naming it. Before: exit 2 "unexpected argument".
+/// Also what the backup steps of the runbooks rely on: `snapshot save` into a directory that
+/// does not exist is refused naming it (the runbooks now create it first).
 #[test]
 fn docsfix_snapshot_verify_accepts_several_files() {
     let lab = Lab::up(Version::V35, 1);
@@ -192,6 +194,14 @@ fn docsfix_snapshot_verify_accepts_several_files() {
     )
     .code(2)
     .one_line_error("etcd-missing.db");
+    // The runbooks create their backup dir first (`install -d`): etcdops does not guess one,
+    // it refuses a missing directory by name and creates nothing.
+    let nodir = dir.path().join("backups");
+    let into = nodir.join("etcd-c.db");
+    lab.etcdops(1, &["snapshot", "save", into.to_str().unwrap()], &[])
+        .code(2)
+        .one_line_error(&format!("{}: directory does not exist", nodir.display()));
+    assert!(!nodir.exists(), "snapshot save created the directory");
     assert_eq!(snap(&a), before_a, "verify changed a");
     assert_eq!(snap(&b), before_b, "verify changed b");
 }
