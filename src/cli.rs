@@ -355,7 +355,7 @@ pub enum AlarmCommand {
 pub enum SnapshotCommand {
     /// Stream a snapshot from one endpoint to FILE (refuses to overwrite).
     Save(SnapshotSaveArgs),
-    /// Check a snapshot file against etcd's sha256 trailer.
+    /// Check snapshot files against etcd's sha256 trailer; exit 1 if any is corrupt.
     Verify(SnapshotVerifyArgs),
 }
 
@@ -371,8 +371,9 @@ pub struct SnapshotSaveArgs {
 
 #[derive(Debug, Args)]
 pub struct SnapshotVerifyArgs {
-    /// The snapshot file.
-    pub file: PathBuf,
+    /// The snapshot files (one or more, e.g. a shell glob); each is verified.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -109,16 +109,31 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
             guard: Default::default(),
         })
     };
+    let root = nix::unistd::geteuid().is_root();
     // An unfinished run may have moved the manifest out: say that, not "manifest missing".
+    // Not for a non-root plan: the runs dir is root's (0700), and the plan's own
+    // no-unfinished-run row reports it after the root row that decides the exit code (4).
+    let plan_as_user = matches!(args.command, MigrateCommand::Plan(_)) && !root;
     if matches!(
         args.command,
         MigrateCommand::Plan(_) | MigrateCommand::Apply(_)
-    ) {
+    ) && !plan_as_user
+    {
         crate::runs::check_none_unfinished(&state_dir)?;
     }
     match args.command {
         MigrateCommand::Plan(a) => {
-            let host = host()?;
+            let host = match host() {
+                Ok(host) => host,
+                // A kubeadm manifest and its keys are root's: as another user the plan
+                // still shows the root row (exit 4), and why the rest could not be checked.
+                Err(e) if plan_as_user => {
+                    let report = not_root_plan(&a.to, &e);
+                    output::print(format, &report);
+                    return Err(report.refusal.unwrap_or(e));
+                }
+                Err(e) => return Err(e),
+            };
             let report = preflight::run(
                 &host,
                 &PreflightInput {
@@ -167,6 +182,21 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
             print_outcome(format, outcome)
         }
         MigrateCommand::Status(a) => {
+            // A node that never ran anything has nothing unfinished: exit 0, saying so (a
+            // script asking "is anything unfinished?" must not see a usage error). A run
+            // named by --id that does not exist stays a usage error (exit 2).
+            if a.id.is_none() && crate::run::list_runs(&state_dir)?.is_empty() {
+                output::print(
+                    format,
+                    &NoRun {
+                        id: None,
+                        state: "none",
+                        unfinished: false,
+                        runs_dir: crate::run::runs_dir(&state_dir),
+                    },
+                );
+                return Ok(());
+            }
             let report = crate::runs::status(&state_dir, a.id.as_deref())?;
             output::print(format, &report);
             report.verdict()
@@ -188,6 +218,60 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
             output::print(format, &report);
             Ok(())
         }
+    }
+}
+
+/// The plan a non-root user gets when even the manifest cannot be read: the root row that
+/// refuses (exit 4, as DESIGN.md's preflight says), the error that stopped the rest, and the
+/// steps and kubeadm-config change a root run would show.
+fn not_root_plan(to: &Path, cause: &Error) -> PreflightReport {
+    let refusal = Error::refused(
+        "migrate",
+        "must run as root (it stops kubelet and writes the manifest and data dirs)",
+    );
+    let user = nix::unistd::geteuid();
+    PreflightReport {
+        ok: false,
+        checks: vec![
+            preflight::Check {
+                name: "root".into(),
+                ok: false,
+                detail: refusal.one_line(),
+            },
+            preflight::Check {
+                name: "manifest".into(),
+                ok: false,
+                detail: format!("not checked as uid {user}: {}", cause.one_line()),
+            },
+        ],
+        warnings: Vec::new(),
+        from: None,
+        to: to.to_path_buf(),
+        steps: <migrate::MigrateStep as crate::run::StepKind>::ALL
+            .iter()
+            .map(|s| crate::run::StepKind::name(*s).to_string())
+            .collect(),
+        kubeadm_config: preflight::kubeadm_config_hint(to),
+        plan: None,
+        refusal: Some(refusal),
+    }
+}
+
+/// `migrate status` on a node with no run: `id` null, `state` "none", nothing unfinished.
+#[derive(serde::Serialize)]
+struct NoRun {
+    id: Option<String>,
+    state: &'static str,
+    unfinished: bool,
+    runs_dir: PathBuf,
+}
+
+impl Render for NoRun {
+    fn table(&self) -> String {
+        format!(
+            "no run in {}: this node never migrated, restored or rejoined with etcdops; nothing is unfinished\n",
+            self.runs_dir.display()
+        )
     }
 }
 

@@ -1,4 +1,4 @@
-//! `etcdops snapshot save FILE` / `etcdops snapshot verify FILE`. Save shows a progress bar
+//! `etcdops snapshot save FILE` / `etcdops snapshot verify FILE...`. Save shows a progress bar
 //! on a terminal only (never with `-o json`), and turns Ctrl-C or SIGTERM into a clean
 //! failure: the save is dropped, which removes its `.part`.
 
@@ -64,16 +64,60 @@ pub fn exec(global: &GlobalArgs, cmd: SnapshotCommand) -> Result<()> {
             Ok(())
         }
         SnapshotCommand::Verify(args) => {
-            let report = snapshot::verify(&args.file)?;
-            output::print(super::format(global), &report);
-            match &report.problem {
-                None => Ok(()),
-                Some(p) => Err(Error::failed(
-                    format!("snapshot verify {}", args.file.display()),
-                    p.clone(),
+            // Every file is read before anything is judged: a missing file or a directory is
+            // a usage error (exit 2) naming it, whichever position it has.
+            let reports = args
+                .files
+                .iter()
+                .map(|f| snapshot::verify(f))
+                .collect::<Result<Vec<_>>>()?;
+            let format = super::format(global);
+            let bad: Vec<String> = reports
+                .iter()
+                .filter_map(|r| {
+                    r.problem
+                        .as_ref()
+                        .map(|p| format!("{}: {p}", r.file.display()))
+                })
+                .collect();
+            match reports.as_slice() {
+                // One file keeps the document it always had.
+                [one] => output::print(format, one),
+                _ => output::print(
+                    format,
+                    &VerifyAll {
+                        ok: bad.is_empty(),
+                        files: reports,
+                    },
+                ),
+            }
+            match bad.as_slice() {
+                [] => Ok(()),
+                [one] => Err(Error::failed("snapshot verify", one.clone())),
+                _ => Err(Error::failed(
+                    "snapshot verify",
+                    format!(
+                        "{} of {} files corrupt: {}",
+                        bad.len(),
+                        args.files.len(),
+                        bad.join("; ")
+                    ),
                 )),
             }
         }
+    }
+}
+
+/// `snapshot verify` of several files: `{ok, files: [the one-file document, ...]}`.
+#[derive(serde::Serialize)]
+struct VerifyAll {
+    ok: bool,
+    files: Vec<VerifyReport>,
+}
+
+impl Render for VerifyAll {
+    fn table(&self) -> String {
+        self.files.iter().map(Render::table).collect()
     }
 }
 
