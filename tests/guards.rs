@@ -516,6 +516,12 @@ fn guards_volatile_and_same_filesystem_targets_are_refused() {
         r.dump()
     );
     plan(&volatile, &["--allow-volatile-target"]).code(0);
+    // The mount point itself: the copy could never rename its staging dir over it, so the
+    // plan says so (it used to say "exists and is empty", and apply failed at the copy
+    // step after etcd was stopped). One rule for preflight and `datadir copy`.
+    let r = plan(&tmpfs.0, &["--allow-volatile-target"]);
+    r.code(2);
+    assert!(r.stderr.contains("is a mount point"), "{}", r.dump());
 
     let unmounted = lab.path().join("disk2/etcd");
     std::fs::create_dir_all(unmounted.parent().unwrap()).unwrap();

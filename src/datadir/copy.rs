@@ -348,52 +348,44 @@ impl Target {
             "does not exist: mount the new disk and create the parent directory first",
         )?;
         let path = parent.join(&name);
-        if path.starts_with(src) {
-            return Err(Error::input(
-                &path,
-                format!(
-                    "is inside the source {}: choose a target outside it",
-                    src.display()
-                ),
-            ));
-        }
-        if src.starts_with(&path) {
-            return Err(Error::input(
-                &path,
-                format!(
-                    "contains the source {}: choose a target outside it",
-                    src.display()
-                ),
-            ));
-        }
-        let replace_empty = match fs::symlink_metadata(&path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-            Err(e) => return Err(Error::io("stat", &path, e)),
-            Ok(m) if m.file_type().is_dir() => {
-                let mut rd = fs::read_dir(&path).map_err(|e| Error::io("read dir", &path, e))?;
-                if rd.next().is_some() {
-                    return Err(Error::refused(
-                        path.display().to_string(),
-                        "exists and is not empty: copy into a new or empty directory",
-                    ));
-                }
-                let parent_dev = fs::metadata(&parent)
-                    .map_err(|e| Error::io("stat", &parent, e))?
-                    .dev();
-                if m.dev() != parent_dev {
-                    // The staging dir beside it would be on the parent's filesystem, and a
-                    // mount point cannot be renamed over.
-                    return Err(Error::input(
-                        &path,
-                        format!(
-                            "is a mount point: copy into a directory below it, e.g. {}",
-                            path.join("etcd").display()
-                        ),
-                    ));
-                }
-                true
+        use super::target::{Place, Unfit};
+        let replace_empty = match super::target::judge(src, &path, &parent)? {
+            Ok(Place::Absent) => false,
+            Ok(Place::EmptyDir) => true,
+            Err(Unfit::Source | Unfit::InsideSource) => {
+                return Err(Error::input(
+                    &path,
+                    format!(
+                        "is inside the source {}: choose a target outside it",
+                        src.display()
+                    ),
+                ));
             }
-            Ok(_) => {
+            Err(Unfit::ContainsSource) => {
+                return Err(Error::input(
+                    &path,
+                    format!(
+                        "contains the source {}: choose a target outside it",
+                        src.display()
+                    ),
+                ));
+            }
+            Err(Unfit::NotEmpty) => {
+                return Err(Error::refused(
+                    path.display().to_string(),
+                    "exists and is not empty: copy into a new or empty directory",
+                ));
+            }
+            Err(Unfit::MountPoint) => {
+                return Err(Error::input(
+                    &path,
+                    format!(
+                        "is a mount point: copy into a directory below it, e.g. {}",
+                        path.join("etcd").display()
+                    ),
+                ));
+            }
+            Err(Unfit::NotADirectory) => {
                 return Err(Error::refused(
                     path.display().to_string(),
                     super::target::not_a_directory(&path),

@@ -93,6 +93,65 @@ pub fn check_space_beyond(
     ))
 }
 
+/// Where a target stands, judged once for `migrate` preflight and `datadir copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Nothing there: it will be created.
+    Absent,
+    /// An empty directory (not a mount point): the copy replaces it.
+    EmptyDir,
+}
+
+/// Why a target cannot take the data; each caller words it for its own flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unfit {
+    /// It is the source itself.
+    Source,
+    /// It lies inside the source.
+    InsideSource,
+    /// It contains the source.
+    ContainsSource,
+    /// A directory with entries.
+    NotEmpty,
+    /// A file, a symlink, anything but a directory (see [`not_a_directory`]).
+    NotADirectory,
+    /// An empty directory that is a mount point: the staging dir beside it would be on the
+    /// parent's filesystem, and a mount point cannot be renamed over.
+    MountPoint,
+}
+
+/// Judge a target `dst` against the source `src` (both resolved as the kernel would, the
+/// target's parent `parent` existing). The one rule for both callers.
+pub fn judge(src: &Path, dst: &Path, parent: &Path) -> Result<std::result::Result<Place, Unfit>> {
+    if dst == src {
+        return Ok(Err(Unfit::Source));
+    }
+    if dst.starts_with(src) {
+        return Ok(Err(Unfit::InsideSource));
+    }
+    if src.starts_with(dst) {
+        return Ok(Err(Unfit::ContainsSource));
+    }
+    match std::fs::symlink_metadata(dst) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Ok(Place::Absent)),
+        Err(e) => Err(Error::io("stat", dst, e)),
+        Ok(m) if m.file_type().is_dir() => {
+            let mut rd = std::fs::read_dir(dst).map_err(|e| Error::io("read dir", dst, e))?;
+            if rd.next().is_some() {
+                return Ok(Err(Unfit::NotEmpty));
+            }
+            let parent_dev = std::fs::metadata(parent)
+                .map_err(|e| Error::io("stat", parent, e))?
+                .dev();
+            if m.dev() != parent_dev {
+                return Ok(Err(Unfit::MountPoint));
+            }
+            Ok(Ok(Place::EmptyDir))
+        }
+        Ok(_) => Ok(Err(Unfit::NotADirectory)),
+    }
+}
+
 /// Why an existing `path` that is not a directory cannot be the target: a symlink says
 /// where it points (a link to a directory on the new disk is a common half-done setup).
 pub fn not_a_directory(path: &Path) -> String {

@@ -322,26 +322,6 @@ fn check_target(src: &Path, to: &Path) -> Result<String> {
         )));
     }
     let (s, t) = (resolve(src), resolve(to));
-    if s == t {
-        return Err(Error::Usage(format!(
-            "--to {} is the current data dir",
-            to.display()
-        )));
-    }
-    if t.starts_with(&s) {
-        return Err(Error::Usage(format!(
-            "--to {} is inside the data dir {}",
-            to.display(),
-            src.display()
-        )));
-    }
-    if s.starts_with(&t) {
-        return Err(Error::Usage(format!(
-            "the data dir {} is inside --to {}",
-            src.display(),
-            to.display()
-        )));
-    }
     let parent = t
         .parent()
         .ok_or_else(|| Error::Usage(format!("--to {} has no parent", to.display())))?;
@@ -351,20 +331,36 @@ fn check_target(src: &Path, to: &Path) -> Result<String> {
             crate::datadir::target::bad_parent(parent),
         ));
     }
-    match std::fs::symlink_metadata(to) {
-        Err(_) => Ok(format!("{} will be created", to.display())),
-        Ok(m) if m.is_dir() => {
-            let mut rd = std::fs::read_dir(to).map_err(|e| Error::io("read", to, e))?;
-            if rd.next().is_some() {
-                Err(Error::refused(
-                    to.display().to_string(),
-                    "target exists and is not empty",
-                ))
-            } else {
-                Ok(format!("{} exists and is empty", to.display()))
-            }
-        }
-        Ok(_) => Err(Error::refused(
+    use crate::datadir::target::{Place, Unfit};
+    match crate::datadir::target::judge(&s, &t, parent)? {
+        Ok(Place::Absent) => Ok(format!("{} will be created", to.display())),
+        Ok(Place::EmptyDir) => Ok(format!("{} exists and is empty", to.display())),
+        Err(Unfit::Source) => Err(Error::Usage(format!(
+            "--to {} is the current data dir",
+            to.display()
+        ))),
+        Err(Unfit::InsideSource) => Err(Error::Usage(format!(
+            "--to {} is inside the data dir {}",
+            to.display(),
+            src.display()
+        ))),
+        Err(Unfit::ContainsSource) => Err(Error::Usage(format!(
+            "the data dir {} is inside --to {}",
+            src.display(),
+            to.display()
+        ))),
+        Err(Unfit::NotEmpty) => Err(Error::refused(
+            to.display().to_string(),
+            "target exists and is not empty",
+        )),
+        // The copy could not rename its staging dir over a mount point: say so now, not
+        // after etcd was stopped.
+        Err(Unfit::MountPoint) => Err(Error::Usage(format!(
+            "--to {} is a mount point: migrate into a directory below it, e.g. {}",
+            to.display(),
+            to.join("etcd").display()
+        ))),
+        Err(Unfit::NotADirectory) => Err(Error::refused(
             to.display().to_string(),
             crate::datadir::target::not_a_directory(to),
         )),
