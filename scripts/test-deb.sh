@@ -53,7 +53,9 @@ units=()
 for f in "${files[@]}"; do
   case "$f" in /lib/systemd/system/*.service | /lib/systemd/system/*.timer) units+=("$f") ;; esac
 done
-[ "${#units[@]}" -eq 4 ] || fail "expected 4 units, the package has: ${units[*]}"
+# Every unit that build-deb.sh packs (contrib/systemd and contrib/prometheus), no more, no less.
+want=$(find contrib/systemd contrib/prometheus -maxdepth 1 \( -name '*.service' -o -name '*.timer' \) | wc -l)
+[ "${#units[@]}" -eq "$want" ] || fail "expected $want units (contrib/), the package has: ${units[*]}"
 # The textfile unit's ReadWritePaths must exist for systemd to start it, not to verify it.
 if ! out=$(systemd-analyze verify --man=no "${units[@]}" 2>&1) || [ -n "$out" ]; then
   fail "systemd-analyze verify: $out"
