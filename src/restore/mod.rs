@@ -201,6 +201,8 @@ fn open<'a>(
 
 /// `restore resume`: finish an interrupted or failed run (waits for quorum again).
 pub fn resume(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<Outcome> {
+    // No run to act on is bad input: refused before the lock file is even created.
+    crate::run::find_run(&opts.state_dir, id)?;
     let _lock = RunLock::acquire(&opts.state_dir)?;
     let saga = Restore {
         host,
@@ -217,6 +219,8 @@ pub fn resume(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<Ou
 /// `restore rollback`: the old data dir and the old manifest back, while the raft rule
 /// allows (the restored member has not been part of a quorum).
 pub fn rollback(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<Outcome> {
+    // No run to act on is bad input: refused before the lock file is even created.
+    crate::run::find_run(&opts.state_dir, id)?;
     let _lock = RunLock::acquire(&opts.state_dir)?;
     let saga = Restore {
         host,
