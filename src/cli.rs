@@ -164,8 +164,8 @@ pub enum Command {
     /// Archive this node for disaster recovery (snapshot, pki, manifests, kubeconfigs);
     /// `backup verify` and `backup list` check and show archives.
     Backup(BackupArgs),
-    /// Restore this node from a backup archive or snapshot (`plan` so far: what a restore
-    /// of this node would run, and every refusal).
+    /// Restore this node from a backup archive or snapshot: `plan` shows what a restore
+    /// runs, `apply` runs it (`status`, `resume`, `rollback` as for migrate).
     #[command(subcommand)]
     Restore(RestoreCommand),
     /// Print a shell completion script, e.g. `etcdops completions bash > /etc/bash_completion.d/etcdops`.
@@ -750,6 +750,32 @@ pub enum RestoreCommand {
     /// peer URL, --initial-cluster, the cluster token and the restore tool's command line.
     /// Changes nothing.
     Plan(RestorePlanArgs),
+    /// Restore this node as a journaled run: stop etcd and kubelet, restore into a new dir
+    /// beside the data dir, keep the old data aside, swap, start, wait for quorum (run it on
+    /// every control-plane node with the same file).
+    Apply(RestoreApplyArgs),
+    /// Show a restore run (default the latest run of any kind).
+    Status(RunIdArgs),
+    /// Finish an interrupted or failed restore run (waits for quorum again).
+    Resume(RunIdArgs),
+    /// Return this node to its old data and manifest, while the restored member has not been
+    /// part of a quorum.
+    Rollback(RunIdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreApplyArgs {
+    #[command(flatten)]
+    pub plan: RestorePlanArgs,
+
+    /// The longest to wait for the restored cluster's quorum (the other nodes' restores);
+    /// after it the run ends failed (exit 5) and `restore resume` waits again.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub quorum_timeout: Duration,
+
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

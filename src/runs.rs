@@ -15,6 +15,10 @@ pub fn report(dir: &Path, running_now: bool) -> Result<RunReport> {
             let log = run::load::<crate::migrate::Migration>(dir)?;
             Ok(run::report::of(&log, dir, running_now))
         }
+        RunKind::Restore => {
+            let log = run::load::<crate::restore::Restore>(dir)?;
+            Ok(run::report::of(&log, dir, running_now))
+        }
         other => Err(Error::input(
             dir,
             format!("a {} run: this etcdops cannot read it", other.name()),

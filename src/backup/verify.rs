@@ -312,6 +312,24 @@ pub fn check(archive: &Path) -> Result<(Option<Contents>, Vec<String>)> {
     Ok((read.contents, read.problems))
 }
 
+/// Write an archive's snapshot to `dest` while verifying the whole archive; refuse (exit 4)
+/// when a sum or the trailer fails, and leave no `dest` behind then.
+pub fn extract_snapshot(archive: &Path, dest: &Path) -> Result<()> {
+    let read = read_archive(archive, Some(dest))?;
+    if !read.problems.is_empty() || !dest.is_file() {
+        let _ = std::fs::remove_file(dest);
+        return Err(Error::refused(
+            format!("extract the snapshot of {}", archive.display()),
+            if read.problems.is_empty() {
+                "the archive has no snapshot".to_string()
+            } else {
+                format!("the archive does not verify: {}", read.problems.join("; "))
+            },
+        ));
+    }
+    Ok(())
+}
+
 /// Whether a file starts like an archive (a zstd frame), as opposed to a bare snapshot.
 pub fn looks_like_archive(path: &Path) -> bool {
     let mut magic = [0u8; 4];

@@ -281,7 +281,7 @@ fn print_outcome(format: Format, outcome: Outcome) -> Result<()> {
 }
 
 /// Ask on a terminal; off a terminal, refuse (the operator must say --yes).
-fn confirm(question: &str) -> Result<()> {
+pub(crate) fn confirm(question: &str) -> Result<()> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         return Err(Error::Usage(

@@ -1,31 +1,133 @@
-//! `etcdops restore plan --from ARCHIVE|SNAPSHOT`: args -> the manifest in force and the
-//! restore tool -> `restore::plan` -> printer. Changes nothing. (`restore apply` and the
-//! run commands are to come as a saga on `crate::run`.)
+//! `etcdops restore plan|apply|status|resume|rollback --from ARCHIVE|SNAPSHOT`: args -> the
+//! manifest in force, the restore tool and the node host -> `restore` -> printer. `plan`
+//! changes nothing; `apply` and the run commands drive the restore saga.
+
+use std::path::{Path, PathBuf};
 
 use crate::backup::tool;
 use crate::cli::{GlobalArgs, RestoreCommand};
-use crate::error::Result;
-use crate::output::{self, Render, Table};
+use crate::error::{Error, Result};
+use crate::manifest::DEFAULT_MANIFEST;
+use crate::output::{self, Format, Render, Table};
 use crate::restore::plan::{self, PlanReport, Source};
+use crate::restore::{self, Outcome, RunOptions};
+use crate::run::Cancel;
+use crate::run::host::RealHost;
+
+fn find_tool(manifest: &Path, flag: Option<&Path>) -> Result<tool::RestoreTool> {
+    let path = std::env::var_os("PATH");
+    let beside = tool::manifest_etcd_dir(manifest);
+    tool::find_restore_tool(flag, path.as_deref(), beside.as_deref())
+}
 
 pub fn exec(global: &GlobalArgs, cmd: RestoreCommand) -> Result<()> {
-    match cmd {
-        RestoreCommand::Plan(args) => {
-            let manifest = super::given(global).manifest_path();
-            let p = plan::plan(&manifest, &args.from)?;
-            let path = std::env::var_os("PATH");
-            let beside = tool::manifest_etcd_dir(&manifest);
-            let t = tool::find_restore_tool(
-                args.etcdutl.as_deref(),
-                path.as_deref(),
-                beside.as_deref(),
-            )?;
-            output::print(super::format(global), &PlanReport::new(p, &t));
-            Ok(())
+    if let RestoreCommand::Plan(args) = &cmd {
+        let manifest = super::given(global).manifest_path();
+        let p = plan::plan(&manifest, &args.from)?;
+        let t = find_tool(&manifest, args.etcdutl.as_deref())?;
+        output::print(super::format(global), &PlanReport::new(p, &t));
+        return Ok(());
+    }
+    let format = super::format(global);
+    let manifest = global
+        .manifest
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_MANIFEST));
+    let state_dir = global.node.state_dir.clone();
+    if let RestoreCommand::Status(a) = &cmd {
+        let report = crate::runs::status(&state_dir, a.id.as_deref())?;
+        output::print(format, &report);
+        return report.verdict();
+    }
+    let say = |line: &str| {
+        if format == Format::Table {
+            eprintln!("{line}");
         }
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::refused(
+            "restore",
+            "must run as root (it stops kubelet and writes the manifest and data dirs)",
+        ));
+    }
+    let cancel = Cancel::new(super::datadir::cancel_on_signals()?);
+    let opts = RunOptions {
+        manifest: manifest.clone(),
+        state_dir: state_dir.clone(),
+        say: &say,
+        cancel: Some(&cancel),
+        unfinished: crate::runs::check_none_unfinished,
+    };
+    let run_id = match &cmd {
+        RestoreCommand::Resume(a) | RestoreCommand::Rollback(a) => Some(a.id.clone()),
+        _ => None,
+    };
+    // While a run has the manifest moved out, connection discovery reads the run's copy.
+    let discovery = match &run_id {
+        None => manifest.clone(),
+        Some(id) => crate::migrate::discovery_manifest(&state_dir, id.as_deref(), &manifest)?,
+    };
+    let bar = super::datadir::Bar::new(format);
+    let host = || -> Result<RealHost<'_>> {
+        let mut given = super::given(global);
+        if let Ok(pod) = crate::manifest::StaticPod::load(&discovery) {
+            given.endpoints =
+                crate::etcd::member::local_endpoints(&given.endpoints, &pod, &discovery)?;
+        }
+        given.manifest = Some(discovery.clone());
+        let mut conn = given.resolve()?;
+        conn.manifest.get_or_insert(discovery.clone());
+        Ok(RealHost {
+            conn,
+            kubelet: super::kubelet_commands(global),
+            manifest: manifest.clone(),
+            say: &say,
+            manifests_dir: manifest
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+            stop_timeout: global.node.stop_timeout,
+            start_timeout: global.node.start_timeout,
+            quota: 0,
+            progress: &bar,
+            cancel: Some(&cancel),
+            guard: Default::default(),
+        })
+    };
+    match cmd {
+        RestoreCommand::Apply(a) => {
+            // Refusals that need no etcd come first, so a broken cluster does not hide them.
+            crate::runs::check_none_unfinished(&state_dir)?;
+            plan::plan(&manifest, &a.plan.from)?;
+            let t = find_tool(&manifest, a.plan.etcdutl.as_deref())?;
+            if !a.yes {
+                super::migrate::confirm(&format!(
+                    "Restore this node's etcd from {}? This stops etcd and kubelet here and \
+                     starts a new cluster from the snapshot (the old data is kept aside).",
+                    a.plan.from.display()
+                ))?;
+            }
+            let host = host()?;
+            print_outcome(
+                format,
+                restore::apply(&host, &opts, &a.plan.from, &t, a.quorum_timeout)?,
+            )
+        }
+        RestoreCommand::Resume(a) => {
+            let host = host()?;
+            print_outcome(format, restore::resume(&host, &opts, a.id.as_deref())?)
+        }
+        RestoreCommand::Rollback(a) => {
+            let host = host()?;
+            print_outcome(format, restore::rollback(&host, &opts, a.id.as_deref())?)
+        }
+        RestoreCommand::Plan(_) | RestoreCommand::Status(_) => unreachable!("handled above"),
     }
 }
 
+fn print_outcome(format: Format, outcome: Outcome) -> Result<()> {
+    output::print(format, &outcome.report);
+    outcome.result
+}
 impl Render for PlanReport {
     fn table(&self) -> String {
         let p = &self.plan;

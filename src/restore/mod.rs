@@ -1,12 +1,235 @@
-//! Restore, the parts that do not depend on the saga engine: from an archive (or a bare
-//! snapshot) and this node's manifest, the plan every node computes alike — this member's
-//! name and peer URL from the manifest, `--initial-cluster` from the archive's member list,
-//! a cluster token derived from the archive id — the refusals (snapshot fails its trailer,
-//! archive sums fail, the member list lacks this node or disagrees on its peer URL, no
-//! restore tool), and running etcd's own restore tool into a new dir.
-//!
-//! The restore run itself (stop etcd and kubelet, swap the restored dir in, start, wait for
-//! the local member, report missing peers; journaled with resume and rollback) is to be a
-//! saga on `crate::run`, whose `Host` seam needs a restore effect first.
+//! Restore of one node from an archive (or a bare snapshot). `plan`: what every node computes
+//! alike — this member's name and peer URL from the manifest, `--initial-cluster` from the
+//! archive's member list, a cluster token derived from the archive id — the refusals, and
+//! running etcd's own restore tool into a new dir. `steps`: the restore run, a saga on
+//! `crate::run` (stop etcd and kubelet, restore, swap the restored dir in with the old data
+//! kept aside, start, wait for the local member, then for quorum), with `apply`, `resume`
+//! and `rollback` here. The engine journals, executes and rolls back.
 
 pub mod plan;
+pub mod steps;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backup::tool::{RestoreTool, ToolKind};
+use crate::error::{Error, Result};
+use crate::run::host::{Host, MemberStatus};
+use crate::run::{Cancel, Engine, Identity, RunLock, RunPlan, RunReport};
+pub use steps::{Restore, RestoreStep};
+
+/// What a restore run does, recorded in its first journal record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub id: String,
+    #[serde(flatten)]
+    pub restore: plan::RestorePlan,
+    /// The manifest in the manifests dir.
+    pub manifest: PathBuf,
+    /// etcd's restore tool, and whether it is etcdctl (3.4) rather than etcdutl.
+    pub tool: PathBuf,
+    pub tool_is_etcdctl: bool,
+    /// Where the old data dir is kept: `<data dir>.etcdops-old-<run id>`, never deleted.
+    pub aside: PathBuf,
+    /// Whether the data dir existed (a deleted hostPath has nothing to keep aside).
+    pub data_existed: bool,
+    /// Members restored (`--initial-cluster`); quorum is `members / 2 + 1`.
+    pub members: usize,
+    /// The bound of the wait for quorum, in milliseconds.
+    pub quorum_timeout_ms: u64,
+    /// What ran on this node before the run (member and cluster id), when it answered.
+    pub before: Option<MemberStatus>,
+}
+
+impl Plan {
+    pub fn tool(&self) -> RestoreTool {
+        RestoreTool {
+            path: self.tool.clone(),
+            kind: if self.tool_is_etcdctl {
+                ToolKind::Etcdctl
+            } else {
+                ToolKind::Etcdutl
+            },
+        }
+    }
+
+    pub fn quorum(&self) -> usize {
+        self.members / 2 + 1
+    }
+
+    /// The `--from` file.
+    pub fn source_path(&self) -> &Path {
+        match &self.restore.source {
+            plan::Source::Archive { path, .. } | plan::Source::Snapshot { path, .. } => path,
+        }
+    }
+}
+
+impl RunPlan for Plan {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    /// The old data, kept aside: what a rollback returns to.
+    fn from(&self) -> &Path {
+        &self.aside
+    }
+    fn to(&self) -> &Path {
+        &self.restore.data_dir
+    }
+    fn identity(&self) -> Option<&Identity> {
+        None
+    }
+}
+
+/// Options of a run, resolved from flags by the command.
+pub struct RunOptions<'a> {
+    pub manifest: PathBuf,
+    pub state_dir: PathBuf,
+    pub say: &'a dyn Fn(&str),
+    pub cancel: Option<&'a Cancel>,
+    /// Refuses while any run of any kind is unfinished (`runs::check_none_unfinished`).
+    pub unfinished: fn(&Path) -> Result<String>,
+}
+
+/// A run that got as far as having a journal: its report, and how it ended.
+pub struct Outcome {
+    pub report: RunReport,
+    pub result: Result<()>,
+}
+
+fn outcome(engine: &Engine<Restore>, result: Result<()>) -> Outcome {
+    Outcome {
+        report: engine.report(),
+        result,
+    }
+}
+
+/// Every refusal before the journal exists (nothing changed): an unfinished run, the plan's
+/// refusals, a data dir that is a mount point (the swap is a rename), leftovers of the
+/// restore dir or the aside path.
+fn preflight(
+    host: &dyn Host,
+    opts: &RunOptions,
+    from: &Path,
+    tool: &RestoreTool,
+    id: &str,
+    quorum_timeout: Duration,
+) -> Result<Plan> {
+    (opts.unfinished)(&opts.state_dir)?;
+    let restore = plan::plan(&opts.manifest, from)?;
+    let data = &restore.data_dir;
+    let what = format!("restore into {}", data.display());
+    let data_existed = host.is_dir(data)?;
+    if data_existed && host.is_mount_point(data)? {
+        return Err(Error::refused(
+            what,
+            "the data dir is a mount point: the restore swaps dirs by rename, which cannot move \
+             a mount point; restore with the data dir's parent on that disk, or migrate first",
+        ));
+    }
+    if host.is_dir(&restore.restore_dir)? || host.read_file(&restore.restore_dir)?.is_some() {
+        return Err(Error::refused(
+            what,
+            format!(
+                "{} exists already (left by an earlier attempt?); move it away first",
+                restore.restore_dir.display()
+            ),
+        ));
+    }
+    let aside = PathBuf::from(format!("{}.etcdops-old-{id}", data.display()));
+    if host.is_dir(&aside)? {
+        return Err(Error::refused(
+            what,
+            format!("{} exists already", aside.display()),
+        ));
+    }
+    if host.read_file(&opts.manifest)?.is_none() {
+        return Err(Error::input(
+            &opts.manifest,
+            "manifest not found in the manifests dir (leave it in place: the run stops etcd itself)",
+        ));
+    }
+    let members = restore.initial_cluster.split(',').count();
+    // Who runs now, for the report and for a rollback to prove it is back; a broken cluster
+    // (the reason to restore) may not answer at all.
+    let before = host.local_status().ok();
+    Ok(Plan {
+        id: id.to_string(),
+        manifest: opts.manifest.clone(),
+        tool: tool.path.clone(),
+        tool_is_etcdctl: tool.kind == ToolKind::Etcdctl,
+        aside,
+        data_existed,
+        members,
+        quorum_timeout_ms: quorum_timeout.as_millis() as u64,
+        before,
+        restore,
+    })
+}
+
+/// `restore apply`: preflight, then the steps.
+pub fn apply(
+    host: &dyn Host,
+    opts: &RunOptions,
+    from: &Path,
+    tool: &RestoreTool,
+    quorum_timeout: Duration,
+) -> Result<Outcome> {
+    let _lock = RunLock::acquire(&opts.state_dir)?;
+    let id = crate::run::unique_id(&opts.state_dir);
+    let plan = preflight(host, opts, from, tool, &id, quorum_timeout)?;
+    let saga = Restore {
+        host,
+        operator_rollback: false,
+    };
+    let dir = crate::run::runs_dir(&opts.state_dir).join(&id);
+    let mut engine = Engine::create(&saga, dir, plan, opts.say, opts.cancel)?;
+    let result = engine.run();
+    Ok(outcome(&engine, result))
+}
+
+fn open<'a>(
+    saga: &'a Restore<'a>,
+    opts: &'a RunOptions,
+    id: Option<&str>,
+) -> Result<Engine<'a, Restore<'a>>> {
+    let dir = crate::run::find_run(&opts.state_dir, id)?;
+    Engine::open(saga, dir, opts.say, opts.cancel)
+}
+
+/// `restore resume`: finish an interrupted or failed run (waits for quorum again).
+pub fn resume(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<Outcome> {
+    // No run to act on is bad input: refused before the lock file is even created.
+    crate::run::find_run(&opts.state_dir, id)?;
+    let _lock = RunLock::acquire(&opts.state_dir)?;
+    let saga = Restore {
+        host,
+        operator_rollback: false,
+    };
+    let mut engine = open(&saga, opts, id)?;
+    let result = engine.resume();
+    if let Err(e @ Error::Refused { .. }) = result {
+        return Err(e);
+    }
+    Ok(outcome(&engine, result))
+}
+
+/// `restore rollback`: the old data dir and the old manifest back, while the raft rule
+/// allows (the restored member has not been part of a quorum).
+pub fn rollback(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<Outcome> {
+    // No run to act on is bad input: refused before the lock file is even created.
+    crate::run::find_run(&opts.state_dir, id)?;
+    let _lock = RunLock::acquire(&opts.state_dir)?;
+    let saga = Restore {
+        host,
+        operator_rollback: true,
+    };
+    let mut engine = open(&saga, opts, id)?;
+    let result = engine.rollback();
+    if let Err(e @ Error::Refused { .. }) = result {
+        return Err(e);
+    }
+    Ok(outcome(&engine, result))
+}

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backup::Contents;
 use crate::backup::tool::{RestoreTool, ToolKind};
@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::manifest::StaticPod;
 
 /// Where the data comes from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum Source {
     /// An `etcdops backup` archive: member list and id from its `contents.json`.
@@ -23,7 +23,7 @@ pub enum Source {
 }
 
 /// What every node of the restore computes alike, and what is this node's own.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestorePlan {
     pub source: Source,
     /// This member's `--name` and `--initial-advertise-peer-urls` (from the manifest).

@@ -154,4 +154,34 @@ impl Host for FaultHost<'_> {
     fn guard_holder(&self) -> Result<Option<String>> {
         self.wrap("guard_holder", || self.inner.guard_holder())
     }
+    fn extract_snapshot(&self, archive: &Path, dest: &Path) -> Result<()> {
+        self.wrap("extract_snapshot", || {
+            self.inner.extract_snapshot(archive, dest)
+        })
+    }
+    fn restore_snapshot(
+        &self,
+        tool: &crate::backup::tool::RestoreTool,
+        plan: &crate::restore::plan::RestorePlan,
+        snapshot: &Path,
+        dest: &Path,
+    ) -> Result<()> {
+        self.wrap("restore_snapshot", || {
+            self.inner.restore_snapshot(tool, plan, snapshot, dest)
+        })
+    }
+    fn local_status(&self) -> Result<super::host::MemberStatus> {
+        self.wrap("local_status", || self.inner.local_status())
+    }
+    fn client_port_listening(&self) -> Result<bool> {
+        self.wrap("client_port_listening", || {
+            self.inner.client_port_listening()
+        })
+    }
+    fn wait_listening(&self) -> Result<()> {
+        self.wrap("wait_listening", || self.inner.wait_listening())
+    }
+    fn wait_quorum(&self, what: &str, timeout: std::time::Duration) -> Result<()> {
+        self.wrap("wait_quorum", || self.inner.wait_quorum(what, timeout))
+    }
 }

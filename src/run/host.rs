@@ -41,6 +41,18 @@ pub struct Identity {
     pub hash: u32,
 }
 
+/// What the local member says of itself without consensus (a serializable `Status`): it
+/// answers while the member has no quorum, which a linearizable read cannot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub member_id: String,
+    pub cluster_id: String,
+    /// 0 while the member knows no leader.
+    pub leader: u64,
+    pub raft_index: u64,
+    pub raft_applied_index: u64,
+}
+
 pub trait Host {
     // --- etcd
     /// Health of the local member (`cluster` false) or of every member.
@@ -111,6 +123,46 @@ pub trait Host {
     /// Who holds the cluster-wide guard now (another member), described for an error.
     fn guard_holder(&self) -> Result<Option<String>> {
         Ok(None)
+    }
+    // --- restore (default impls: the real effect, or "not on this host" for fakes)
+    /// Write an archive's snapshot to `dest`, verifying every sum on the way.
+    fn extract_snapshot(&self, archive: &Path, dest: &Path) -> Result<()> {
+        crate::backup::verify::extract_snapshot(archive, dest)
+    }
+    /// Run etcd's own restore tool into `dest` (a new dir).
+    fn restore_snapshot(
+        &self,
+        tool: &crate::backup::tool::RestoreTool,
+        plan: &crate::restore::plan::RestorePlan,
+        snapshot: &Path,
+        dest: &Path,
+    ) -> Result<()> {
+        crate::restore::plan::run_restore(tool, plan, snapshot, dest)
+    }
+    /// The local member's serializable status, once.
+    fn local_status(&self) -> Result<MemberStatus> {
+        Err(Error::failed("local status", "not available on this host"))
+    }
+    /// Whether the local member's client port accepts connections. etcd listens before it
+    /// serves: it answers requests (even a serializable status) only once it has published
+    /// itself through raft, which takes a quorum.
+    fn client_port_listening(&self) -> Result<bool> {
+        Ok(false)
+    }
+    /// Wait until the local member's client port accepts connections (its process runs on
+    /// the data), quorum or not.
+    fn wait_listening(&self) -> Result<()> {
+        if self.client_port_listening()? {
+            Ok(())
+        } else {
+            Err(Error::failed("wait for the client port", "not listening"))
+        }
+    }
+    /// Wait, at most `timeout`, until the local member answers a linearizable read (it is
+    /// part of a quorum); `what` says what is awaited, in progress lines and the error.
+    fn wait_quorum(&self, what: &str, _timeout: Duration) -> Result<()> {
+        self.wait_healthy()
+            .map_err(|e| Error::failed(format!("wait for {what}"), e.one_line()))
     }
 }
 
@@ -518,6 +570,84 @@ impl Host for RealHost<'_> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io("remove", path, e)),
         }
+    }
+
+    fn local_status(&self) -> Result<MemberStatus> {
+        self.block_on(async {
+            // Bounded: a member without quorum accepts the connection and never answers.
+            let s = tokio::time::timeout(self.conn.command_timeout, async {
+                let mut ep = Endpoint::connect(&self.conn, self.local())
+                    .await
+                    .map_err(|e| self.endpoint_err("connect", e))?;
+                ep.status()
+                    .await
+                    .map_err(|e| self.endpoint_err("status", e))
+            })
+            .await
+            .map_err(|_| {
+                self.endpoint_err(
+                    "status",
+                    format!(
+                        "no answer within {:?} (a member without quorum does not serve)",
+                        self.conn.command_timeout
+                    ),
+                )
+            })??;
+            Ok(MemberStatus {
+                member_id: hex_id(s.member_id),
+                cluster_id: hex_id(s.cluster_id),
+                leader: s.leader,
+                raft_index: s.raft_index,
+                raft_applied_index: s.raft_applied_index,
+            })
+        })
+    }
+
+    fn client_port_listening(&self) -> Result<bool> {
+        Ok(!node::port_refuses(self.local()))
+    }
+
+    fn wait_listening(&self) -> Result<()> {
+        let endpoint = self.local().to_string();
+        self.wait(
+            &format!("etcd to listen on {endpoint}"),
+            self.start_timeout,
+            Duration::from_millis(300),
+            |check| {
+                if check && let Some(why) = self.start_preconditions()? {
+                    return Ok(Poll::Broken(why));
+                }
+                Ok(if node::port_refuses(&endpoint) {
+                    Poll::Pending
+                } else {
+                    Poll::Ready
+                })
+            },
+        )
+    }
+
+    fn wait_quorum(&self, what: &str, timeout: Duration) -> Result<()> {
+        let opts = HealthOptions {
+            cluster: false,
+            quota: self.quota,
+        };
+        self.wait(what, timeout, Duration::from_millis(500), |check| {
+            if check && let Some(why) = self.start_preconditions()? {
+                return Ok(Poll::Broken(why));
+            }
+            // Bounded: a member without quorum accepts the connection and never answers.
+            let limit = self.conn.command_timeout + self.conn.dial_timeout;
+            let Ok(r) = self.block_on(async {
+                tokio::time::timeout(limit, health::check(&self.conn, &opts)).await
+            }) else {
+                return Ok(Poll::Pending);
+            };
+            Ok(if r.endpoints.iter().all(|e| e.healthy) {
+                Poll::Ready
+            } else {
+                Poll::Pending
+            })
+        })
     }
 
     fn hold_guard(&self, run_id: &str) -> Result<()> {
