@@ -781,12 +781,23 @@ fn lab_metrics_pass_promtool_healthy_and_unhealthy() {
             ],
             &[],
         );
-        if run.code == 4 {
+        // Node 3 down and the others answering again: while the cluster elects a new leader
+        // another member can miss a linearizable read for a moment (seen on a fresh clone).
+        let settled = run.code == 4 && {
+            let s = samples(&run);
+            let down: Vec<_> = find(&s, "etcdops_endpoint_healthy")
+                .into_iter()
+                .filter(|h| h.value == 0.0)
+                .map(|h| h.label("endpoint").to_string())
+                .collect();
+            down == [url.clone()]
+        };
+        if settled {
             break run;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "node 3's etcd still answers 60 s after its manifest left\n{}",
+            "node 3 alone down was not seen within 60 s after its manifest left\n{}",
             run.dump()
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
