@@ -94,17 +94,10 @@ pub struct RunOptions<'a> {
     pub fs_policy: crate::datadir::target::FsPolicy,
 }
 
-/// A run that got as far as having a journal: its report, and how it ended.
-pub struct Outcome {
-    pub report: RunReport,
-    pub result: Result<()>,
-}
+pub use crate::run::Outcome;
 
 fn outcome(engine: &Engine<Migration>, result: Result<()>) -> Outcome {
-    Outcome {
-        report: engine.report(),
-        result,
-    }
+    Outcome::of(engine, result)
 }
 
 /// `migrate apply`: preflight, then the steps; rolls back by itself on failure.
@@ -189,26 +182,18 @@ fn open<'a>(
 
 /// `migrate resume`: finish an interrupted run (re-running the step it was in).
 pub fn resume(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<Outcome> {
-    let _lock = RunLock::acquire(&opts.state_dir)?;
     let saga = Migration { host };
-    let mut engine = open(&saga, opts, id)?;
-    let result = engine.resume();
-    if let Err(e @ Error::Refused { .. }) = result {
-        return Err(e);
-    }
-    Ok(outcome(&engine, result))
+    crate::run::operate(&saga, &opts.state_dir, id, opts.say, opts.cancel, |e| {
+        e.resume()
+    })
 }
 
 /// `migrate rollback`: return to the original state from wherever the run stopped.
 pub fn rollback(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<Outcome> {
-    let _lock = RunLock::acquire(&opts.state_dir)?;
     let saga = Migration { host };
-    let mut engine = open(&saga, opts, id)?;
-    let result = engine.rollback();
-    if let Err(e @ Error::Refused { .. }) = result {
-        return Err(e);
-    }
-    Ok(outcome(&engine, result))
+    crate::run::operate(&saga, &opts.state_dir, id, opts.say, opts.cancel, |e| {
+        e.rollback()
+    })
 }
 
 pub(crate) fn post_verify(host: &dyn Host, plan: &Plan) -> Result<serde_json::Value> {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::backup::tool::{RestoreTool, ToolKind};
 use crate::error::{Error, Result};
 use crate::run::host::{Host, MemberStatus};
-use crate::run::{Cancel, Engine, Identity, RunLock, RunPlan, RunReport};
+use crate::run::{Cancel, Engine, Identity, RunLock, RunPlan};
 pub use steps::{Restore, RestoreStep};
 
 /// What a restore run does, recorded in its first journal record.
@@ -93,17 +93,10 @@ pub struct RunOptions<'a> {
     pub unfinished: fn(&Path) -> Result<String>,
 }
 
-/// A run that got as far as having a journal: its report, and how it ended.
-pub struct Outcome {
-    pub report: RunReport,
-    pub result: Result<()>,
-}
+pub use crate::run::Outcome;
 
 fn outcome(engine: &Engine<Restore>, result: Result<()>) -> Outcome {
-    Outcome {
-        report: engine.report(),
-        result,
-    }
+    Outcome::of(engine, result)
 }
 
 /// Every refusal before the journal exists (nothing changed): an unfinished run, the plan's
@@ -190,30 +183,17 @@ pub fn apply(
     Ok(outcome(&engine, result))
 }
 
-fn open<'a>(
-    saga: &'a Restore<'a>,
-    opts: &'a RunOptions,
-    id: Option<&str>,
-) -> Result<Engine<'a, Restore<'a>>> {
-    let dir = crate::run::find_run(&opts.state_dir, id)?;
-    Engine::open(saga, dir, opts.say, opts.cancel)
-}
-
 /// `restore resume`: finish an interrupted or failed run (waits for quorum again).
 pub fn resume(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<Outcome> {
     // No run to act on is bad input: refused before the lock file is even created.
     crate::run::find_run(&opts.state_dir, id)?;
-    let _lock = RunLock::acquire(&opts.state_dir)?;
     let saga = Restore {
         host,
         operator_rollback: false,
     };
-    let mut engine = open(&saga, opts, id)?;
-    let result = engine.resume();
-    if let Err(e @ Error::Refused { .. }) = result {
-        return Err(e);
-    }
-    Ok(outcome(&engine, result))
+    crate::run::operate(&saga, &opts.state_dir, id, opts.say, opts.cancel, |e| {
+        e.resume()
+    })
 }
 
 /// `restore rollback`: the old data dir and the old manifest back, while the raft rule
@@ -221,15 +201,11 @@ pub fn resume(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<Ou
 pub fn rollback(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<Outcome> {
     // No run to act on is bad input: refused before the lock file is even created.
     crate::run::find_run(&opts.state_dir, id)?;
-    let _lock = RunLock::acquire(&opts.state_dir)?;
     let saga = Restore {
         host,
         operator_rollback: true,
     };
-    let mut engine = open(&saga, opts, id)?;
-    let result = engine.rollback();
-    if let Err(e @ Error::Refused { .. }) = result {
-        return Err(e);
-    }
-    Ok(outcome(&engine, result))
+    crate::run::operate(&saga, &opts.state_dir, id, opts.say, opts.cancel, |e| {
+        e.rollback()
+    })
 }

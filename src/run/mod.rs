@@ -323,6 +323,42 @@ pub fn load<G: Saga>(dir: &Path) -> Result<RunLog<G::Step, G::Plan>> {
     RunLog::replay(records).map_err(|e| Error::input(Journal::path_in(dir), e))
 }
 
+/// A run that got as far as having a journal: its report, and how it ended.
+pub struct Outcome {
+    pub report: RunReport,
+    pub result: Result<()>,
+}
+
+impl Outcome {
+    pub fn of<G: Saga>(engine: &Engine<G>, result: Result<()>) -> Outcome {
+        Outcome {
+            report: engine.report(),
+            result,
+        }
+    }
+}
+
+/// `resume` or `rollback` (`act`) of the run named by `id`, or the latest, of saga `G`:
+/// under the node's run lock; a refusal (nothing to do) is returned as the error, anything
+/// else as the run's report with its result. One body for every kind.
+pub fn operate<G: Saga>(
+    saga: &G,
+    state_dir: &Path,
+    id: Option<&str>,
+    say: &dyn Fn(&str),
+    cancel: Option<&Cancel>,
+    act: fn(&mut Engine<'_, G>) -> Result<()>,
+) -> Result<Outcome> {
+    let _lock = RunLock::acquire(state_dir)?;
+    let dir = find_run(state_dir, id)?;
+    let mut engine = Engine::open(saga, dir, say, cancel)?;
+    let result = act(&mut engine);
+    if let Err(e @ Error::Refused { .. }) = result {
+        return Err(e);
+    }
+    Ok(Outcome::of(&engine, result))
+}
+
 /// A run being executed: the saga, its in-memory log, its open journal.
 pub struct Engine<'a, G: Saga> {
     saga: &'a G,
