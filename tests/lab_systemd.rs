@@ -407,6 +407,42 @@ fn systemd_down_after_killed_up() {
     assert_down_clean(&lab, &before);
 }
 
+/// A node whose nspawn died by SIGKILL (what a killed `up`, or an OOM kill, can leave): its
+/// container's systemd may outlive nspawn and keep the node's disks mounted. `down` ends the
+/// container through its PID 1 and still detaches every loop device.
+#[test]
+fn systemd_down_after_nspawn_killed() {
+    let lab = Lab::up_systemd(Version::V35, 1, "ext4");
+    let before = created(&lab);
+    assert_eq!(
+        before.pids.len(),
+        2,
+        "nspawn and the container's PID 1 recorded"
+    );
+    assert_eq!(before.loops.len(), 2);
+    let (nspawn, init) = (before.pids[0], before.pids[1]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(nspawn),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("the killed nspawn to exit", Duration::from_secs(10), || {
+        !etcdops::lab::kubelet::alive(nspawn)
+    });
+    // Whether the container outlives its nspawn is up to nspawn; `down` must be clean
+    // either way, and the record must still name the disks.
+    eprintln!(
+        "container PID 1 {} after nspawn's SIGKILL",
+        if etcdops::lab::kubelet::alive(init) {
+            "survives"
+        } else {
+            "died"
+        }
+    );
+    lab.lab(&["down"]).code(0);
+    assert_down_clean(&lab, &before);
+}
+
 /// Bad `up` flags: exit 2, one line naming the flag, and the lab dir unchanged.
 #[test]
 fn systemd_up_bad_flags_change_nothing() {

@@ -600,9 +600,11 @@ pub fn host_pid(lab: &Lab, node: usize, ns_pid: i32) -> Option<i32> {
 }
 
 /// Undo the record in reverse: power every node off (SIGTERM to nspawn makes systemd shut
-/// down cleanly; SIGKILL after `POWEROFF_TIMEOUT`), which ends the mount namespaces that
-/// hold the disks, then detach the loop devices. Each item leaves the
-/// record once undone, so a failed `down` can be run again. Returns what was undone.
+/// down cleanly; SIGKILL to the container's PID 1 and to nspawn after `POWEROFF_TIMEOUT`),
+/// which ends the mount namespaces that hold the disks, then detach the loop devices. A
+/// container whose nspawn is already gone (an nspawn killed before it could forward the
+/// shutdown) is still ended through its PID 1. Each item leaves the record once undone, so a
+/// failed `down` can be run again. Returns what was undone.
 pub fn down(lab: &Lab) -> Result<Vec<String>> {
     let mut items = load_record(lab)?;
     let mut done = Vec::new();
@@ -612,10 +614,14 @@ pub fn down(lab: &Lab) -> Result<Vec<String>> {
                 node,
                 machine,
                 nspawn,
-                ..
+                leader,
             } => {
-                if is_our_nspawn(*nspawn, machine) {
-                    power_off(*node, *nspawn)?;
+                let ours = is_our_nspawn(*nspawn, machine);
+                let init = leader
+                    .filter(|l| is_container_init(*l))
+                    .or_else(|| ours.then(|| container_init(*nspawn)).flatten());
+                if ours || init.is_some() {
+                    power_off(*node, ours.then_some(*nspawn), init)?;
                     done.push(format!("powered off node {node}"));
                 }
             }
@@ -632,18 +638,63 @@ pub fn down(lab: &Lab) -> Result<Vec<String>> {
     Ok(done)
 }
 
-fn power_off(node: usize, nspawn: i32) -> Result<()> {
-    let _ = signal::kill(Pid::from_raw(nspawn), Signal::SIGTERM);
+/// Whether `pid` is a container's systemd: PID 1 of a PID namespace other than ours.
+fn is_container_init(pid: i32) -> bool {
+    let ours = fs::read_link("/proc/self/ns/pid").ok();
+    ppid_and_comm(pid).is_some_and(|(_, comm)| comm == "systemd")
+        && fs::read_link(format!("/proc/{pid}/ns/pid")).ok() != ours
+        && fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|v| v.split_whitespace().last())
+                .is_some_and(|v| v == "1")
+        })
+}
+
+/// Power node I off: SIGTERM to its nspawn (which asks systemd to shut down), or SIGRTMIN+4
+/// (systemd's "poweroff") to the container's PID 1 when nspawn is gone; wait until both have
+/// exited; after `POWEROFF_TIMEOUT` SIGKILL the PID 1 (which ends every process of the
+/// container's PID namespace, and with them its mount namespace) and nspawn.
+fn power_off(node: usize, nspawn: Option<i32>, init: Option<i32>) -> Result<()> {
+    let poweroff_init = || {
+        if let Some(i) = init {
+            // SAFETY: a plain kill(2) with a real-time signal number; no memory involved.
+            unsafe {
+                libc::kill(i, libc::SIGRTMIN() + 4);
+            }
+        }
+    };
+    let mut init_asked = false;
+    match nspawn {
+        Some(p) => {
+            let _ = signal::kill(Pid::from_raw(p), Signal::SIGTERM);
+        }
+        None => {
+            poweroff_init();
+            init_asked = true;
+        }
+    }
+    let running =
+        || nspawn.is_some_and(alive) || init.is_some_and(|i| alive(i) && is_container_init(i));
     let deadline = Instant::now() + POWEROFF_TIMEOUT;
-    while alive(nspawn) {
+    while running() {
+        // nspawn gone with its container still up: ask the container's systemd directly.
+        if !init_asked && !nspawn.is_some_and(alive) {
+            poweroff_init();
+            init_asked = true;
+        }
         if Instant::now() >= deadline {
-            let _ = signal::kill(Pid::from_raw(nspawn), Signal::SIGKILL);
+            for pid in init.into_iter().chain(nspawn) {
+                let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
             let end = Instant::now() + Duration::from_secs(10);
-            while alive(nspawn) {
+            while running() {
                 if Instant::now() >= end {
                     return Err(Error::failed(
                         format!("power off node {node}"),
-                        format!("systemd-nspawn pid {nspawn} survives SIGKILL"),
+                        format!(
+                            "the container (nspawn pid {nspawn:?}, PID 1 {init:?}) survives SIGKILL"
+                        ),
                     ));
                 }
                 std::thread::sleep(Duration::from_millis(20));
