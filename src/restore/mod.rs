@@ -8,6 +8,8 @@
 
 pub mod plan;
 pub mod steps;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

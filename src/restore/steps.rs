@@ -237,7 +237,10 @@ impl Saga for Restore<'_> {
                 waiting_message(plan),
                 rd.dir.display()
             ))),
-            WaitQuorum => Ok(()),
+            // The raft rule is judged here already, before this undo is recorded done: a
+            // refusal at start-kubelet after this undo completed would leave a run partly
+            // rolled back, which `resume` refuses, while rollback refuses too — stuck.
+            WaitQuorum => never_served(host, plan, &rd),
             StartKubelet => undo_start(host, plan, &rd),
             Swap => {
                 let (live, staged) = (plan.live(), plan.staged());
@@ -314,6 +317,17 @@ fn undo_start(host: &dyn Host, plan: &Plan, rd: &RunDir) -> Result<()> {
         // Already stopped by an earlier attempt of this undo (after the check).
         return Ok(());
     }
+    never_served(host, plan, rd)?;
+    host.stop_etcd(&plan.manifest, &rd.manifest(), &plan.restore.data_dir)
+}
+
+/// The raft rule's proof for going back (see `undo_start`): Ok when etcd does not run on
+/// the restored data (manifest out) or runs and never served; a refusal (exit 5, resume
+/// finishes) otherwise.
+fn never_served(host: &dyn Host, plan: &Plan, rd: &RunDir) -> Result<()> {
+    if host.read_file(&plan.manifest)?.is_none() {
+        return Ok(());
+    }
     let joined = |why: String| {
         Error::Attention(format!(
             "the restored member {} {why}: going back to the old data could break the \
@@ -339,5 +353,5 @@ fn undo_start(host: &dyn Host, plan: &Plan, rd: &RunDir) -> Result<()> {
             s.member_id, s.cluster_id, s.leader
         )));
     }
-    host.stop_etcd(&plan.manifest, &rd.manifest(), &plan.restore.data_dir)
+    Ok(())
 }
