@@ -172,9 +172,17 @@ impl Render for PlanReport {
             out.push_str(&format!("  {x}\n"));
         }
         out.push_str(&format!("  {}\n", self.restore));
-        out.push_str(
-            "then point the manifest's data hostPath at the restore dir (etcdops manifest set-data-path) and put it back; see docs/runbooks/snapshot-backup-restore.md\n",
-        );
+        if p.restore_dir.starts_with(&p.data_dir) {
+            out.push_str(&format!(
+                "then (the data dir is a mount point) move {data}/member aside inside it and {}/member to {data}/member, and put the manifest back; see docs/runbooks/snapshot-backup-restore.md\n",
+                p.restore_dir.display(),
+                data = p.data_dir.display()
+            ));
+        } else {
+            out.push_str(
+                "then point the manifest's data hostPath at the restore dir (etcdops manifest set-data-path) and put it back; see docs/runbooks/snapshot-backup-restore.md\n",
+            );
+        }
         out
     }
 }
