@@ -255,9 +255,9 @@ fn assert_back_on_old_data(lab: &Lab, old_member_id: &str, manifest: &[u8], what
 
 /// One node restored alone (its data dir its own ext4 disk): it waits for quorum, ends
 /// exit 5 with the message, and `rollback` returns it to its old data and old cluster.
-/// Then `kill -9` right after each step's first record (the step's effect not yet known
-/// to have happened), and `rollback` converges every time: alone, the restored member never
-/// gets a quorum, so the raft rule allows going back from every step.
+/// Then `kill -9` right after each step's first record and after its last, and `rollback`
+/// converges every time: alone, the restored member never gets a quorum, so the raft rule
+/// allows going back from every step.
 #[test]
 fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_converges() {
     let lab = Lab::up_systemd(Version::V35, 3, "ext4");
@@ -292,8 +292,13 @@ fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_c
     assert_eq!(rb.json()["state"], "rolled-back", "{}", rb.dump());
     assert_back_on_old_data(&lab, &old_member_id, &manifest, "after the wait");
 
-    for step in RestoreStep::ALL {
-        let point = format!("{}:begin", step.name());
+    // Right after each step's first record (its effect not known to have happened) and
+    // after its last (done); alone, wait-quorum never gets to done.
+    let points = RestoreStep::ALL.iter().flat_map(|s| {
+        let done = (*s != RestoreStep::WaitQuorum).then(|| format!("{}:done", s.name()));
+        std::iter::once(format!("{}:begin", s.name())).chain(done)
+    });
+    for point in points {
         let killed = restore(
             &lab,
             3,
@@ -314,9 +319,8 @@ fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_c
     }
 }
 
-/// `kill -9` right after each step's last record on every node (three steps per round,
-/// one per node; the last round also kills one at the start of the wait for quorum and one
-/// before the restore tool ran), then `resume` on every node converges to the restored
+/// `kill -9` right after each step's first and last record, on every node (three points
+/// per round, one per node), then `resume` on every node converges to the restored
 /// cluster. Each round restores the cluster again from the same archive.
 #[test]
 fn restore_kill_9_at_every_step_then_resume_converges() {
@@ -324,14 +328,15 @@ fn restore_kill_9_at_every_step_then_resume_converges() {
     put(&lab, "/before/", 10);
     let archive = backup(&lab);
     put(&lab, "/after/", 5);
-    let mut points: Vec<String> = RestoreStep::ALL
+    // Every step's first and last record but wait-quorum's last (then the run is over).
+    let points: Vec<String> = RestoreStep::ALL
         .iter()
-        .filter(|s| **s != RestoreStep::WaitQuorum)
-        .map(|s| format!("{}:done", s.name()))
+        .flat_map(|s| {
+            let done = (*s != RestoreStep::WaitQuorum).then(|| format!("{}:done", s.name()));
+            std::iter::once(format!("{}:begin", s.name())).chain(done)
+        })
         .collect();
-    points.push("wait-quorum:begin".into());
-    points.push("restore:begin".into());
-    assert_eq!(points.len() % 3, 0);
+    assert_eq!(points.len(), 15);
     for round in points.chunks(3) {
         let killed = on_every_node(&lab, |n| {
             restore(
