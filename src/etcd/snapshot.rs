@@ -124,10 +124,10 @@ fn parent(file: &Path) -> PathBuf {
 }
 
 /// Hashes of a stream: the whole (sha256, blake3), and etcd's check of the body against the
-/// trailer, computed by holding back the last 32 bytes seen. Public so that `backup` checks
+/// trailer, computed by holding back the last 32 bytes seen (one sha256 pass: the whole's
+/// hash continues the body's). Public so that `backup` checks
 /// the snapshot it streams into an archive, and the one it reads back, the same way.
 pub struct Digests {
-    whole_sha: Context,
     whole_b3: blake3::Hasher,
     body_sha: Context,
     tail: Vec<u8>,
@@ -143,7 +143,6 @@ impl Default for Digests {
 impl Digests {
     pub fn new() -> Self {
         Digests {
-            whole_sha: Context::new(&SHA256),
             whole_b3: blake3::Hasher::new(),
             body_sha: Context::new(&SHA256),
             tail: Vec::with_capacity(2 * TRAILER),
@@ -152,7 +151,6 @@ impl Digests {
     }
 
     pub fn update(&mut self, data: &[u8]) {
-        self.whole_sha.update(data);
         self.whole_b3.update(data);
         self.size += data.len() as u64;
         if data.len() >= TRAILER {
@@ -178,7 +176,10 @@ impl Digests {
 
     /// `(sha256, blake3, trailer problem)`; `head` is the first 64 bytes of the stream.
     pub fn finish(self, head: &[u8]) -> (String, String, Option<String>) {
-        let sha = hex(self.whole_sha.finish().as_ref());
+        // The whole stream is the body plus the held-back tail: one sha256 pass gives both.
+        let mut whole = self.body_sha.clone();
+        whole.update(&self.tail);
+        let sha = hex(whole.finish().as_ref());
         let b3 = self.whole_b3.finalize().to_hex().to_string();
         let problem = if self.size < (TRAILER + 4096) as u64 {
             Some(format!(
@@ -426,11 +427,23 @@ mod tests {
     #[test]
     fn whole_file_digests_match_the_usual_tools() {
         let good = fake(2);
-        let mut d = Digests::new();
-        d.update(&good);
-        let (sha, b3, _) = d.finish(&good[..64]);
-        assert_eq!(sha, hex(ring::digest::digest(&SHA256, &good).as_ref()));
-        assert_eq!(b3, blake3::hash(&good).to_hex().to_string());
+        // Chunks shorter than the trailer, equal to it, and longer, and a stream shorter
+        // than a trailer: the whole's sha256 continues the body's in every case.
+        for (bytes, chunk) in [
+            (&good[..], good.len()),
+            (&good[..], 7),
+            (&good[..], 32),
+            (&good[..], 33),
+            (&good[..20], 3),
+        ] {
+            let mut d = Digests::new();
+            for c in bytes.chunks(chunk) {
+                d.update(c);
+            }
+            let (sha, b3, _) = d.finish(&good[..64]);
+            assert_eq!(sha, hex(ring::digest::digest(&SHA256, bytes).as_ref()));
+            assert_eq!(b3, blake3::hash(bytes).to_hex().to_string());
+        }
     }
 
     #[test]
