@@ -92,6 +92,34 @@ impl Lab {
         self.node_dir(node).join("var/lib/etcdops")
     }
 
+    /// Node I's "new disk" on a systemd lab (a loop device with `--disk ext4|xfs`, mounted
+    /// only inside the node: reach its files through `in_node`).
+    pub fn new_disk(&self, node: usize) -> PathBuf {
+        assert!(self.systemd, "only a systemd lab has a new disk per node");
+        self.node_dir(node).join("mnt/etcd-disk")
+    }
+
+    /// `path` as node `node` sees it, for the test to read or write. A systemd lab's loop
+    /// disks are mounted only in the mount namespace of the node's nspawn, never in the
+    /// host's, so the test goes through `/proc/<nspawn pid>/root`, that namespace's view of
+    /// the whole tree (a `setns` of this multi-threaded test process is refused). On a plain
+    /// lab, `path` itself.
+    pub fn in_node(&self, node: usize, path: &Path) -> PathBuf {
+        if !self.systemd {
+            return path.to_path_buf();
+        }
+        let text = std::fs::read_to_string(self.path().join("created.json"))
+            .expect("a systemd lab records its nodes in created.json");
+        let items: Vec<serde_json::Value> = serde_json::from_str(&text).expect("created.json");
+        let nspawn = items
+            .iter()
+            .find(|i| i["kind"] == "node" && i["node"].as_u64() == Some(node as u64))
+            .and_then(|i| i["nspawn"].as_i64())
+            .unwrap_or_else(|| panic!("node {node} not in {text}"));
+        let rel = path.strip_prefix("/").expect("an absolute path");
+        PathBuf::from(format!("/proc/{nspawn}/root")).join(rel)
+    }
+
     pub fn pki(&self, node: usize) -> PathBuf {
         self.node_dir(node).join("etc/kubernetes/pki/etcd")
     }
