@@ -11,6 +11,37 @@ use super::{Run, Version};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// The prefix claims of the labs alive in this process, by lab dir (dropped with the lab).
+static PREFIX_CLAIMS: std::sync::Mutex<Vec<(PathBuf, std::os::unix::net::UnixListener)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// A loopback prefix no other lab on this machine uses: test binaries of several checkouts
+/// run at once on a shared machine, and two labs on one prefix fight over 2379/2380 (one
+/// lab's client then meets the other's certificates). Each prefix is claimed by binding an
+/// abstract unix socket named after it (one binder per name in the network namespace),
+/// held as long as the lab lives; the kernel frees the name when the test process dies,
+/// and no file is left behind.
+fn claim_prefix(dir: &Path) -> String {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    let start = (std::process::id() % 100) * 250 + n % 250;
+    for k in 0..100 * 250 {
+        let slot = (start + k) % (100 * 250);
+        let prefix = format!("127.{}.{}", 100 + slot / 250, slot % 250);
+        let name = format!("etcdops-lab-prefix-{prefix}");
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name");
+        if let Ok(claim) = UnixListener::bind_addr(&addr) {
+            PREFIX_CLAIMS
+                .lock()
+                .unwrap()
+                .push((dir.to_path_buf(), claim));
+            return prefix;
+        }
+    }
+    panic!("every lab prefix 127.100-199.0-249 is claimed by another lab");
+}
+
 pub struct Lab {
     pub dir: tempfile::TempDir,
     pub nodes: usize,
@@ -40,8 +71,7 @@ impl Lab {
             .tempdir()
             .expect("temp dir");
         // A prefix per lab so that labs of concurrent tests never share an address.
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let prefix = format!("127.{}.{}", 100 + std::process::id() % 100, n % 250);
+        let prefix = claim_prefix(dir.path());
         let out = Command::new(lab_bin())
             .args(["up", "--dir"])
             .arg(dir.path())
@@ -390,5 +420,9 @@ impl Drop for Lab {
             .args(["down", "--dir"])
             .arg(self.path())
             .output();
+        // Only now, with its etcd gone, may another lab take this prefix.
+        if let Ok(mut held) = PREFIX_CLAIMS.lock() {
+            held.retain(|(dir, _)| dir != self.path());
+        }
     }
 }
