@@ -36,4 +36,6 @@ fi
 # for real on a lab by tests/ansible.rs).
 ANSIBLE_NOCOLOR=1 ansible-playbook --syntax-check -i localhost, contrib/ansible/migrate-etcd.yml >/dev/null
 ansible-lint --nocolor -q contrib/ansible/migrate-etcd.yml
+ANSIBLE_NOCOLOR=1 ansible-playbook --syntax-check -i localhost, contrib/ansible/restore-etcd.yml >/dev/null
+ansible-lint --nocolor -q contrib/ansible/restore-etcd.yml
 echo "lint-ops: shell scripts, Vagrantfile, systemd units and the Ansible playbook OK"

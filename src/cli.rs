@@ -788,4 +788,14 @@ pub struct RestorePlanArgs {
     /// manifest's etcd].
     #[arg(long, value_name = "PATH")]
     pub etcdutl: Option<PathBuf>,
+
+    /// Raise the restored revision by N (etcdutl >= 3.5.10), so that clients that saw
+    /// revisions after the backup re-list; needs --mark-compacted. Refused (exit 2) when
+    /// the restore tool does not list it in its --help.
+    #[arg(long, value_name = "N")]
+    pub bump_revision: Option<u64>,
+
+    /// Mark the bumped revision compacted (etcdutl >= 3.5.10); needs --bump-revision.
+    #[arg(long)]
+    pub mark_compacted: bool,
 }

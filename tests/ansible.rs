@@ -144,12 +144,17 @@ impl Play {
 }
 
 fn play(inv: &Path, home: &Path) -> Play {
+    play_book(inv, home, "contrib/ansible/migrate-etcd.yml", &[])
+}
+
+fn play_book(inv: &Path, home: &Path, book: &str, extra: &[&str]) -> Play {
     let cfg = home.join("ansible.cfg");
     std::fs::write(&cfg, "[defaults]\n").unwrap();
     let out = Command::new("ansible-playbook")
         .arg("-i")
         .arg(inv)
-        .arg(repo_file("contrib/ansible/migrate-etcd.yml"))
+        .arg(repo_file(book))
+        .args(extra)
         // Only ours: no ansible.cfg of the working dir or the user, no colour, no retry files.
         .env("ANSIBLE_CONFIG", &cfg)
         .env("ANSIBLE_HOME", home)
@@ -279,4 +284,90 @@ fn rolling_migration_playbook_on_a_lab_stops_at_a_failing_node_then_finishes() {
         let recap = third.recap(&format!("node{n}")).unwrap_or("");
         assert!(recap.contains("changed=0"), "{}", third.dump(&lab));
     }
+}
+
+/// contrib/ansible/restore-etcd.yml on a real 3-node lab (3.5): first with an archive that
+/// does not exist — `restore plan` refuses on every node and the play stops before any
+/// node is touched (manifests and state dirs byte for byte); then with a real backup: every
+/// node restored at once, `health --cluster` healthy, the keys of the backup back and the
+/// keys written after it gone.
+#[test]
+fn whole_cluster_restore_playbook_on_a_lab() {
+    let lab = Lab::up(Version::V35, 3);
+    for i in 0..20 {
+        let out = lab.etcdctl(&["put", &format!("ansible/{i:03}"), "before"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let backup = lab.etcdops(1, &["-o", "json", "backup"], &[]);
+    backup.code(0);
+    let archive = backup.json()["archive"].as_str().unwrap().to_string();
+    for i in 0..5 {
+        let out = lab.etcdctl(&["put", &format!("ansible/after/{i}"), "after"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let targets: Vec<PathBuf> = (1..=3).map(|n| lab.data_dir(n)).collect();
+    let inv = write_inventory(&lab, work.path(), &targets);
+    // The restore tool of the lab's etcd, for every node.
+    let etcdutl = Version::V35.etcdutl().display().to_string();
+    for n in 1..=3 {
+        let path = inv.join(format!("host_vars/node{n}.yml"));
+        let mut vars: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        vars["etcdops_restore_args"] = serde_json::json!(["--etcdutl", etcdutl]);
+        vars["etcdops_apply_extra_args"] = serde_json::json!(["--quorum-timeout", "120s"]);
+        std::fs::write(&path, serde_json::to_string_pretty(&vars).unwrap()).unwrap();
+    }
+    let book = "contrib/ansible/restore-etcd.yml";
+    let state = |n: usize| {
+        (
+            std::fs::read(lab.manifest(n)).unwrap(),
+            if lab.state_dir(n).exists() {
+                common::tree_bytes(&lab.state_dir(n))
+            } else {
+                Vec::new()
+            },
+        )
+    };
+    let before: Vec<_> = (1..=3).map(state).collect();
+    let missing = lab.path().join("missing.tar.zst").display().to_string();
+    let refused = play_book(
+        &inv,
+        work.path(),
+        book,
+        &["-e", &format!("etcd_restore_from={missing}")],
+    );
+    assert_ne!(refused.code, 0, "{}", refused.dump(&lab));
+    assert!(
+        refused.stdout.contains("no such archive or snapshot file"),
+        "{}",
+        refused.dump(&lab)
+    );
+    assert!(
+        !refused.stdout.contains("etcdops restore apply"),
+        "{}",
+        refused.dump(&lab)
+    );
+    for n in 1..=3 {
+        assert_eq!(
+            state(n),
+            before[n - 1],
+            "node {n} changed by a refused play"
+        );
+    }
+
+    let done = play_book(
+        &inv,
+        work.path(),
+        book,
+        &["-e", &format!("etcd_restore_from={archive}")],
+    );
+    assert_eq!(done.code, 0, "{}", done.dump(&lab));
+    for n in 1..=3 {
+        let recap = done.recap(&format!("node{n}")).unwrap_or("");
+        assert!(recap.contains("changed=1"), "{}", done.dump(&lab));
+        assert_eq!(lab.count_on(n, "ansible/after/"), Some(0), "node {n}");
+        assert_eq!(lab.count_on(n, "ansible/0"), Some(20), "node {n}");
+    }
+    lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
 }

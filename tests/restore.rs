@@ -1,9 +1,12 @@
-//! `restore apply|status|resume|rollback` on the lab (real etcd, real TLS, real files, the
-//! lab's kubelet stand-in): a backup restored on every node brings back exactly the keys of
-//! the backup, one cluster with agreeing HashKV, the old data kept aside; a restore of one
-//! node alone waits for quorum, ends exit 5 saying how many members it waits for, and
-//! `rollback` returns that node to its old data and its old, healthy cluster; `kill -9` at a
-//! step then `resume` converges; bad inputs are refused with nothing changed.
+//! `restore apply|status|resume|rollback` on 3-node systemd labs (real systemd-nspawn
+//! nodes whose data dir is its own ext4 or xfs disk, a mount point; real etcd 3.4 and 3.5,
+//! real TLS): a backup restored on every node brings back exactly the keys of the backup,
+//! one cluster with agreeing HashKV, the old `member` kept aside inside the data dir; a
+//! restore of one node alone waits for quorum, ends exit 5 saying how many members it waits
+//! for, and `rollback` returns that node to its old data and its old, healthy cluster;
+//! `kill -9` right at every step, then `resume` converges (every node) and, separately,
+//! `rollback` converges (one node); bad inputs are refused with nothing changed (plain lab:
+//! no service manager behaviour is involved there).
 
 mod common;
 
@@ -12,6 +15,8 @@ use std::time::Duration;
 
 use common::lab::Lab;
 use common::{Run, Version, tree_bytes, wait_for};
+use etcdops::restore::RestoreStep;
+use etcdops::run::StepKind;
 
 fn tool(v: Version) -> PathBuf {
     match v {
@@ -88,8 +93,86 @@ fn hashes(lab: &Lab) -> Vec<(String, String)> {
         .collect()
 }
 
-fn aside(lab: &Lab, node: usize, id: &str) -> PathBuf {
-    PathBuf::from(format!("{}.etcdops-old-{id}", lab.data_dir(node).display()))
+/// A shell script run where node `node`'s disks are mounted (inside the node's mount
+/// namespace on a systemd lab with disks; the host otherwise): the host sees only the empty
+/// mount point.
+fn node_sh(lab: &Lab, node: usize, script: &str) -> std::process::Output {
+    let env = lab.env(node);
+    let exec = env
+        .iter()
+        .find(|(k, _)| k == "ETCDOPS_LAB_NODE_EXEC")
+        .map(|(_, v)| v.clone());
+    let mut words: Vec<String> = exec
+        .map(|e| e.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    words.extend(["sh".to_string(), "-c".to_string(), script.to_string()]);
+    std::process::Command::new(&words[0])
+        .args(&words[1..])
+        .output()
+        .expect("run a shell in the node")
+}
+
+fn node_test(lab: &Lab, node: usize, test: &str, path: &Path) -> bool {
+    node_sh(lab, node, &format!("test {test} '{}'", path.display()))
+        .status
+        .success()
+}
+
+/// Whether node `node`'s data dir is a mount point (its own disk).
+fn mounted(lab: &Lab, node: usize) -> bool {
+    node_sh(
+        lab,
+        node,
+        &format!("mountpoint -q '{}'", lab.data_dir(node).display()),
+    )
+    .status
+    .success()
+}
+
+/// The old `member` dir a run kept aside: inside the data dir when it is a mount point,
+/// else in the data dir moved aside.
+fn old_member(lab: &Lab, node: usize, id: &str) -> PathBuf {
+    let data = lab.data_dir(node);
+    if mounted(lab, node) {
+        data.join(format!("member.etcdops-old-{id}"))
+    } else {
+        PathBuf::from(format!("{}.etcdops-old-{id}", data.display())).join("member")
+    }
+}
+
+/// The names in the data dir and beside it that a restore run may have made or left.
+fn leftovers(lab: &Lab, node: usize) -> Vec<String> {
+    let data = lab.data_dir(node);
+    let out = node_sh(
+        lab,
+        node,
+        &format!(
+            "ls -A '{}'; ls -A '{}'",
+            data.display(),
+            data.parent().unwrap().display()
+        ),
+    );
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|n| n.contains("etcdops-") || n.contains(".restore-"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Remove what runs kept aside (the operator's cleanup after the verification window), so
+/// that the next rounds of a test fit on the lab's small disks.
+fn remove_old_data(lab: &Lab, node: usize) {
+    let data = lab.data_dir(node);
+    let out = node_sh(
+        lab,
+        node,
+        &format!(
+            "rm -rf '{d}'/member.etcdops-old-* '{d}'.etcdops-old-*",
+            d = data.display()
+        ),
+    );
+    assert!(out.status.success(), "{out:?}");
 }
 
 /// After a restore of every node: the backup's keys and only those, one HashKV, healthy,
@@ -103,14 +186,17 @@ fn assert_restored(lab: &Lab, runs: &[Run]) {
         );
         assert_eq!(lab.count_on(n, "/after/"), Some(0), "node {n}");
         let id = runs[n - 1].json()["id"].as_str().unwrap().to_string();
-        let old = aside(lab, n, &id);
-        assert!(old.join("member/snap/db").is_file(), "{}", old.display());
-        let restore_dirs: Vec<String> = std::fs::read_dir(lab.data_dir(n).parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|name| name.contains(".restore-"))
+        let old = old_member(lab, n, &id);
+        assert!(
+            node_test(lab, n, "-f", &old.join("snap/db")),
+            "node {n}: old data not kept at {}",
+            old.display()
+        );
+        let left: Vec<String> = leftovers(lab, n)
+            .into_iter()
+            .filter(|name| !name.contains("etcdops-old-"))
             .collect();
-        assert!(restore_dirs.is_empty(), "node {n}: {restore_dirs:?}");
+        assert!(left.is_empty(), "node {n}: {left:?}");
         restore(lab, n, &["status"], &[]).code(0);
     }
     let h = hashes(lab);
@@ -119,8 +205,12 @@ fn assert_restored(lab: &Lab, runs: &[Run]) {
     lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
 }
 
-fn restore_every_node(v: Version) {
-    let lab = Lab::up(v, 3);
+fn restore_every_node(v: Version, disk: &str) {
+    let lab = Lab::up_systemd(v, 3, disk);
+    assert!(
+        mounted(&lab, 1),
+        "the {disk} data dir should be a mount point"
+    );
     put(&lab, "/before/", 10);
     let archive = backup(&lab);
     put(&lab, "/after/", 5);
@@ -135,22 +225,48 @@ fn restore_every_node(v: Version) {
 }
 
 #[test]
-fn restore_every_node_35() {
-    restore_every_node(Version::V35);
+fn restore_every_node_35_systemd_ext4() {
+    restore_every_node(Version::V35, "ext4");
 }
 
 #[test]
-fn restore_every_node_34() {
-    restore_every_node(Version::V34);
+fn restore_every_node_34_systemd_xfs() {
+    restore_every_node(Version::V34, "xfs");
 }
 
+/// Node 3 is back on its old data in its old cluster: the keys written after the backup,
+/// its old member id, the manifest byte for byte, nothing of the run left in or beside the
+/// data dir, the cluster healthy.
+fn assert_back_on_old_data(lab: &Lab, old_member_id: &str, manifest: &[u8], what: &str) {
+    wait_for(
+        &format!("node 3 to serve the keys written after the backup again ({what})"),
+        Duration::from_secs(90),
+        || lab.count_on(3, "/after/") == Some(5),
+    );
+    assert_eq!(member_id(lab, 3), old_member_id, "{what}");
+    assert_eq!(std::fs::read(lab.manifest(3)).unwrap(), manifest, "{what}");
+    assert_eq!(leftovers(lab, 3), Vec::<String>::new(), "{what}");
+    assert!(
+        node_test(lab, 3, "-f", &lab.data_dir(3).join("member/snap/db")),
+        "{what}"
+    );
+    lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
+}
+
+/// One node restored alone (its data dir its own ext4 disk): it waits for quorum, ends
+/// exit 5 with the message, and `rollback` returns it to its old data and old cluster.
+/// Then `kill -9` right after each step's first record and after its last, and `rollback`
+/// converges every time: alone, the restored member never gets a quorum, so the raft rule
+/// allows going back from every step.
 #[test]
-fn restore_one_node_waits_then_rollback_returns_it_to_the_old_cluster() {
-    let lab = Lab::up(Version::V35, 3);
+fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_converges() {
+    let lab = Lab::up_systemd(Version::V35, 3, "ext4");
+    assert!(mounted(&lab, 3));
     put(&lab, "/before/", 10);
     let archive = backup(&lab);
     put(&lab, "/after/", 5);
-    let old_member = member_id(&lab, 3);
+    let old_member_id = member_id(&lab, 3);
+    let manifest = std::fs::read(lab.manifest(3)).unwrap();
     // Quorum cannot come: the other two nodes are not restored. The bound says how long the
     // run waits for that, not a guess at how long something takes.
     let run = restore(
@@ -168,57 +284,82 @@ fn restore_one_node_waits_then_rollback_returns_it_to_the_old_cluster() {
     );
     assert_eq!(run.json()["state"], "failed", "{}", run.dump());
     let id = run.json()["id"].as_str().unwrap().to_string();
-    assert!(aside(&lab, 3, &id).join("member").is_dir());
+    assert!(node_test(&lab, 3, "-d", &old_member(&lab, 3, &id)));
     // A new run is refused while this one is unfinished.
     restore(&lab, 3, &["apply", "--from", &archive], &[]).code(4);
-
     let rb = restore(&lab, 3, &["rollback"], &[]);
     rb.code(0);
     assert_eq!(rb.json()["state"], "rolled-back", "{}", rb.dump());
-    assert!(!aside(&lab, 3, &id).exists());
-    wait_for(
-        "node 3 to serve the keys written after the backup again",
-        Duration::from_secs(60),
-        || lab.count_on(3, "/after/") == Some(5),
-    );
-    assert_eq!(member_id(&lab, 3), old_member);
-    lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
-    // The restore dir is gone: nothing of the run is left but its journal.
-    let parent = lab.data_dir(3).parent().unwrap().to_path_buf();
-    let left: Vec<String> = std::fs::read_dir(&parent)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("etcd."))
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    assert_back_on_old_data(&lab, &old_member_id, &manifest, "after the wait");
+
+    // Right after each step's first record (its effect not known to have happened) and
+    // after its last (done); alone, wait-quorum never gets to done.
+    let points = RestoreStep::ALL.iter().flat_map(|s| {
+        let done = (*s != RestoreStep::WaitQuorum).then(|| format!("{}:done", s.name()));
+        std::iter::once(format!("{}:begin", s.name())).chain(done)
+    });
+    for point in points {
+        let killed = restore(
+            &lab,
+            3,
+            &["apply", "--from", &archive, "--quorum-timeout", "15s"],
+            &[("ETCDOPS_TEST_KILL_AFTER", &point)],
+        );
+        assert_eq!(
+            killed.code,
+            -1,
+            "{point}: expected SIGKILL\n{}",
+            killed.dump()
+        );
+        restore(&lab, 3, &["status"], &[]).code(5);
+        let rb = restore(&lab, 3, &["rollback"], &[]);
+        rb.code(0);
+        assert_eq!(rb.json()["state"], "rolled-back", "{point}: {}", rb.dump());
+        assert_back_on_old_data(&lab, &old_member_id, &manifest, &point);
+    }
 }
 
+/// `kill -9` right after each step's first and last record, on every node (three points
+/// per round, one per node), then `resume` on every node converges to the restored
+/// cluster. Each round restores the cluster again from the same archive.
 #[test]
-fn restore_kill_9_at_steps_then_resume_converges() {
-    let lab = Lab::up(Version::V35, 3);
+fn restore_kill_9_at_every_step_then_resume_converges() {
+    let lab = Lab::up_systemd(Version::V35, 3, "ext4");
     put(&lab, "/before/", 10);
     let archive = backup(&lab);
     put(&lab, "/after/", 5);
-    let points = ["restore:done", "swap:done", "start-kubelet:done"];
-    let killed = on_every_node(&lab, |n| {
-        restore(
-            &lab,
-            n,
-            &["apply", "--from", &archive],
-            &[("ETCDOPS_TEST_KILL_AFTER", points[n - 1])],
-        )
-    });
-    for (n, r) in killed.iter().enumerate() {
-        assert_eq!(r.code, -1, "node {} should be killed: {}", n + 1, r.dump());
-        let st = restore(&lab, n + 1, &["status"], &[]);
-        st.code(5);
+    // Every step's first and last record but wait-quorum's last (then the run is over).
+    let points: Vec<String> = RestoreStep::ALL
+        .iter()
+        .flat_map(|s| {
+            let done = (*s != RestoreStep::WaitQuorum).then(|| format!("{}:done", s.name()));
+            std::iter::once(format!("{}:begin", s.name())).chain(done)
+        })
+        .collect();
+    assert_eq!(points.len(), 15);
+    for round in points.chunks(3) {
+        let killed = on_every_node(&lab, |n| {
+            restore(
+                &lab,
+                n,
+                &["apply", "--from", &archive],
+                &[("ETCDOPS_TEST_KILL_AFTER", &round[n - 1])],
+            )
+        });
+        for (n, r) in killed.iter().enumerate() {
+            assert_eq!(r.code, -1, "{} should be killed: {}", round[n], r.dump());
+            restore(&lab, n + 1, &["status"], &[]).code(5);
+        }
+        let runs = on_every_node(&lab, |n| restore(&lab, n, &["resume"], &[]));
+        for r in &runs {
+            r.code(0);
+            assert_eq!(r.json()["state"], "completed", "{round:?}: {}", r.dump());
+        }
+        assert_restored(&lab, &runs);
+        for n in 1..=lab.nodes {
+            remove_old_data(&lab, n);
+        }
     }
-    let runs = on_every_node(&lab, |n| restore(&lab, n, &["resume"], &[]));
-    for r in &runs {
-        r.code(0);
-        assert_eq!(r.json()["state"], "completed", "{}", r.dump());
-    }
-    assert_restored(&lab, &runs);
 }
 
 fn snapshot_of(path: &Path) -> Vec<(PathBuf, Vec<u8>)> {
@@ -229,6 +370,9 @@ fn snapshot_of(path: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     }
 }
 
+/// Every bad input of `restore plan|apply|resume|rollback`: its exit code, one line naming
+/// the thing, and nothing changed — the manifest, the state dir and the data dir's parent
+/// byte for byte, the member the same.
 #[test]
 fn restore_bad_inputs_are_refused_and_change_nothing() {
     let lab = Lab::up(Version::V35, 1);
@@ -244,17 +388,178 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
     let garbage = bad_dir.join("garbage.db");
     std::fs::write(&garbage, b"not a snapshot at all").unwrap();
     let missing = bad_dir.join("missing.tar.zst");
+    // A real snapshot with one byte flipped: its sha256 trailer fails.
+    let snap = bad_dir.join("bad-trailer.db");
+    lab.etcdops(1, &["snapshot", "save", snap.to_str().unwrap()], &[])
+        .code(0);
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&snap, &bytes).unwrap();
+    // This node under another name: the archive's member list lacks it.
+    let other_dir = bad_dir.join("manifests");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let other = other_dir.join("etcd.yaml");
+    let text = std::fs::read_to_string(lab.manifest(1)).unwrap();
+    std::fs::write(&other, text.replace("--name=node1", "--name=node9")).unwrap();
     let f = |p: &Path| p.display().to_string();
-    let (fl, ga, mi) = (f(&flipped), f(&garbage), f(&missing));
-    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
-        (vec!["apply", "--from", &mi], 2, "missing.tar.zst"),
-        (vec!["apply", "--from", &fl], 4, "flipped.tar.zst"),
-        (vec!["apply", "--from", &ga], 4, "garbage.db"),
-        (vec!["resume"], 2, "no run"),
-        (vec!["rollback"], 2, "no run"),
+    let (fl, ga, mi, sn, ot) = (f(&flipped), f(&garbage), f(&missing), f(&snap), f(&other));
+    let t = f(&tool(Version::V35));
+    let etcdctl34 = f(&Version::V34.etcdctl());
+    let not_exec = f(&garbage);
+    let no_path: &[(&str, &str)] = &[("PATH", "/nonexistent-bin")];
+    let apply = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["-o", "json", "restore", "apply", "--yes"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    type Case<'a> = (Vec<String>, &'a [(&'a str, &'a str)], i32, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            apply(&["--from", &mi, "--etcdutl", &t]),
+            &[],
+            2,
+            "missing.tar.zst",
+        ),
+        (
+            apply(&["--from", &fl, "--etcdutl", &t]),
+            &[],
+            4,
+            "flipped.tar.zst",
+        ),
+        (
+            apply(&["--from", &ga, "--etcdutl", &t]),
+            &[],
+            4,
+            "garbage.db",
+        ),
+        (
+            apply(&["--from", &sn, "--etcdutl", &t]),
+            &[],
+            4,
+            "sha256 trailer",
+        ),
+        (
+            apply(&["--from", &archive, "--etcdutl", &t, "--manifest", &ot]),
+            &[],
+            4,
+            "does not contain this node's --name node9",
+        ),
+        (
+            apply(&["--from", &archive]),
+            no_path,
+            4,
+            "/nonexistent-bin/etcdutl",
+        ),
+        (
+            apply(&["--from", &archive, "--etcdutl", &not_exec]),
+            &[],
+            2,
+            "not an executable",
+        ),
+        // etcd 3.5.1's etcdutl and 3.4's etcdctl have neither flag (3.5.10 added them).
+        (
+            apply(&[
+                "--from",
+                &archive,
+                "--etcdutl",
+                &t,
+                "--bump-revision",
+                "1000",
+                "--mark-compacted",
+            ]),
+            &[],
+            2,
+            "does not support them",
+        ),
+        (
+            apply(&[
+                "--from",
+                &archive,
+                "--etcdutl",
+                &etcdctl34,
+                "--bump-revision",
+                "1000",
+                "--mark-compacted",
+            ]),
+            &[],
+            2,
+            "does not support them",
+        ),
+        (
+            apply(&[
+                "--from",
+                &archive,
+                "--etcdutl",
+                &t,
+                "--bump-revision",
+                "1000",
+            ]),
+            &[],
+            2,
+            "--bump-revision needs --mark-compacted",
+        ),
+        (
+            apply(&["--from", &archive, "--etcdutl", &t, "--mark-compacted"]),
+            &[],
+            2,
+            "--mark-compacted needs --bump-revision",
+        ),
+        (
+            apply(&[
+                "--from",
+                &archive,
+                "--etcdutl",
+                &t,
+                "--quorum-timeout",
+                "soon",
+            ]),
+            &[],
+            2,
+            "soon",
+        ),
+        (
+            [
+                "restore",
+                "plan",
+                "--from",
+                &archive,
+                "--etcdutl",
+                &t,
+                "--bump-revision",
+                "7",
+                "--mark-compacted",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            &[],
+            2,
+            "does not support them",
+        ),
+        (
+            ["-o", "json", "restore", "resume"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            &[],
+            2,
+            "no run",
+        ),
+        (
+            ["-o", "json", "restore", "rollback"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            &[],
+            2,
+            "no run",
+        ),
     ];
     let manifest = std::fs::read(lab.manifest(1)).unwrap();
-    let state = snapshot_of(&lab.state_dir(1));
     let parent = lab.data_dir(1).parent().unwrap().to_path_buf();
     let names = || {
         let mut v: Vec<String> = std::fs::read_dir(&parent)
@@ -264,12 +569,18 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
         v.sort();
         v
     };
-    let before_names = names();
     let before_member = member_id(&lab, 1);
-    for (words, code, needle) in cases {
-        let run = restore(&lab, 1, &words, &[]);
+    let check = |args: &[String], env: &[(&str, &str)], code: i32, needle: &str| {
+        let state = snapshot_of(&lab.state_dir(1));
+        let before_names = names();
+        let words: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = lab.etcdops(1, &words, env);
         run.code(code);
-        run.one_line_error(needle);
+        assert!(run.stderr.contains(needle), "{needle:?}\n{}", run.dump());
+        // clap's own usage errors carry a hint line; ours are one line.
+        if !run.stderr.starts_with("error:") {
+            run.one_line_error(needle);
+        }
         assert_eq!(
             std::fs::read(lab.manifest(1)).unwrap(),
             manifest,
@@ -277,6 +588,32 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
         );
         assert_eq!(snapshot_of(&lab.state_dir(1)), state, "{words:?}");
         assert_eq!(names(), before_names, "{words:?}");
+    };
+    for (args, env, code, needle) in &cases {
+        check(args, env, *code, needle);
     }
+    // A run left unfinished in the state dir (killed before it changed the node) refuses
+    // a new one, naming it.
+    let killed = lab.etcdops(
+        1,
+        &[
+            "restore",
+            "apply",
+            "--yes",
+            "--etcdutl",
+            &t,
+            "--from",
+            &archive,
+        ],
+        &[("ETCDOPS_TEST_KILL_AFTER", "preflight:begin")],
+    );
+    assert_eq!(killed.code, -1, "{}", killed.dump());
+    check(
+        &apply(&["--from", &archive, "--etcdutl", &t]),
+        &[],
+        4,
+        "unfinished",
+    );
     assert_eq!(member_id(&lab, 1), before_member);
+    assert_eq!(cases.len() + 1, 16);
 }

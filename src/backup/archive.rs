@@ -21,6 +21,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
+use super::pipe::PipeWriter;
 use super::{
     CONTENTS_ENTRY, Contents, EntryInfo, FORMAT, KUBE_PREFIX, MemberInfo, SNAPSHOT_ENTRY, Sources,
     archive_name,
@@ -255,10 +256,14 @@ pub async fn create(conn: &Connection, opts: &BackupOptions) -> Result<BackupRep
     let mtime = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let buffered = BufWriter::with_capacity(1 << 20, &*locked);
-    let encoder = zstd::stream::write::Encoder::new(buffered, opts.level)
-        .map_err(|e| Error::io("start zstd", &part, e))?;
-    let mut tar = tar::Builder::new(encoder);
+    // zstd runs on a thread of its own (`pipe`), overlapping the stream and its digests.
+    let out = locked.try_clone().map_err(|e| Error::io("dup", &part, e))?;
+    let encoder =
+        zstd::stream::write::Encoder::new(BufWriter::with_capacity(1 << 20, out), opts.level)
+            .map_err(|e| Error::io("start zstd", &part, e))?;
+    let pipe = PipeWriter::spawn(encoder, |encoder| encoder.finish()?.flush())
+        .map_err(|e| Error::io("start the writer thread for", &part, e))?;
+    let mut tar = tar::Builder::new(pipe);
     let werr = |e: std::io::Error| Error::io("write", &part, e);
 
     // The snapshot, streamed.
@@ -376,10 +381,7 @@ pub async fn create(conn: &Connection, opts: &BackupOptions) -> Result<BackupRep
     let mut h = header(CONTENTS_ENTRY, json.len() as u64, 0o600, mtime)?;
     tar.append_data(&mut h, CONTENTS_ENTRY, json.as_slice())
         .map_err(werr)?;
-    let encoder = tar.into_inner().map_err(werr)?;
-    let mut buffered = encoder.finish().map_err(werr)?;
-    buffered.flush().map_err(werr)?;
-    drop(buffered);
+    tar.into_inner().map_err(werr)?.finish().map_err(werr)?;
     locked
         .sync_all()
         .map_err(|e| Error::io("fsync", &part, e))?;

@@ -14,6 +14,7 @@
 //! mtime are what the stamp recorded.
 
 pub mod archive;
+pub mod pipe;
 pub mod prune;
 pub mod tool;
 pub mod verify;

@@ -109,7 +109,10 @@ fn read_archive(archive: &Path, extract: Option<&Path>) -> Result<Read1> {
     let file = open(archive)?;
     let decoder =
         zstd::stream::read::Decoder::new(file).map_err(|e| Error::io("read", archive, e))?;
-    let mut tar = tar::Archive::new(decoder);
+    // Decompression on a thread of its own, overlapping the digests below.
+    let decoded = super::pipe::PipeReader::spawn(decoder)
+        .map_err(|e| Error::io("start the reader thread for", archive, e))?;
+    let mut tar = tar::Archive::new(decoded);
     let mut problems = Vec::new();
     // path -> (size, blake3, trailer problem)
     let mut seen: BTreeMap<String, (u64, String)> = BTreeMap::new();
@@ -152,8 +155,11 @@ fn read_archive(archive: &Path, extract: Option<&Path>) -> Result<Read1> {
                 if n == 0 {
                     break;
                 }
-                b3.update(&buf[..n]);
                 size += n as u64;
+                // The snapshot's Digests hash blake3 too: one pass, not two.
+                if digests.is_none() {
+                    b3.update(&buf[..n]);
+                }
                 if let Some(d) = &mut digests {
                     if head.len() < 64 {
                         let take = (64 - head.len()).min(n);
@@ -168,15 +174,17 @@ fn read_archive(archive: &Path, extract: Option<&Path>) -> Result<Read1> {
             if let Some(mut o) = out {
                 o.flush()?;
             }
-            if let Some(d) = digests
-                && let (_, _, Some(p)) = d.finish(&head)
-            {
-                problems.push(format!("{SNAPSHOT_ENTRY}: {p}"));
-            }
-            if seen
-                .insert(path.clone(), (size, b3.finalize().to_hex().to_string()))
-                .is_some()
-            {
+            let b3 = match digests {
+                Some(d) => {
+                    let (_, b3, problem) = d.finish(&head);
+                    if let Some(p) = problem {
+                        problems.push(format!("{SNAPSHOT_ENTRY}: {p}"));
+                    }
+                    b3
+                }
+                None => b3.finalize().to_hex().to_string(),
+            };
+            if seen.insert(path.clone(), (size, b3)).is_some() {
                 problems.push(format!("entry {path} appears twice"));
             }
             order.push(path);

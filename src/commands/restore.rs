@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::backup::tool;
-use crate::cli::{GlobalArgs, RestoreCommand};
+use crate::cli::{GlobalArgs, RestoreCommand, RestorePlanArgs};
 use crate::error::{Error, Result};
 use crate::manifest::DEFAULT_MANIFEST;
 use crate::output::{self, Format, Render, Table};
@@ -23,8 +23,13 @@ fn find_tool(manifest: &Path, flag: Option<&Path>) -> Result<tool::RestoreTool> 
 pub fn exec(global: &GlobalArgs, cmd: RestoreCommand) -> Result<()> {
     if let RestoreCommand::Plan(args) = &cmd {
         let manifest = super::given(global).manifest_path();
-        let p = plan::plan(&manifest, &args.from)?;
+        let mut p = plan::plan(&manifest, &args.from)?;
+        if restore::data_dir_is_mount_point(&p.data_dir) {
+            p.inside_mount_point();
+        }
         let t = find_tool(&manifest, args.etcdutl.as_deref())?;
+        p.revision_flags = revision_flags(args);
+        p.revision_flags.check(&t)?;
         output::print(super::format(global), &PlanReport::new(p, &t));
         return Ok(());
     }
@@ -99,6 +104,8 @@ pub fn exec(global: &GlobalArgs, cmd: RestoreCommand) -> Result<()> {
             crate::runs::check_none_unfinished(&state_dir)?;
             plan::plan(&manifest, &a.plan.from)?;
             let t = find_tool(&manifest, a.plan.etcdutl.as_deref())?;
+            let flags = revision_flags(&a.plan);
+            flags.check(&t)?;
             if !a.yes {
                 super::migrate::confirm(&format!(
                     "Restore this node's etcd from {}? This stops etcd and kubelet here and \
@@ -109,7 +116,7 @@ pub fn exec(global: &GlobalArgs, cmd: RestoreCommand) -> Result<()> {
             let host = host()?;
             print_outcome(
                 format,
-                restore::apply(&host, &opts, &a.plan.from, &t, a.quorum_timeout)?,
+                restore::apply(&host, &opts, &a.plan.from, &t, flags, a.quorum_timeout)?,
             )
         }
         RestoreCommand::Resume(a) => {
@@ -121,6 +128,13 @@ pub fn exec(global: &GlobalArgs, cmd: RestoreCommand) -> Result<()> {
             print_outcome(format, restore::rollback(&host, &opts, a.id.as_deref())?)
         }
         RestoreCommand::Plan(_) | RestoreCommand::Status(_) => unreachable!("handled above"),
+    }
+}
+
+fn revision_flags(args: &RestorePlanArgs) -> plan::RevisionFlags {
+    plan::RevisionFlags {
+        bump_revision: args.bump_revision,
+        mark_compacted: args.mark_compacted,
     }
 }
 
@@ -158,9 +172,17 @@ impl Render for PlanReport {
             out.push_str(&format!("  {x}\n"));
         }
         out.push_str(&format!("  {}\n", self.restore));
-        out.push_str(
-            "then point the manifest's data hostPath at the restore dir (etcdops manifest set-data-path) and put it back; see docs/runbooks/snapshot-backup-restore.md\n",
-        );
+        if p.restore_dir.starts_with(&p.data_dir) {
+            out.push_str(&format!(
+                "then (the data dir is a mount point) move {data}/member aside inside it and {}/member to {data}/member, and put the manifest back; see docs/runbooks/snapshot-backup-restore.md\n",
+                p.restore_dir.display(),
+                data = p.data_dir.display()
+            ));
+        } else {
+            out.push_str(
+                "then point the manifest's data hostPath at the restore dir (etcdops manifest set-data-path) and put it back; see docs/runbooks/snapshot-backup-restore.md\n",
+            );
+        }
         out
     }
 }

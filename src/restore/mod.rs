@@ -8,6 +8,8 @@
 
 pub mod plan;
 pub mod steps;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,10 +33,19 @@ pub struct Plan {
     /// etcd's restore tool, and whether it is etcdctl (3.4) rather than etcdutl.
     pub tool: PathBuf,
     pub tool_is_etcdctl: bool,
-    /// Where the old data dir is kept: `<data dir>.etcdops-old-<run id>`, never deleted.
+    /// Where the old data is kept, never deleted: `<data dir>.etcdops-old-<run id>`, or,
+    /// when the data dir is a mount point, `<data dir>/member.etcdops-old-<run id>`.
     pub aside: PathBuf,
-    /// Whether the data dir existed (a deleted hostPath has nothing to keep aside).
+    /// Whether the data existed (a deleted hostPath, or an emptied disk, has nothing to keep
+    /// aside).
     pub data_existed: bool,
+    /// The data dir is a mount point (its own disk): a mount point cannot be renamed, so the
+    /// swap moves its `member` dir instead — the restore is made inside the data dir, its
+    /// `member` staged there as `member.etcdops-new-<run id>`, the old `member` moved aside
+    /// beside it (as `migrate finalize` does on a mount point). The hostPath never changes.
+    /// Absent in journals written before this existed: those swapped whole dirs.
+    #[serde(default)]
+    pub mounted: bool,
     /// Members restored (`--initial-cluster`); quorum is `members / 2 + 1`.
     pub members: usize,
     /// The bound of the wait for quorum, in milliseconds.
@@ -57,6 +68,27 @@ impl Plan {
 
     pub fn quorum(&self) -> usize {
         self.members / 2 + 1
+    }
+
+    /// What the swap renames: the data dir itself, or its `member` dir on a mount point.
+    pub fn live(&self) -> PathBuf {
+        if self.mounted {
+            self.restore.data_dir.join("member")
+        } else {
+            self.restore.data_dir.clone()
+        }
+    }
+
+    /// What the swap renames into `live()`: the restore dir, or on a mount point the
+    /// restored `member` dir staged inside the data dir.
+    pub fn staged(&self) -> PathBuf {
+        if self.mounted {
+            self.restore
+                .data_dir
+                .join(format!("member.etcdops-new-{}", self.id))
+        } else {
+            self.restore.restore_dir.clone()
+        }
     }
 
     /// The `--from` file.
@@ -100,38 +132,51 @@ fn outcome(engine: &Engine<Restore>, result: Result<()>) -> Outcome {
 }
 
 /// Every refusal before the journal exists (nothing changed): an unfinished run, the plan's
-/// refusals, a data dir that is a mount point (the swap is a rename), leftovers of the
-/// restore dir or the aside path.
+/// refusals, leftovers of the restore dir, the staged dir or the aside path. A data dir that
+/// is a mount point is restored inside itself (see `Plan::mounted`).
 fn preflight(
     host: &dyn Host,
     opts: &RunOptions,
     from: &Path,
     tool: &RestoreTool,
+    revision_flags: plan::RevisionFlags,
     id: &str,
     quorum_timeout: Duration,
 ) -> Result<Plan> {
     (opts.unfinished)(&opts.state_dir)?;
-    let restore = plan::plan(&opts.manifest, from)?;
-    let data = &restore.data_dir;
+    let mut restore = plan::plan(&opts.manifest, from)?;
+    revision_flags.check(tool)?;
+    restore.revision_flags = revision_flags;
+    let data = restore.data_dir.clone();
     let what = format!("restore into {}", data.display());
-    let data_existed = host.is_dir(data)?;
-    if data_existed && host.is_mount_point(data)? {
-        return Err(Error::refused(
-            what,
-            "the data dir is a mount point: the restore swaps dirs by rename, which cannot move \
-             a mount point; restore with the data dir's parent on that disk, or migrate first",
-        ));
+    let mounted = host.is_dir(&data)? && host.is_mount_point(&data)?;
+    if mounted {
+        restore.inside_mount_point();
     }
-    if host.is_dir(&restore.restore_dir)? || host.read_file(&restore.restore_dir)?.is_some() {
-        return Err(Error::refused(
-            what,
-            format!(
-                "{} exists already (left by an earlier attempt?); move it away first",
-                restore.restore_dir.display()
-            ),
-        ));
+    let (aside, staged, data_existed) = if mounted {
+        (
+            data.join(format!("member.etcdops-old-{id}")),
+            data.join(format!("member.etcdops-new-{id}")),
+            host.is_dir(&data.join("member"))?,
+        )
+    } else {
+        (
+            PathBuf::from(format!("{}.etcdops-old-{id}", data.display())),
+            restore.restore_dir.clone(),
+            host.is_dir(&data)?,
+        )
+    };
+    for leftover in [&restore.restore_dir, &staged] {
+        if host.is_dir(leftover)? || host.read_file(leftover)?.is_some() {
+            return Err(Error::refused(
+                what,
+                format!(
+                    "{} exists already (left by an earlier attempt?); move it away first",
+                    leftover.display()
+                ),
+            ));
+        }
     }
-    let aside = PathBuf::from(format!("{}.etcdops-old-{id}", data.display()));
     if host.is_dir(&aside)? {
         return Err(Error::refused(
             what,
@@ -155,11 +200,21 @@ fn preflight(
         tool_is_etcdctl: tool.kind == ToolKind::Etcdctl,
         aside,
         data_existed,
+        mounted,
         members,
         quorum_timeout_ms: quorum_timeout.as_millis() as u64,
         before,
         restore,
     })
+}
+
+/// Whether `data_dir` exists and is a mount point, for `restore plan` (which has no host):
+/// then the restore is made inside it (`plan::RestorePlan::inside_mount_point`).
+pub fn data_dir_is_mount_point(data_dir: &Path) -> bool {
+    data_dir.is_dir()
+        && data_dir
+            .canonicalize()
+            .is_ok_and(|c| crate::mounts::locate(&c).is_ok_and(|at| at.mount_point == c))
 }
 
 /// `restore apply`: preflight, then the steps.
@@ -168,11 +223,12 @@ pub fn apply(
     opts: &RunOptions,
     from: &Path,
     tool: &RestoreTool,
+    revision_flags: plan::RevisionFlags,
     quorum_timeout: Duration,
 ) -> Result<Outcome> {
     let _lock = RunLock::acquire(&opts.state_dir)?;
     let id = crate::run::unique_id(&opts.state_dir);
-    let plan = preflight(host, opts, from, tool, &id, quorum_timeout)?;
+    let plan = preflight(host, opts, from, tool, revision_flags, &id, quorum_timeout)?;
     let saga = Restore {
         host,
         operator_rollback: false,

@@ -36,6 +36,86 @@ pub struct RestorePlan {
     /// The data dir on the host (from the manifest), and the new dir beside it.
     pub data_dir: PathBuf,
     pub restore_dir: PathBuf,
+    /// `--bump-revision` / `--mark-compacted` for the restore tool (none in older journals).
+    #[serde(default)]
+    pub revision_flags: RevisionFlags,
+}
+
+/// etcdutl's `--bump-revision N --mark-compacted` (etcd >= 3.5.10): the restored revision
+/// jumps by N and is marked compacted, so that watchers and informers that saw revisions
+/// after the backup are told to re-list instead of missing changes silently. etcdutl wants
+/// both or neither (and N > 0); so do we, before anything changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionFlags {
+    pub bump_revision: Option<u64>,
+    pub mark_compacted: bool,
+}
+
+impl RevisionFlags {
+    pub fn is_set(&self) -> bool {
+        self.bump_revision.is_some() || self.mark_compacted
+    }
+
+    /// Refuse (exit 2) an incomplete pair, and flags the restore tool does not know — asked
+    /// of the tool's own `--help`, not guessed from its version.
+    pub fn check(&self, tool: &RestoreTool) -> Result<()> {
+        match (self.bump_revision, self.mark_compacted) {
+            (None, false) => return Ok(()),
+            (Some(0), _) => {
+                return Err(Error::Usage(
+                    "--bump-revision must be greater than 0 (etcdutl refuses 0)".into(),
+                ));
+            }
+            (Some(_), false) => {
+                return Err(Error::Usage(
+                    "--bump-revision needs --mark-compacted (etcdutl requires both)".into(),
+                ));
+            }
+            (None, true) => {
+                return Err(Error::Usage(
+                    "--mark-compacted needs --bump-revision N (etcdutl requires both)".into(),
+                ));
+            }
+            (Some(_), true) => {}
+        }
+        if !supports_revision_flags(tool)? {
+            return Err(Error::Usage(format!(
+                "--bump-revision/--mark-compacted: {} does not support them (its `snapshot \
+                 restore --help` lists neither; they came with etcd 3.5.10): use an etcdutl >= \
+                 3.5.10 with --etcdutl, or restore without them",
+                tool.path.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Whether the tool's `snapshot restore --help` lists `--bump-revision` and
+/// `--mark-compacted`.
+pub fn supports_revision_flags(tool: &RestoreTool) -> Result<bool> {
+    let mut cmd = std::process::Command::new(&tool.path);
+    cmd.args(["snapshot", "restore", "--help"])
+        .stdin(Stdio::null());
+    if tool.kind == ToolKind::Etcdctl {
+        cmd.env("ETCDCTL_API", "3");
+    }
+    let out = cmd.output().map_err(|e| Error::io("run", &tool.path, e))?;
+    let help = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(help_lists_revision_flags(&help))
+}
+
+fn help_lists_revision_flags(help: &str) -> bool {
+    // A flag is listed when a line starts with it (cobra's layout), not when another
+    // flag's text mentions it.
+    let listed = |flag: &str| {
+        help.lines()
+            .any(|l| l.split_whitespace().next() == Some(flag))
+    };
+    listed("--bump-revision") && listed("--mark-compacted")
 }
 
 /// `etcd-restore-<id>`.
@@ -142,7 +222,30 @@ pub fn plan_from_contents(
         token: token(&id),
         data_dir,
         restore_dir,
+        revision_flags: RevisionFlags::default(),
     })
+}
+
+/// The restore dir when the data dir is a mount point (its own disk): inside it, as a
+/// dotted name etcd ignores, so that the restored `member` dir is on the same filesystem as
+/// the data dir's and the swap stays a rename. Nothing beside a mount point is on its disk.
+pub fn restore_dir_inside(data_dir: &Path, id: &str) -> PathBuf {
+    data_dir.join(format!(".etcdops-restore-{id}"))
+}
+
+impl RestorePlan {
+    /// The archive's (or snapshot's) id.
+    pub fn source_id(&self) -> &str {
+        match &self.source {
+            Source::Archive { id, .. } | Source::Snapshot { id, .. } => id,
+        }
+    }
+
+    /// Restore inside the data dir instead of beside it: the data dir is a mount point.
+    pub fn inside_mount_point(&mut self) {
+        let inside = restore_dir_inside(&self.data_dir, self.source_id());
+        self.restore_dir = inside;
+    }
 }
 
 /// `<dir>.<suffix>` beside `dir` (same filesystem, so the swap is a rename).
@@ -276,6 +379,13 @@ pub fn restore_command(
         format!("--initial-cluster-token={}", plan.token),
         format!("--data-dir={}", dest.display()),
     ];
+    let mut args = args;
+    if let Some(n) = plan.revision_flags.bump_revision {
+        args.push(format!("--bump-revision={n}"));
+    }
+    if plan.revision_flags.mark_compacted {
+        args.push("--mark-compacted".to_string());
+    }
     let env = match tool.kind {
         ToolKind::Etcdctl => vec![("ETCDCTL_API".to_string(), "3".to_string())],
         ToolKind::Etcdutl => Vec::new(),
@@ -459,6 +569,59 @@ mod tests {
         assert!(args.contains(&"--initial-cluster-token=etcd-restore-0123456789abcdef".into()));
         assert!(args.contains(&"--name=cp-a".into()));
         assert_eq!(env, vec![("ETCDCTL_API".into(), "3".into())]);
+    }
+
+    #[test]
+    fn revision_flags_are_read_from_the_tools_help_and_passed_through() {
+        // etcdutl 3.5.10's `snapshot restore --help` lines for the two flags.
+        let new = "      --bump-revision uint   How much to increase the latest revision after restore\n      --mark-compacted   Mark the latest revision after restore as the point of scheduled compaction (required if --bump-revision > 0, disallowed otherwise)\n";
+        assert!(help_lists_revision_flags(new));
+        // 3.5.1 lists neither; a mention in another flag's text is not the flag.
+        assert!(!help_lists_revision_flags(
+            "      --skip-hash-check   Ignore snapshot integrity hash value\n"
+        ));
+        assert!(!help_lists_revision_flags(
+            "      --x   (required if --bump-revision > 0, with --mark-compacted)\n"
+        ));
+        let (_d, m) = manifest();
+        let mut p = plan_from_contents(
+            &m,
+            source(),
+            &contents(&[("cp-a", "https://10.10.0.21:2380", false)]),
+        )
+        .unwrap();
+        let tool = RestoreTool {
+            path: "/usr/bin/etcdutl".into(),
+            kind: ToolKind::Etcdutl,
+        };
+        let (_, args, _) = restore_command(&tool, &p, Path::new("/s.db"), Path::new("/d"));
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.contains("revision") || a.contains("compacted"))
+        );
+        p.revision_flags = RevisionFlags {
+            bump_revision: Some(1_000_000),
+            mark_compacted: true,
+        };
+        let (_, args, _) = restore_command(&tool, &p, Path::new("/s.db"), Path::new("/d"));
+        assert!(args.contains(&"--bump-revision=1000000".to_string()));
+        assert!(args.contains(&"--mark-compacted".to_string()));
+        // Incomplete pairs are refused before the tool is even asked.
+        for (bump, mark, needle) in [
+            (Some(5), false, "--bump-revision needs --mark-compacted"),
+            (None, true, "--mark-compacted needs --bump-revision"),
+            (Some(0), true, "greater than 0"),
+        ] {
+            let e = RevisionFlags {
+                bump_revision: bump,
+                mark_compacted: mark,
+            }
+            .check(&tool)
+            .unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.one_line().contains(needle), "{}", e.one_line());
+        }
     }
 
     #[test]

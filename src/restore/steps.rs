@@ -2,7 +2,9 @@
 //! the node only through `Host`. The old data dir is renamed aside (never deleted) and the
 //! restored dir renamed into its place, so the manifest stays byte for byte what kubeadm
 //! wrote (no hostPath rewrite, no kubeadm-config drift); both dirs are on one filesystem
-//! because the restore dir is made beside the data dir.
+//! because the restore dir is made beside the data dir — or, when the data dir is a mount
+//! point (its own disk, which cannot be renamed), inside it, and the swap moves `member`
+//! dirs within the data dir (`Plan::live`, `Plan::staged`).
 //!
 //! The raft rule for a restore: going back is safe while the restored member has not been
 //! part of a quorum of the new cluster — then nothing was committed on the restored data
@@ -146,6 +148,9 @@ impl Saga for Restore<'_> {
             Restore => {
                 // A restore killed mid-way leaves a partial dir: start it again.
                 host.remove_tree(&r.restore_dir)?;
+                if plan.mounted {
+                    host.remove_tree(&plan.staged())?;
+                }
                 let snapshot = match &r.source {
                     super::plan::Source::Archive { path, .. } => {
                         let dest = extracted(run);
@@ -157,19 +162,30 @@ impl Saga for Restore<'_> {
                 };
                 host.restore_snapshot(&plan.tool(), r, &snapshot, &r.restore_dir)?;
                 host.remove_file(&extracted(run))?;
+                if plan.mounted {
+                    // The restored member, staged beside the live one on the same disk; the
+                    // tool's dir, empty then, goes.
+                    host.rename(&r.restore_dir.join("member"), &plan.staged())?;
+                    host.remove_tree(&r.restore_dir)?;
+                }
                 Ok(
                     serde_json::json!({"restore_dir": r.restore_dir, "token": r.token,
                     "initial_cluster": r.initial_cluster}),
                 )
             }
+            // Two renames on one filesystem, each skipped when already done (a resume).
             Swap => {
+                let (live, staged) = (plan.live(), plan.staged());
                 if plan.data_existed && !host.is_dir(&plan.aside)? {
-                    host.rename(&r.data_dir, &plan.aside)?;
+                    host.rename(&live, &plan.aside)?;
                 }
-                if !host.is_dir(&r.data_dir)? {
-                    host.rename(&r.restore_dir, &r.data_dir)?;
+                if !host.is_dir(&live)? {
+                    host.rename(&staged, &live)?;
                 }
-                Ok(serde_json::json!({"old_data": plan.data_existed.then_some(&plan.aside)}))
+                Ok(
+                    serde_json::json!({"old_data": plan.data_existed.then_some(&plan.aside),
+                    "swapped": live}),
+                )
             }
             StartKubelet => {
                 host.start_kubelet()?;
@@ -221,22 +237,30 @@ impl Saga for Restore<'_> {
                 waiting_message(plan),
                 rd.dir.display()
             ))),
-            WaitQuorum => Ok(()),
+            // The raft rule is judged here already, before this undo is recorded done: a
+            // refusal at start-kubelet after this undo completed would leave a run partly
+            // rolled back, which `resume` refuses, while rollback refuses too — stuck.
+            WaitQuorum => never_served(host, plan, &rd),
             StartKubelet => undo_start(host, plan, &rd),
             Swap => {
+                let (live, staged) = (plan.live(), plan.staged());
                 if host.is_dir(&plan.aside)? || !plan.data_existed {
-                    if host.is_dir(&r.data_dir)? && !host.is_dir(&r.restore_dir)? {
-                        host.rename(&r.data_dir, &r.restore_dir)?;
+                    if host.is_dir(&live)? && !host.is_dir(&staged)? {
+                        host.rename(&live, &staged)?;
                     }
                     if plan.data_existed {
-                        host.rename(&plan.aside, &r.data_dir)?;
+                        host.rename(&plan.aside, &live)?;
                     }
                 }
                 Ok(())
             }
             Restore => {
                 host.remove_file(&extracted(run))?;
-                host.remove_tree(&r.restore_dir)
+                host.remove_tree(&r.restore_dir)?;
+                if plan.mounted {
+                    host.remove_tree(&plan.staged())?;
+                }
+                Ok(())
             }
             StopKubelet => host.start_kubelet(),
             StopEtcd => {
@@ -277,7 +301,7 @@ impl Saga for Restore<'_> {
             "the old data is at {} (or still at {} if the swap was undone), the original \
              manifest is {}",
             run.plan.aside.display(),
-            run.plan.restore.data_dir.display(),
+            run.plan.live().display(),
             run_dir(run).original().display()
         )
     }
@@ -286,11 +310,22 @@ impl Saga for Restore<'_> {
 /// Undo of start-kubelet: stop etcd again, but only while the restored member has not been
 /// part of a quorum. The proof: etcd serves client requests only after it published itself
 /// through raft (a quorum commit), so a member whose port listens and that does not answer
-/// a status never had a quorum; one that answers had, and one that does not listen cannot
-/// prove anything — both refuse rather than guess.
+/// a status never had a quorum; one that answers had, and one that does not come to listen
+/// within the start timeout cannot prove anything — both refuse rather than guess.
 fn undo_start(host: &dyn Host, plan: &Plan, rd: &RunDir) -> Result<()> {
     if host.read_file(&plan.manifest)?.is_none() {
         // Already stopped by an earlier attempt of this undo (after the check).
+        return Ok(());
+    }
+    never_served(host, plan, rd)?;
+    host.stop_etcd(&plan.manifest, &rd.manifest(), &plan.restore.data_dir)
+}
+
+/// The raft rule's proof for going back (see `undo_start`): Ok when etcd does not run on
+/// the restored data (manifest out) or runs and never served; a refusal (exit 5, resume
+/// finishes) otherwise.
+fn never_served(host: &dyn Host, plan: &Plan, rd: &RunDir) -> Result<()> {
+    if host.read_file(&plan.manifest)?.is_none() {
         return Ok(());
     }
     let joined = |why: String| {
@@ -302,12 +337,14 @@ fn undo_start(host: &dyn Host, plan: &Plan, rd: &RunDir) -> Result<()> {
             rd.dir.display()
         ))
     };
-    if !host.client_port_listening()? {
-        return Err(joined(
-            "does not run (its client port refuses), so it cannot be proved that it never \
-             joined a quorum"
-                .into(),
-        ));
+    // The manifest is back, so etcd is starting or runs: wait (bounded by the start
+    // timeout) until it listens rather than judge a member still starting — a run killed
+    // right after start-kubelet is rolled back moments later.
+    if let Err(e) = host.wait_listening() {
+        return Err(joined(format!(
+            "does not run ({}), so it cannot be proved that it never joined a quorum",
+            e.one_line()
+        )));
     }
     if let Ok(s) = host.local_status() {
         return Err(joined(format!(
@@ -316,5 +353,5 @@ fn undo_start(host: &dyn Host, plan: &Plan, rd: &RunDir) -> Result<()> {
             s.member_id, s.cluster_id, s.leader
         )));
     }
-    host.stop_etcd(&plan.manifest, &rd.manifest(), &plan.restore.data_dir)
+    Ok(())
 }
