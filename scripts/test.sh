@@ -14,6 +14,8 @@ cargo clippy --all-targets -- -D warnings
 export ETCDOPS_KILL_INSTANTS="${ETCDOPS_KILL_INSTANTS:-40}"
 export ETCDOPS_KILL_RECOVERY_INSTANTS="${ETCDOPS_KILL_RECOVERY_INSTANTS:-4}"
 export ETCDOPS_KILL_SIGNAL_INSTANTS="${ETCDOPS_KILL_SIGNAL_INSTANTS:-2}"
+# The migration end-to-end tests (tests/migrate.rs), kill-anywhere and tests/lab_systemd.rs
+# boot 3-node systemd-nspawn labs (docs/lab.md); without systemd-nspawn they fail, never skip.
 cargo test --all-targets -- --test-threads="${ETCDOPS_TEST_THREADS:-4}"
 # The .deb: build, dpkg -i, --version, man, units, dpkg -r.
 scripts/test-deb.sh

@@ -34,20 +34,75 @@ fn fragment(cluster: &Cluster, tag: &str) {
         .expect("delete the prefix");
 }
 
-/// member id -> db size once the members have settled: followers apply a burst of writes a
-/// little after the leader, and bbolt grows the file at its next commit, so a single read
-/// right after writing is not a baseline.
+/// member id -> db size once every member holds, in its db file, everything the leader has
+/// committed (every running member: a test may have killed one). A single read right after writing is no baseline: followers apply a burst a
+/// little after the leader, a compaction goes on in the background after its entry is
+/// applied, and bbolt grows the file only when its batch commits (every 100 ms). So: wait
+/// (bounded) until every member's applied index equals the leader's commit index; then on
+/// each member wait for its compactions to finish — a physical Compact at the member's own
+/// compacted revision is refused (compacted) only after the member's compaction queue has
+/// drained, and it force-commits — and make it commit its batch (the maintenance Hash RPC
+/// calls the backend's ForceCommit first, in 3.4 and 3.5); read the sizes after that.
 fn db_sizes(cluster: &Cluster) -> BTreeMap<String, u64> {
-    let mut last = read_sizes(cluster);
-    for _ in 0..50 {
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let now = read_sizes(cluster);
-        if now == last {
-            return now;
+    let mut last = String::new();
+    // The endpoints of the members that answer status (a killed one does not).
+    let mut answering: Vec<String> = Vec::new();
+    let caught_up = common::try_wait_for(std::time::Duration::from_secs(30), || {
+        let doc = run(cluster, &["health", "--cluster", "-o", "json"]).json();
+        let eps: Vec<Value> = doc["endpoints"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["raft_applied_index"].is_u64())
+            .collect();
+        last = serde_json::to_string(&eps).unwrap_or_default();
+        answering = eps
+            .iter()
+            .map(|e| e["endpoint"].as_str().unwrap_or_default().to_string())
+            .collect();
+        let Some(committed) = eps
+            .iter()
+            .find(|e| e["is_leader"] == true)
+            .and_then(|e| e["raft_index"].as_u64())
+        else {
+            return false;
+        };
+        eps.iter()
+            .all(|e| e["raft_applied_index"].as_u64() == Some(committed))
+    });
+    assert!(
+        caught_up,
+        "gave up after 30 s waiting for every member's applied index to equal the leader's \
+         commit index: {last}"
+    );
+    for (i, m) in cluster.members.iter().enumerate() {
+        if !answering.contains(&m.client_url) {
+            continue;
         }
-        last = now;
+        cluster
+            .with_member_client(i, |mut c| async move {
+                let compacted = c
+                    .hash_kv(0)
+                    .await
+                    .map_err(|e| format!("HashKV: {e}"))?
+                    .compact_version();
+                if compacted > 0 {
+                    let physical = etcd_client::CompactionOptions::new().with_physical();
+                    match c.compact(compacted, Some(physical)).await {
+                        Ok(_) => {}
+                        // ErrCompacted is the answer: it comes after the queue drained.
+                        Err(etcd_client::Error::GRpcStatus(st))
+                            if st.code() == tonic::Code::OutOfRange => {}
+                        Err(e) => return Err(format!("Compact({compacted}, physical): {e}")),
+                    }
+                }
+                c.hash().await.map_err(|e| format!("Hash: {e}"))?;
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("settling member {i}'s db before reading sizes: {e}"));
     }
-    panic!("db sizes never settled: {last:?}");
+    read_sizes(cluster)
 }
 
 fn read_sizes(cluster: &Cluster) -> BTreeMap<String, u64> {

@@ -1,8 +1,18 @@
-//! The migration on the lab: real etcd, real files, the kubelet stand-in. End to end with
-//! finalize and the fence; a fault injected at every step (through the `Host` trait) rolls
-//! back to the original state; kill -9 after every step's journal record is recovered by
-//! `resume` and by `rollback`; preflight refusals change nothing; a rolling migration of
-//! every node under continuous writes loses no acknowledged write.
+//! The migration on the lab: real etcd, real files, real TLS. End to end with finalize and
+//! the fence; a fault injected at every step (through the `Host` trait) rolls back to the
+//! original state; kill -9 after every step's journal record is recovered by `resume` and by
+//! `rollback`; preflight refusals change nothing; a rolling migration of every node under
+//! continuous writes loses no acknowledged write.
+//!
+//! Where kubelet matters — apply, resume, rollback, kills and signals, whose stop-kubelet and
+//! start-kubelet steps race or are cut short — the tests run on the systemd lab
+//! (`Lab::up_systemd`): `systemctl stop|start|is-active kubelet` inside systemd-nspawn nodes,
+//! systemd's own job queue, and with `ext4`/`xfs` the data dir and the target on real loop
+//! devices, the old data dir a mount point. Versions and disks are mixed across the tests.
+//! The plain lab (the stand-in alone) stays only where the service manager plays no part:
+//! `preflight_refusals_change_nothing` (every refusal comes before any kubelet command) and
+//! `a_fully_compacted_idle_cluster_migrates` (what it proves is the identity check at a
+//! compacted revision; its kubelet steps are the happy path `end_to_end` runs on systemd).
 
 mod common;
 
@@ -66,6 +76,24 @@ fn apply_with(lab: &Lab, to: &str, json: bool, precopy: bool, env: &[(&str, &str
     lab.etcdops(1, &args, env)
 }
 
+/// A fresh target `<disk>/<name>/etcd` for node `node`, its parent created: on a systemd lab
+/// on the node's new disk (a loop device with `--disk ext4|xfs`), on the plain lab in the lab
+/// dir. The path is the one etcdops is given; the test reaches it through `lab.in_node`.
+fn target(lab: &Lab, node: usize, name: &str) -> PathBuf {
+    let to = if lab.systemd {
+        lab.new_disk(node).join(name).join("etcd")
+    } else {
+        lab.path().join(name).join("etcd")
+    };
+    std::fs::create_dir_all(lab.in_node(node, to.parent().unwrap())).unwrap();
+    to
+}
+
+/// Whether `path` exists as node 1 sees it (on its disks).
+fn exists_in_node(lab: &Lab, path: &Path) -> bool {
+    lab.in_node(1, path).exists()
+}
+
 /// The copy's staging dir beside `to` (where a pre-copy lives).
 fn staging_of(to: &Path) -> PathBuf {
     to.parent().unwrap().join(format!(
@@ -74,14 +102,16 @@ fn staging_of(to: &Path) -> PathBuf {
     ))
 }
 
-/// The whole job, on etcd 3.4 and 3.5: plan, apply, health, finalize, fence. With
-/// `precopy`, the data dir is copied while etcd runs and only what changed after the stop.
-fn end_to_end(version: Version, precopy: bool) {
-    let lab = Lab::up(version, 3);
+/// The whole job on a 3-node systemd lab whose data dir and new disk are `disk` loop
+/// devices: plan, apply, health, finalize, fence. With `precopy`, the data dir is copied
+/// while etcd runs and only what changed after the stop. The old data dir is a mount point,
+/// so the fence is a file named `member` inside it; a manifest reverted to it must make etcd
+/// fail there instead of starting an empty member.
+fn end_to_end(version: Version, disk: &str, precopy: bool) {
+    let lab = Lab::up_systemd(version, 3, disk);
     put_keys(&lab, "/e2e/", 50);
     let old = lab.data_dir(1);
-    let new = lab.path().join("disk2/etcd");
-    std::fs::create_dir_all(new.parent().unwrap()).unwrap();
+    let new = target(&lab, 1, "disk2");
     let to = new.display().to_string();
 
     let plan = lab.etcdops(
@@ -95,14 +125,17 @@ fn end_to_end(version: Version, precopy: bool) {
         "{}",
         plan.dump()
     );
-    assert!(!new.exists(), "plan must change nothing");
+    assert!(!exists_in_node(&lab, &new), "plan must change nothing");
 
     let run = apply_with(&lab, &to, true, precopy, &[]);
     run.code(0);
     let doc = run.json();
     let after = doc["bytes_after_stop"].as_u64().unwrap();
     // The source is not changed by the run: its size is what the copy had to move.
-    let copied: u64 = tree_bytes(&old).iter().map(|(_, b)| b.len() as u64).sum();
+    let copied: u64 = tree_bytes(&lab.in_node(1, &old))
+        .iter()
+        .map(|(_, b)| b.len() as u64)
+        .sum();
     if precopy {
         // Little changes on an idle member between the pre-copy and the stop.
         assert!(
@@ -113,7 +146,10 @@ fn end_to_end(version: Version, precopy: bool) {
     } else {
         assert_eq!(after, copied, "{}", run.dump());
     }
-    assert!(!staging_of(&new).exists(), "staging dir left behind");
+    assert!(
+        !exists_in_node(&lab, &staging_of(&new)),
+        "staging dir left behind"
+    );
     assert_eq!(doc["state"], "completed", "{}", run.dump());
     let steps: Vec<&str> = doc["steps"]
         .as_array()
@@ -156,7 +192,7 @@ fn end_to_end(version: Version, precopy: bool) {
     let check = Command::new("b3sum")
         .arg("--check")
         .arg(&sums)
-        .current_dir(&old)
+        .current_dir(lab.in_node(1, &old))
         .output()
         .unwrap();
     assert!(
@@ -171,45 +207,57 @@ fn end_to_end(version: Version, precopy: bool) {
     // status after completion: exit 0.
     lab.etcdops(1, &["migrate", "status"], &[]).code(0);
 
-    // finalize: the old path becomes a fence file; the old data moves aside.
+    // finalize: the old data moves aside and a fence takes its place. The old data dir is
+    // a mount point (its own disk), which can be neither renamed nor replaced by a file: the
+    // fence is `member` inside it, where etcd would need its member dir.
     let fin = lab.etcdops(1, &["migrate", "finalize", "-o", "json"], &[]);
     fin.code(0);
     assert_eq!(fin.json()["state"], "finalized");
-    assert!(old.is_file(), "fence missing at {}", old.display());
-    let fence = std::fs::read_to_string(&old).unwrap();
+    let fence_at = lab.in_node(1, &old.join("member"));
+    assert!(
+        fence_at.is_file(),
+        "fence missing at {}",
+        fence_at.display()
+    );
+    let fence = std::fs::read_to_string(&fence_at).unwrap();
     assert!(fence.contains(&to), "{fence}");
+    assert_eq!(count_keys(&lab, "/e2e/"), 50);
 
     // A manifest reverted to the old path (as `kubeadm upgrade` would) fails loudly
-    // instead of starting an empty member.
+    // instead of starting an empty member: etcd finds the fence where its member dir
+    // should be, and node 1 never serves again from the old path.
+    let etcd_log = lab.node_dir(1).join("etcd.log");
+    let logged_before = std::fs::metadata(&etcd_log).map_or(0, |m| m.len());
     let text = std::fs::read_to_string(lab.manifest(1)).unwrap();
     std::fs::write(
         lab.manifest(1),
         text.replace(&to, &old.display().to_string()),
     )
     .unwrap();
-    let kubelet_log = lab.node_dir(1).join("kubelet.log");
     common::wait_for(
-        "the stand-in to refuse the reverted manifest (hostPath type check)",
-        Duration::from_secs(30),
+        "etcd started on the reverted manifest to fail on the fence (`member` not a directory)",
+        Duration::from_secs(60),
         || {
-            std::fs::read_to_string(&kubelet_log)
-                .unwrap_or_default()
-                .contains("hostPath type check failed")
+            let log = std::fs::read(&etcd_log).unwrap_or_default();
+            let new_lines =
+                String::from_utf8_lossy(&log[(logged_before as usize).min(log.len())..])
+                    .into_owned();
+            new_lines.contains("not a directory")
         },
     );
-    assert!(old.is_file());
+    assert!(fence_at.is_file(), "the fence was replaced");
     let h = lab.etcdops(1, &["health", "--cluster"], &[]);
     assert_ne!(h.code, 0, "{}", h.dump());
 }
 
 #[test]
-fn end_to_end_3_5() {
-    end_to_end(Version::V35, true);
+fn end_to_end_3_5_xfs() {
+    end_to_end(Version::V35, "xfs", true);
 }
 
 #[test]
-fn end_to_end_3_4() {
-    end_to_end(Version::V34, false);
+fn end_to_end_3_4_ext4() {
+    end_to_end(Version::V34, "ext4", false);
 }
 
 fn quiet(_: &str) {}
@@ -250,9 +298,13 @@ fn real_host(lab: &Lab, node: usize) -> RealHost<'static> {
 /// with its old identity, no target. Once etcd has run on the copy (faults in wait-healthy
 /// and post-verify), going back would break raft (see `undo_start`): the run stops with
 /// exit 5, the member stays healthy on the new data, and `resume` completes it.
+///
+/// On the systemd lab (kubelet stopped, started and judged by systemd), with `dir` disks:
+/// the engine runs in this test process, which sees only the host's mount namespace (a
+/// multi-threaded process may not `setns` into the node's), so the data must be there.
 #[test]
 fn a_fault_at_every_step_rolls_back_or_stops_safely() {
-    let lab = Lab::up(Version::V35, 3);
+    let lab = Lab::up_systemd(Version::V35, 3, "dir");
     put_keys(&lab, "/fault/", 20);
     let manifest = lab.manifest(1);
     let identity = real_host(&lab, 1).identity().unwrap();
@@ -346,9 +398,14 @@ fn a_fault_at_every_step_rolls_back_or_stops_safely() {
 /// the original in one run, and a second attempt killed at the same point is finished by
 /// `resume` in one run. Every key and the cluster's HashKV agreement survive. The runs use
 /// `--precopy`, so a kill after the pre-copy is covered: rollback removes its staging dir.
+///
+/// On the systemd lab (a kill can leave `systemctl stop kubelet` running, and recovery then
+/// races systemd's job queue), on etcd 3.4, with `dir` disks: each resumed run keeps its
+/// copy (the old data stays until finalize), a dozen copies that a 512 MiB loop disk cannot
+/// hold.
 #[test]
 fn kill_9_after_every_step_then_resume_or_rollback() {
-    let lab = Lab::up(Version::V35, 3);
+    let lab = Lab::up_systemd(Version::V34, 3, "dir");
     put_keys(&lab, "/crash/", 30);
     let mut current = lab.data_dir(1);
     let steps: Vec<&str> = MigrateStep::ALL.iter().map(|s| s.name()).collect();
@@ -570,10 +627,11 @@ fn preflight_refusals_change_nothing() {
 
 /// Every node migrated in turn, each gated by `health --cluster`, while a client writes
 /// through all endpoints: no acknowledged write is lost. Prints the downtime per node and
-/// the client-visible failures.
+/// the client-visible failures. On the systemd lab, etcd 3.4, each node's data moving
+/// from its xfs data disk onto its xfs new disk.
 #[test]
 fn rolling_migration_under_writes_loses_nothing() {
-    let lab = Lab::up(Version::V35, 3);
+    let lab = Lab::up_systemd(Version::V34, 3, "xfs");
     let endpoints: Vec<String> = (1..=3).map(|n| lab.client_url(n)).collect();
     let pki = lab.pki(1);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -619,8 +677,7 @@ fn rolling_migration_under_writes_loses_nothing() {
     let mut downtimes = Vec::new();
     for node in 1..=3 {
         lab.etcdops(node, &["health", "--cluster"], &[]).code(0);
-        let to = lab.path().join(format!("node{node}-disk2/etcd"));
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        let to = target(&lab, node, "rolled");
         let r = lab.etcdops(
             node,
             &[
@@ -674,17 +731,17 @@ fn rolling_migration_under_writes_loses_nothing() {
 
 /// kill -9 right after a step's `begin` record (the step itself never ran or was cut short):
 /// `resume` re-runs that step and finishes; after a copy killed mid-way, `rollback` also
-/// removes the staging dir it left beside the target.
+/// removes the staging dir it left beside the target. On the systemd lab, etcd 3.5, the
+/// targets on node 1's ext4 new disk.
 #[test]
 fn kill_9_inside_a_step_then_resume_or_rollback() {
-    let lab = Lab::up(Version::V35, 3);
+    let lab = Lab::up_systemd(Version::V35, 3, "ext4");
     put_keys(&lab, "/inside/", 10);
     for (i, point) in ["stop-etcd:begin", "copy:begin", "start-kubelet:begin"]
         .into_iter()
         .enumerate()
     {
-        let to = lab.path().join(format!("inside-{i}/etcd"));
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        let to = target(&lab, 1, &format!("inside-{i}"));
         let killed = apply(
             &lab,
             to.to_str().unwrap(),
@@ -706,8 +763,7 @@ fn kill_9_inside_a_step_then_resume_or_rollback() {
     }
 
     // A copy cut short leaves `.etcd.etcdops-staging` beside the target: rollback removes it.
-    let to = lab.path().join("inside-staging/etcd");
-    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    let to = target(&lab, 1, "inside-staging");
     let manifest_before = std::fs::read(lab.manifest(1)).unwrap();
     let killed = apply(
         &lab,
@@ -716,7 +772,7 @@ fn kill_9_inside_a_step_then_resume_or_rollback() {
         &[("ETCDOPS_TEST_KILL_AFTER", "copy:begin")],
     );
     assert_eq!(killed.code, -1, "{}", killed.dump());
-    let staging = etcdops::datadir::copy::staging_path_for(&to).unwrap();
+    let staging = lab.in_node(1, &etcdops::datadir::copy::staging_path_for(&to).unwrap());
     std::fs::create_dir_all(staging.join("member/snap")).unwrap();
     std::fs::write(staging.join("member/snap/db"), b"partial").unwrap();
     lab.etcdops(1, &["migrate", "rollback"], &[]).code(0);
@@ -725,24 +781,22 @@ fn kill_9_inside_a_step_then_resume_or_rollback() {
         "staging dir left at {}",
         staging.display()
     );
-    assert!(!to.exists());
+    assert!(!exists_in_node(&lab, &to));
     assert_eq!(std::fs::read(lab.manifest(1)).unwrap(), manifest_before);
     lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
 }
 
 /// SIGTERM (an operator's Ctrl-C or `kill`) during the run: before etcd runs on the copy, the
 /// step in progress stops (a copy removes its staging dir) and the run rolls back, exit 1;
-/// from start-kubelet on it finishes, since going back would be unsafe.
+/// from start-kubelet on it finishes, since going back would be unsafe. On the systemd lab,
+/// etcd 3.5, the targets on node 1's xfs new disk.
 #[test]
 fn sigterm_rolls_back_before_start_and_finishes_after() {
-    let lab = Lab::up(Version::V35, 3);
+    let lab = Lab::up_systemd(Version::V35, 3, "xfs");
     put_keys(&lab, "/term/", 10);
     let manifest_before = std::fs::read(lab.manifest(1)).unwrap();
     for point in ["stop-kubelet:done", "copy:begin"] {
-        let to = lab
-            .path()
-            .join(format!("term-{}/etcd", point.replace(':', "-")));
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        let to = target(&lab, 1, &format!("term-{}", point.replace(':', "-")));
         let r = apply(
             &lab,
             to.to_str().unwrap(),
@@ -757,13 +811,15 @@ fn sigterm_rolls_back_before_start_and_finishes_after() {
             manifest_before,
             "{point}"
         );
-        assert!(!to.exists(), "{point}: target left behind");
+        assert!(!exists_in_node(&lab, &to), "{point}: target left behind");
         let staging = etcdops::datadir::copy::staging_path_for(&to).unwrap();
-        assert!(!staging.exists(), "{point}: staging left behind");
+        assert!(
+            !exists_in_node(&lab, &staging),
+            "{point}: staging left behind"
+        );
         lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
     }
-    let to = lab.path().join("term-late/etcd");
-    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    let to = target(&lab, 1, "term-late");
     let r = apply(
         &lab,
         to.to_str().unwrap(),

@@ -11,6 +11,37 @@ use super::{Run, Version};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// The prefix claims of the labs alive in this process, by lab dir (dropped with the lab).
+static PREFIX_CLAIMS: std::sync::Mutex<Vec<(PathBuf, std::os::unix::net::UnixListener)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// A loopback prefix no other lab on this machine uses: test binaries of several checkouts
+/// run at once on a shared machine, and two labs on one prefix fight over 2379/2380 (one
+/// lab's client then meets the other's certificates). Each prefix is claimed by binding an
+/// abstract unix socket named after it (one binder per name in the network namespace),
+/// held as long as the lab lives; the kernel frees the name when the test process dies,
+/// and no file is left behind.
+fn claim_prefix(dir: &Path) -> String {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    let start = (std::process::id() % 100) * 250 + n % 250;
+    for k in 0..100 * 250 {
+        let slot = (start + k) % (100 * 250);
+        let prefix = format!("127.{}.{}", 100 + slot / 250, slot % 250);
+        let name = format!("etcdops-lab-prefix-{prefix}");
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name");
+        if let Ok(claim) = UnixListener::bind_addr(&addr) {
+            PREFIX_CLAIMS
+                .lock()
+                .unwrap()
+                .push((dir.to_path_buf(), claim));
+            return prefix;
+        }
+    }
+    panic!("every lab prefix 127.100-199.0-249 is claimed by another lab");
+}
+
 pub struct Lab {
     pub dir: tempfile::TempDir,
     pub nodes: usize,
@@ -40,8 +71,7 @@ impl Lab {
             .tempdir()
             .expect("temp dir");
         // A prefix per lab so that labs of concurrent tests never share an address.
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let prefix = format!("127.{}.{}", 100 + std::process::id() % 100, n % 250);
+        let prefix = claim_prefix(dir.path());
         let out = Command::new(lab_bin())
             .args(["up", "--dir"])
             .arg(dir.path())
@@ -90,6 +120,34 @@ impl Lab {
 
     pub fn state_dir(&self, node: usize) -> PathBuf {
         self.node_dir(node).join("var/lib/etcdops")
+    }
+
+    /// Node I's "new disk" on a systemd lab (a loop device with `--disk ext4|xfs`, mounted
+    /// only inside the node: reach its files through `in_node`).
+    pub fn new_disk(&self, node: usize) -> PathBuf {
+        assert!(self.systemd, "only a systemd lab has a new disk per node");
+        self.node_dir(node).join("mnt/etcd-disk")
+    }
+
+    /// `path` as node `node` sees it, for the test to read or write. A systemd lab's loop
+    /// disks are mounted only in the mount namespace of the node's nspawn, never in the
+    /// host's, so the test goes through `/proc/<nspawn pid>/root`, that namespace's view of
+    /// the whole tree (a `setns` of this multi-threaded test process is refused). On a plain
+    /// lab, `path` itself.
+    pub fn in_node(&self, node: usize, path: &Path) -> PathBuf {
+        if !self.systemd {
+            return path.to_path_buf();
+        }
+        let text = std::fs::read_to_string(self.path().join("created.json"))
+            .expect("a systemd lab records its nodes in created.json");
+        let items: Vec<serde_json::Value> = serde_json::from_str(&text).expect("created.json");
+        let nspawn = items
+            .iter()
+            .find(|i| i["kind"] == "node" && i["node"].as_u64() == Some(node as u64))
+            .and_then(|i| i["nspawn"].as_i64())
+            .unwrap_or_else(|| panic!("node {node} not in {text}"));
+        let rel = path.strip_prefix("/").expect("an absolute path");
+        PathBuf::from(format!("/proc/{nspawn}/root")).join(rel)
     }
 
     pub fn pki(&self, node: usize) -> PathBuf {
@@ -362,5 +420,9 @@ impl Drop for Lab {
             .args(["down", "--dir"])
             .arg(self.path())
             .output();
+        // Only now, with its etcd gone, may another lab take this prefix.
+        if let Ok(mut held) = PREFIX_CLAIMS.lock() {
+            held.retain(|(dir, _)| dir != self.path());
+        }
     }
 }

@@ -382,6 +382,41 @@ impl Cluster {
         })
     }
 
+    /// Run an async closure with a client connected to member `i` alone (maintenance calls
+    /// such as Hash answer for the member they reach).
+    pub fn with_member_client<F, Fut, T>(&self, i: usize, f: F) -> Result<T, String>
+    where
+        F: FnOnce(etcd_client::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let endpoint = self.members[i].client_url.clone();
+        let pki = self.pki.clone();
+        rt.block_on(async move {
+            let mut opts = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(2))
+                .with_timeout(Duration::from_secs(10));
+            if let Some(p) = pki {
+                let read = |p: PathBuf| fs::read(p).expect("read pki");
+                opts = opts.with_tls(
+                    etcd_client::TlsOptions::new()
+                        .ca_certificate(etcd_client::Certificate::from_pem(read(p.ca_cert())))
+                        .identity(etcd_client::Identity::from_pem(
+                            read(p.client_cert()),
+                            read(p.client_key()),
+                        )),
+                );
+            }
+            let client = etcd_client::Client::connect([endpoint.clone()], Some(opts))
+                .await
+                .map_err(|e| format!("{endpoint}: {e}"))?;
+            f(client).await
+        })
+    }
+
     /// A kubeadm-format manifest for member 0 (TLS cluster) in `dir`: its certificate flags
     /// are container paths that hostPath volumes map to the test's PKI, the data volume maps
     /// to member 0's data dir, the certs volume is listed first (as kubeadm does), and
