@@ -14,6 +14,7 @@ pub mod maintain;
 pub mod man;
 pub mod manifest;
 pub mod migrate;
+pub mod node_host;
 pub mod restore;
 pub mod snapshot;
 
