@@ -341,6 +341,10 @@ impl Render for RunReport {
                 id.member_id, id.cluster_id, id.revision, id.hash
             ));
         }
+        if let Some(old) = &self.old_member_id {
+            let new = self.new_member_id.as_deref().unwrap_or("-");
+            out.push_str(&format!("member: old id {old}, new id {new}\n"));
+        }
         for n in &self.notes {
             out.push_str(&format!("note: {n}\n"));
         }
