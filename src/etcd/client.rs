@@ -80,6 +80,9 @@ pub enum RpcErrorKind {
     LearnerNotReady,
     /// `etcdserver: too many learner members in cluster`.
     TooManyLearners,
+    /// `etcdserver: unhealthy cluster`: a reconfiguration refused until every member has been
+    /// connected for a while (etcd's strict reconfig check, right after another change).
+    UnhealthyCluster,
     Other,
 }
 
@@ -134,6 +137,9 @@ impl RpcError {
                     }
                     _ if m.ends_with("too many learner members in cluster") => {
                         RpcErrorKind::TooManyLearners
+                    }
+                    _ if m.ends_with("etcdserver: unhealthy cluster") => {
+                        RpcErrorKind::UnhealthyCluster
                     }
                     tonic_code::DeadlineExceeded => RpcErrorKind::Timeout,
                     tonic_code::Unavailable => RpcErrorKind::Unavailable,

@@ -215,7 +215,11 @@ pub async fn remove_via(conn: &Connection, urls: &[String], id: u64) -> Result<b
 /// `MemberAdd` of a learner at `peer_url` through `urls`: its id. Idempotent: when a learner
 /// with that peer URL exists already (added by a crashed attempt), its id; a *voting* member
 /// at that URL is refused.
-pub async fn add_learner_via(conn: &Connection, urls: &[String], peer_url: &str) -> Result<u64> {
+pub async fn add_learner_via(
+    conn: &Connection,
+    urls: &[String],
+    peer_url: &str,
+) -> Result<Reconfig<u64>> {
     let existing = |members: &[Member]| {
         members
             .iter()
@@ -228,7 +232,7 @@ pub async fn add_learner_via(conn: &Connection, urls: &[String], peer_url: &str)
     };
     if let Some(m) = existing(&list_via(conn, urls).await?) {
         return if m.is_learner {
-            Ok(m.id)
+            Ok(Reconfig::Done(m.id))
         } else {
             Err(Error::refused(
                 format!("add a learner at {peer_url}"),
@@ -247,10 +251,11 @@ pub async fn add_learner_via(conn: &Connection, urls: &[String], peer_url: &str)
     })
     .await
     {
-        Ok(id) => Ok(id),
+        Ok(id) => Ok(Reconfig::Done(id)),
+        Err(e) if e.is(RpcErrorKind::UnhealthyCluster) => Ok(Reconfig::NotYet(e.message)),
         Err(e) if e.is(RpcErrorKind::PeerUrlExists) => {
             match existing(&list_via(conn, urls).await?) {
-                Some(m) if m.is_learner => Ok(m.id),
+                Some(m) if m.is_learner => Ok(Reconfig::Done(m.id)),
                 _ => Err(membership_err("member add", urls, e)),
             }
         }
@@ -260,6 +265,15 @@ pub async fn add_learner_via(conn: &Connection, urls: &[String], peer_url: &str)
         )),
         Err(e) => Err(membership_err("member add", urls, e)),
     }
+}
+
+/// A membership change etcd may refuse for now: right after another change it wants every
+/// member connected for a while first ("unhealthy cluster").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconfig<T> {
+    Done(T),
+    /// Refused for now, with etcd's reason: try again later.
+    NotYet(String),
 }
 
 /// What a promote attempt found.
@@ -292,7 +306,9 @@ pub async fn promote_via(conn: &Connection, urls: &[String], id: u64) -> Result<
     .await
     {
         Ok(()) => Ok(Promote::Voter),
-        Err(e) if e.is(RpcErrorKind::LearnerNotReady) => Ok(Promote::NotReady(e.message)),
+        Err(e) if e.is(RpcErrorKind::LearnerNotReady) || e.is(RpcErrorKind::UnhealthyCluster) => {
+            Ok(Promote::NotReady(e.message))
+        }
         Err(e) => Err(membership_err("member promote", urls, e)),
     }
 }

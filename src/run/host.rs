@@ -762,11 +762,29 @@ impl Host for RealHost<'_> {
         self.block_on(crate::etcd::member::remove_via(&self.conn, &others, id))
     }
 
+    /// Retries while etcd refuses the change for now (right after the removal, etcd 3.4
+    /// wants every member connected for its health interval first), within the start
+    /// timeout.
     fn member_add_learner(&self, peer_url: &str) -> Result<u64> {
+        use crate::etcd::member::Reconfig;
         let others = self.others()?;
-        self.block_on(crate::etcd::member::add_learner_via(
-            &self.conn, &others, peer_url,
-        ))
+        let mut id = None;
+        self.wait(
+            &format!("etcd to accept a learner at {peer_url} (member add)"),
+            self.start_timeout,
+            Duration::from_millis(500),
+            |_| match self.block_on(crate::etcd::member::add_learner_via(
+                &self.conn, &others, peer_url,
+            )) {
+                Ok(Reconfig::Done(i)) => {
+                    id = Some(i);
+                    Ok(Poll::Ready)
+                }
+                Ok(Reconfig::NotYet(why)) => Err(Error::failed("member add", why)),
+                Err(e) => Ok(Poll::Broken(e.one_line())),
+            },
+        )?;
+        id.ok_or_else(|| Error::failed("member add", "no member id"))
     }
 
     fn wait_caught_up(&self, entries: u64, timeout: Duration) -> Result<(u64, u64)> {
