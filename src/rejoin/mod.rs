@@ -222,9 +222,12 @@ pub fn plan_only(host: &dyn Host, opts: &RunOptions) -> Result<PlanReport> {
 
 /// `member rejoin --yes`: preflight, then the steps.
 pub fn apply(host: &dyn Host, opts: &RunOptions) -> Result<Outcome> {
-    let _lock = RunLock::acquire(&opts.state_dir)?;
+    // Every refusal before the lock file exists (nothing changed); then, under the lock,
+    // the one check another process could have made stale meanwhile.
     let id = crate::run::unique_id(&opts.state_dir);
     let plan = preflight(host, opts, &id)?;
+    let _lock = RunLock::acquire(&opts.state_dir)?;
+    (opts.unfinished)(&opts.state_dir)?;
     let saga = Rejoin { host };
     let dir = crate::run::runs_dir(&opts.state_dir).join(&id);
     let mut engine = Engine::create(&saga, dir, plan, opts.say, opts.cancel)?;
