@@ -262,3 +262,6 @@ pub fn rollback(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<
         |e| e.rollback(),
     )
 }
+
+#[cfg(test)]
+mod tests;
