@@ -139,7 +139,7 @@ pub fn preflight(host: &dyn Host, opts: &RunOptions, id: &str) -> Result<Plan> {
     (opts.unfinished)(&opts.state_dir)?;
     let me = Me::from_manifest(&opts.manifest)?;
     let members = host.members()?;
-    // This member's own endpoint first, then the others: who answers, who leads.
+    // This member's own endpoint and the others': who answers, who leads.
     let health = host.health(false)?;
     let answer = |e: &crate::etcd::health::EndpointHealth| plan::Answer {
         member_id: e
@@ -149,14 +149,8 @@ pub fn preflight(host: &dyn Host, opts: &RunOptions, id: &str) -> Result<Plan> {
         healthy: e.healthy,
         is_leader: e.is_leader,
     };
-    let mut answers = health.endpoints.iter().map(answer);
-    let local = answers.next().unwrap_or(plan::Answer {
-        member_id: None,
-        healthy: false,
-        is_leader: false,
-    });
-    let others: Vec<plan::Answer> = answers.collect();
-    let judged = plan::judge(&me, &members, &local, &others)?;
+    let answers: Vec<plan::Answer> = health.endpoints.iter().map(answer).collect();
+    let judged = plan::judge(&me, &members, &answers)?;
     if host.read_file(&opts.manifest)?.is_none() {
         return Err(Error::input(
             &opts.manifest,

@@ -69,9 +69,9 @@ fn has_peer(m: &Member, url: &str) -> bool {
 }
 
 /// Judge the cluster for a rejoin of `me`: `members` as the other members list them,
-/// `local` what this member's own endpoint answered (if anything), `others` what the other
-/// members' endpoints answered.
-pub fn judge(me: &Me, members: &[Member], local: &Answer, others: &[Answer]) -> Result<Judged> {
+/// `answers` what every endpoint checked (this member's own and the others') answered; the
+/// answers are told apart by the member id they answered with, not by their order.
+pub fn judge(me: &Me, members: &[Member], answers: &[Answer]) -> Result<Judged> {
     let what = format!("rejoin member {}", me.name);
     if let Some(l) = members
         .iter()
@@ -113,7 +113,7 @@ pub fn judge(me: &Me, members: &[Member], local: &Answer, others: &[Answer]) -> 
     };
     let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
     let quorum = voters.len() / 2 + 1;
-    let healthy_others = others
+    let healthy_others = answers
         .iter()
         .filter(|a| a.healthy)
         .filter_map(|a| a.member_id)
@@ -130,7 +130,10 @@ pub fn judge(me: &Me, members: &[Member], local: &Answer, others: &[Answer]) -> 
             ),
         ));
     }
-    if local.healthy && local.is_leader && local.member_id == Some(mine.id) {
+    if answers
+        .iter()
+        .any(|a| a.healthy && a.is_leader && a.member_id == Some(mine.id))
+    {
         return Err(Error::refused(
             &what,
             format!(
@@ -228,8 +231,7 @@ mod tests {
         let j = judge(
             &me(),
             &three(),
-            &DOWN,
-            &[ans(1, true, true), ans(3, true, false)],
+            &[DOWN, ans(1, true, true), ans(3, true, false)],
         )
         .unwrap();
         assert_eq!(j.old_member_id, 2);
@@ -238,37 +240,35 @@ mod tests {
         judge(
             &me(),
             &three(),
-            &ans(2, true, false),
-            &[ans(1, true, true), ans(3, true, false)],
+            &[ans(1, true, true), ans(2, true, false), ans(3, true, false)],
         )
         .unwrap();
     }
 
     #[test]
     fn refusals_name_their_reason() {
-        let others = [ans(1, true, true), ans(3, true, false)];
-        let e = judge(&me(), &three(), &DOWN, &[ans(1, true, true), DOWN]).unwrap_err();
+        let others = [DOWN, ans(1, true, true), ans(3, true, false)];
+        let e = judge(&me(), &three(), &[DOWN, ans(1, true, true), DOWN]).unwrap_err();
         assert_eq!(e.exit_code(), 4);
         assert!(e.one_line().contains("no quorum without this member"));
         let e = judge(
             &me(),
             &three(),
-            &ans(2, true, true),
-            &[ans(1, true, false), ans(3, true, false)],
+            &[ans(1, true, false), ans(3, true, false), ans(2, true, true)],
         )
         .unwrap_err();
         assert!(e.one_line().contains("is the leader and healthy"), "{e}");
         let mut l = three();
         l.push(m(9, "", "https://10.0.0.9:2380", true));
-        let e = judge(&me(), &l, &DOWN, &others).unwrap_err();
+        let e = judge(&me(), &l, &others).unwrap_err();
         assert!(e.one_line().contains("unstarted learner 9"), "{e}");
         let mut other = me();
         other.peer_url = "https://10.0.0.7:2380".into();
-        let e = judge(&other, &three(), &DOWN, &others).unwrap_err();
+        let e = judge(&other, &three(), &others).unwrap_err();
         assert!(e.one_line().contains("adding a new member is out of scope"));
         let mut other = me();
         other.name = "nX".into();
-        let e = judge(&other, &three(), &DOWN, &others).unwrap_err();
+        let e = judge(&other, &three(), &others).unwrap_err();
         assert!(e.one_line().contains("not in the member list"));
     }
 
