@@ -168,6 +168,11 @@ pub enum Command {
     /// runs, `apply` runs it (`status`, `resume`, `rollback` as for migrate).
     #[command(subcommand)]
     Restore(RestoreCommand),
+    /// This node's etcd member: `member rejoin` replaces the broken member of a healthy
+    /// cluster with a new one (old data kept aside; `status`, `resume`, `rollback` as for
+    /// migrate).
+    #[command(subcommand)]
+    Member(MemberCommand),
     /// Print a shell completion script, e.g. `etcdops completions bash > /etc/bash_completion.d/etcdops`.
     Completions(CompletionsArgs),
 
@@ -798,4 +803,60 @@ pub struct RestorePlanArgs {
     /// Mark the bumped revision compacted (etcdutl >= 3.5.10); needs --bump-revision.
     #[arg(long)]
     pub mark_compacted: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Bring this node's broken member back while the others keep quorum: stop etcd, keep the
+    /// old data aside, remove the member and add it back as a learner with the same peer URL,
+    /// set --initial-cluster and --initial-cluster-state=existing, start, wait until caught
+    /// up, promote, prove HashKV agreement. Without --yes: the checks and the plan only.
+    Rejoin(RejoinArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RejoinArgs {
+    #[command(subcommand)]
+    pub command: Option<RejoinCommand>,
+
+    /// Run it (without: check and print the plan, change nothing).
+    #[arg(long)]
+    pub yes: bool,
+
+    /// The longest to wait for the new learner to catch up, and again for etcd to promote it.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub catch_up_timeout: Duration,
+
+    #[command(flatten)]
+    pub cluster: ClusterEndpointsArgs,
+}
+
+/// How a rejoin reaches the other members.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterEndpointsArgs {
+    /// Client URLs of the other (healthy) members [default: each --initial-cluster peer's
+    /// host with this member's client port].
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    pub cluster_endpoints: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RejoinCommand {
+    /// Show a rejoin run (default the latest run of any kind).
+    Status(RunIdArgs),
+    /// Finish an interrupted or failed rejoin run.
+    Resume(RejoinRunArgs),
+    /// Return this node to its old data and manifest, while the old member has not been
+    /// removed from the cluster.
+    Rollback(RejoinRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RejoinRunArgs {
+    #[command(flatten)]
+    pub run: RunIdArgs,
+
+    #[command(flatten)]
+    pub cluster: ClusterEndpointsArgs,
 }

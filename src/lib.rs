@@ -18,6 +18,7 @@ pub mod mounts;
 pub mod node;
 pub mod output;
 pub mod prometheus;
+pub mod rejoin;
 pub mod restore;
 pub mod run;
 pub mod runs;

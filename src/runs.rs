@@ -1,6 +1,6 @@
 //! Runs of every kind, seen together: one report for any run dir, and the check that no
 //! run of any kind is unfinished on this node. Each kind's saga lives in its own module
-//! (`migrate`, and restore and rejoin as they arrive); the engine is `run`.
+//! (`migrate`, `restore`, `rejoin`); the engine is `run`.
 
 use std::path::Path;
 
@@ -19,10 +19,10 @@ pub fn report(dir: &Path, running_now: bool) -> Result<RunReport> {
             let log = run::load::<crate::restore::Restore>(dir)?;
             Ok(run::report::of(&log, dir, running_now))
         }
-        other => Err(Error::input(
-            dir,
-            format!("a {} run: this etcdops cannot read it", other.name()),
-        )),
+        RunKind::Rejoin => {
+            let log = run::load::<crate::rejoin::Rejoin>(dir)?;
+            Ok(run::report::of(&log, dir, running_now))
+        }
     }
 }
 

@@ -80,34 +80,18 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
     let bar = super::datadir::Bar::new(format);
     // Built lazily: status and finalize need no etcd.
     let host = || -> Result<RealHost<'_>> {
-        let mut given = super::given(global);
-        given.manifest = discovery_manifest()?;
-        // issue 11: judge the member this node's manifest runs, whatever ETCDCTL_* names.
-        let read_from = given.manifest.clone().unwrap_or_else(|| manifest.clone());
-        if let Ok(pod) = crate::manifest::StaticPod::load(&read_from) {
-            given.endpoints =
-                crate::etcd::member::local_endpoints(&given.endpoints, &pod, &read_from)?;
-            given.manifest = Some(read_from.clone());
-        }
-        let mut conn = given.resolve()?;
-        // The member's name (guard, member check) comes from the manifest even when flags
-        // gave every connection detail.
-        conn.manifest.get_or_insert(read_from);
-        Ok(RealHost {
-            conn,
-            kubelet: super::kubelet_commands(global),
-            manifest: manifest.clone(),
-            say: &say,
-            manifests_dir: manifest
-                .parent()
-                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
-            stop_timeout: global.node.stop_timeout,
-            start_timeout: global.node.start_timeout,
-            quota: quota_backend_bytes(quota_flag, &manifest)?,
-            progress: &bar,
-            cancel,
-            guard: Default::default(),
-        })
+        let read_from = discovery_manifest()?.unwrap_or_else(|| manifest.clone());
+        super::node_host::real_host(
+            global,
+            super::node_host::HostParts {
+                manifest: &manifest,
+                discovery: read_from,
+                say: &say,
+                progress: &bar,
+                cancel,
+                quota: quota_backend_bytes(quota_flag, &manifest)?,
+            },
+        )
     };
     let root = nix::unistd::geteuid().is_root();
     // An unfinished run may have moved the manifest out: say that, not "manifest missing".
@@ -356,6 +340,10 @@ impl Render for RunReport {
                 "identity: member {} of cluster {}, revision {}, HashKV {:08x}\n",
                 id.member_id, id.cluster_id, id.revision, id.hash
             ));
+        }
+        if let Some(old) = &self.old_member_id {
+            let new = self.new_member_id.as_deref().unwrap_or("-");
+            out.push_str(&format!("member: old id {old}, new id {new}\n"));
         }
         for n in &self.notes {
             out.push_str(&format!("note: {n}\n"));

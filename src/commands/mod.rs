@@ -13,7 +13,9 @@ pub mod kubelet;
 pub mod maintain;
 pub mod man;
 pub mod manifest;
+pub mod member;
 pub mod migrate;
+pub mod node_host;
 pub mod restore;
 pub mod snapshot;
 
@@ -43,6 +45,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Datadir(args) => datadir::exec(global, args),
         Command::Backup(args) => backup::exec(global, args),
         Command::Restore(cmd) => restore::exec(global, cmd),
+        Command::Member(cmd) => member::exec(global, cmd),
         Command::Completions(args) => completions::exec(args),
         Command::Man(args) => man::exec(args),
         Command::Doctor(args) => doctor::exec(global, args),

@@ -74,29 +74,17 @@ pub fn exec(global: &GlobalArgs, cmd: RestoreCommand) -> Result<()> {
     };
     let bar = super::datadir::Bar::new(format);
     let host = || -> Result<RealHost<'_>> {
-        let mut given = super::given(global);
-        if let Ok(pod) = crate::manifest::StaticPod::load(&discovery) {
-            given.endpoints =
-                crate::etcd::member::local_endpoints(&given.endpoints, &pod, &discovery)?;
-        }
-        given.manifest = Some(discovery.clone());
-        let mut conn = given.resolve()?;
-        conn.manifest.get_or_insert(discovery.clone());
-        Ok(RealHost {
-            conn,
-            kubelet: super::kubelet_commands(global),
-            manifest: manifest.clone(),
-            say: &say,
-            manifests_dir: manifest
-                .parent()
-                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
-            stop_timeout: global.node.stop_timeout,
-            start_timeout: global.node.start_timeout,
-            quota: 0,
-            progress: &bar,
-            cancel: Some(&cancel),
-            guard: Default::default(),
-        })
+        super::node_host::real_host(
+            global,
+            super::node_host::HostParts {
+                manifest: &manifest,
+                discovery: discovery.clone(),
+                say: &say,
+                progress: &bar,
+                cancel: Some(&cancel),
+                quota: 0,
+            },
+        )
     };
     match cmd {
         RestoreCommand::Apply(a) => {

@@ -72,6 +72,17 @@ pub enum RpcErrorKind {
     Timeout,
     /// The endpoint could not be reached or the channel broke.
     Unavailable,
+    /// `etcdserver: member not found` (a remove or promote of an id not in the list).
+    MemberNotFound,
+    /// `etcdserver: Peer URLs already exists` (an add of a URL a member has).
+    PeerUrlExists,
+    /// `etcdserver: can only promote a learner member which is in sync with leader`.
+    LearnerNotReady,
+    /// `etcdserver: too many learner members in cluster`.
+    TooManyLearners,
+    /// `etcdserver: unhealthy cluster`: a reconfiguration refused until every member has been
+    /// connected for a while (etcd's strict reconfig check, right after another change).
+    UnhealthyCluster,
     Other,
 }
 
@@ -115,6 +126,21 @@ impl RpcError {
                         RpcErrorKind::NotForLearner
                     }
                     _ if m.ends_with("permission denied") => RpcErrorKind::PermissionDenied,
+                    _ if m.ends_with("etcdserver: member not found") => {
+                        RpcErrorKind::MemberNotFound
+                    }
+                    _ if m.ends_with("etcdserver: Peer URLs already exists") => {
+                        RpcErrorKind::PeerUrlExists
+                    }
+                    _ if m.ends_with("learner member which is in sync with leader") => {
+                        RpcErrorKind::LearnerNotReady
+                    }
+                    _ if m.ends_with("too many learner members in cluster") => {
+                        RpcErrorKind::TooManyLearners
+                    }
+                    _ if m.ends_with("etcdserver: unhealthy cluster") => {
+                        RpcErrorKind::UnhealthyCluster
+                    }
                     tonic_code::DeadlineExceeded => RpcErrorKind::Timeout,
                     tonic_code::Unavailable => RpcErrorKind::Unavailable,
                     _ => RpcErrorKind::Other,
@@ -255,6 +281,39 @@ impl Endpoint {
                 is_learner: m.is_learner(),
             })
             .collect())
+    }
+
+    /// `Cluster.MemberRemove`.
+    pub async fn member_remove(&mut self, id: u64) -> Result<(), RpcError> {
+        self.client
+            .member_remove(id)
+            .await
+            .map(|_| ())
+            .map_err(|e| RpcError::from_client(&e))
+    }
+
+    /// `Cluster.MemberAdd` of a learner at `peer_url`: the new member's id.
+    pub async fn member_add_learner(&mut self, peer_url: &str) -> Result<u64, RpcError> {
+        let resp = self
+            .client
+            .member_add(
+                [peer_url],
+                Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+            )
+            .await
+            .map_err(|e| RpcError::from_client(&e))?;
+        resp.member()
+            .map(|m| m.id())
+            .ok_or_else(|| RpcError::other("member add answered without the new member"))
+    }
+
+    /// `Cluster.MemberPromote` of a learner.
+    pub async fn member_promote(&mut self, id: u64) -> Result<(), RpcError> {
+        self.client
+            .member_promote(id)
+            .await
+            .map(|_| ())
+            .map_err(|e| RpcError::from_client(&e))
     }
 
     pub async fn alarms(&mut self) -> Result<Vec<Alarm>, RpcError> {

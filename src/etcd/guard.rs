@@ -302,7 +302,12 @@ async fn healthy_others(conn: &Connection, self_name: &str) -> Result<Vec<String
     })?;
     let mut urls = Vec::new();
     let mut sick = Vec::new();
-    for m in members.iter().filter(|m| m.name != self_name) {
+    // Learners do not vote: their health costs no quorum (and `member rejoin` has this
+    // member's own learner, unstarted, in the list while it resumes).
+    for m in members
+        .iter()
+        .filter(|m| m.name != self_name && !m.is_learner)
+    {
         let Some(url) = m.client_urls.first() else {
             sick.push(format!(
                 "member {} ({}) has not started",

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::client::{Endpoint, RpcError, within};
+use super::client::{Endpoint, Member, RpcError, RpcErrorKind, within};
 use super::connect::{Connection, manifest_endpoints};
 use crate::error::{Error, Result};
 use crate::manifest::StaticPod;
@@ -94,5 +94,248 @@ pub async fn check_local(conn: &Connection, pod: &StaticPod) -> Result<String> {
         "{url} is member {} ({}), as the manifest says",
         m.name,
         hex_id(m.id)
+    ))
+}
+
+// --- membership changes for `member rejoin`, always through the *other* members -----------
+
+/// Client URLs where the other members of this node's cluster probably listen, from the
+/// manifest alone (this member may be down): each `--initial-cluster` peer URL's host with
+/// the scheme and port of this member's own client URL (kubeadm gives every member the same
+/// ports). Only candidates: the member list read through them is the authority.
+pub fn peer_candidates(pod: &StaticPod) -> Result<Vec<String>> {
+    let own = manifest_endpoints(pod)?;
+    let own_peers = split(pod.etcd_flag("initial-advertise-peer-urls")?);
+    let Some((scheme, _, port)) = own.first().and_then(|u| url_parts(u)) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for item in split(pod.etcd_flag("initial-cluster")?) {
+        let Some((_, peer)) = item.split_once('=') else {
+            continue;
+        };
+        if own_peers.iter().any(|p| p == peer.trim_end_matches('/')) {
+            continue;
+        }
+        if let Some((_, host, _)) = url_parts(peer) {
+            let c = format!("{scheme}://{host}:{port}");
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `scheme://host:port[/...]` -> (scheme, host, port); an IPv6 host keeps its brackets.
+fn url_parts(url: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let (host, port) = authority.rsplit_once(':')?;
+    if host.is_empty() || port.is_empty() || host.ends_with(']') && !host.starts_with('[') {
+        return None;
+    }
+    Some((scheme, host, port))
+}
+
+fn membership_err(op: &'static str, urls: &[String], reason: impl Into<String>) -> Error {
+    Error::Etcd {
+        op,
+        endpoint: urls.join(","),
+        reason: reason.into(),
+    }
+}
+
+/// The member list from the first of `urls` that answers within the command timeout.
+pub async fn list_via(conn: &Connection, urls: &[String]) -> Result<Vec<Member>> {
+    let mut errors = Vec::new();
+    for url in urls {
+        let attempt = async {
+            let mut ep = Endpoint::connect(conn, url).await?;
+            within(conn.command_timeout, "member list", ep.members()).await
+        };
+        match attempt.await {
+            Ok(m) => return Ok(m),
+            Err(e) => errors.push(format!("{url}: {e}")),
+        }
+    }
+    Err(Error::Unreachable {
+        endpoints: urls.join(","),
+        reason: if errors.is_empty() {
+            "no other member's client URL is known".into()
+        } else {
+            errors.join("; ")
+        },
+    })
+}
+
+/// Run one membership call on the first of `urls` that can take it: an unreachable member
+/// is skipped, any answer from etcd (success or a typed refusal) is final.
+async fn first_taking<T, F, Fut>(
+    conn: &Connection,
+    urls: &[String],
+    what: &str,
+    call: F,
+) -> std::result::Result<T, RpcError>
+where
+    F: Fn(Endpoint) -> Fut,
+    Fut: Future<Output = std::result::Result<T, RpcError>>,
+{
+    let mut last = RpcError::other("no other member's client URL is known");
+    for url in urls {
+        let ep = match Endpoint::connect(conn, url).await {
+            Ok(ep) => ep,
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        match within(conn.command_timeout, what, call(ep)).await {
+            Err(e) if e.is(RpcErrorKind::Unavailable) => last = e,
+            other => return other,
+        }
+    }
+    Err(last)
+}
+
+/// `MemberRemove` of `id` through `urls`. Idempotent: `Ok(false)` when the member was gone
+/// already (a crashed run that removed it before it could record so).
+pub async fn remove_via(conn: &Connection, urls: &[String], id: u64) -> Result<bool> {
+    match first_taking(conn, urls, "member remove", |mut ep| async move {
+        ep.member_remove(id).await
+    })
+    .await
+    {
+        Ok(()) => Ok(true),
+        Err(e) if e.is(RpcErrorKind::MemberNotFound) => Ok(false),
+        Err(e) => Err(membership_err("member remove", urls, e)),
+    }
+}
+
+/// `MemberAdd` of a learner at `peer_url` through `urls`: its id. Idempotent: when a learner
+/// with that peer URL exists already (added by a crashed attempt), its id; a *voting* member
+/// at that URL is refused.
+pub async fn add_learner_via(
+    conn: &Connection,
+    urls: &[String],
+    peer_url: &str,
+) -> Result<Reconfig<u64>> {
+    let existing = |members: &[Member]| {
+        members
+            .iter()
+            .find(|m| {
+                m.peer_urls
+                    .iter()
+                    .any(|u| u.trim_end_matches('/') == peer_url)
+            })
+            .cloned()
+    };
+    if let Some(m) = existing(&list_via(conn, urls).await?) {
+        return if m.is_learner {
+            Ok(Reconfig::Done(m.id))
+        } else {
+            Err(Error::refused(
+                format!("add a learner at {peer_url}"),
+                format!(
+                    "voting member {} ({}) has that peer URL already",
+                    m.name,
+                    hex_id(m.id)
+                ),
+            ))
+        };
+    }
+    let url = peer_url.to_string();
+    match first_taking(conn, urls, "member add", |mut ep| {
+        let url = url.clone();
+        async move { ep.member_add_learner(&url).await }
+    })
+    .await
+    {
+        Ok(id) => Ok(Reconfig::Done(id)),
+        Err(e) if e.is(RpcErrorKind::UnhealthyCluster) => Ok(Reconfig::NotYet(e.message)),
+        Err(e) if e.is(RpcErrorKind::PeerUrlExists) => {
+            match existing(&list_via(conn, urls).await?) {
+                Some(m) if m.is_learner => Ok(Reconfig::Done(m.id)),
+                _ => Err(membership_err("member add", urls, e)),
+            }
+        }
+        Err(e) if e.is(RpcErrorKind::TooManyLearners) => Err(Error::refused(
+            format!("add a learner at {peer_url}"),
+            format!("{e}: the cluster has a learner already; promote or remove it first"),
+        )),
+        Err(e) => Err(membership_err("member add", urls, e)),
+    }
+}
+
+/// A membership change etcd may refuse for now: right after another change it wants every
+/// member connected for a while first ("unhealthy cluster").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconfig<T> {
+    Done(T),
+    /// Refused for now, with etcd's reason: try again later.
+    NotYet(String),
+}
+
+/// What a promote attempt found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Promote {
+    /// The member votes (promoted now, or earlier by a crashed attempt).
+    Voter,
+    /// etcd says "learner not ready" (not yet in sync with the leader): try again later.
+    NotReady(String),
+}
+
+/// `MemberPromote` of learner `id` through `urls`. Idempotent: a member that votes already
+/// is `Voter`; one that is gone is an error.
+pub async fn promote_via(conn: &Connection, urls: &[String], id: u64) -> Result<Promote> {
+    let members = list_via(conn, urls).await?;
+    match members.iter().find(|m| m.id == id) {
+        None => {
+            return Err(membership_err(
+                "member promote",
+                urls,
+                format!("member {} is not in the member list", hex_id(id)),
+            ));
+        }
+        Some(m) if !m.is_learner => return Ok(Promote::Voter),
+        Some(_) => {}
+    }
+    match first_taking(conn, urls, "member promote", |mut ep| async move {
+        ep.member_promote(id).await
+    })
+    .await
+    {
+        Ok(()) => Ok(Promote::Voter),
+        Err(e) if e.is(RpcErrorKind::LearnerNotReady) || e.is(RpcErrorKind::UnhealthyCluster) => {
+            Ok(Promote::NotReady(e.message))
+        }
+        Err(e) => Err(membership_err("member promote", urls, e)),
+    }
+}
+
+/// The leader's raft index, asked of the first of `urls` whose status names a leader.
+pub async fn leader_raft_index(conn: &Connection, urls: &[String]) -> Result<(u64, u64)> {
+    let mut errors = Vec::new();
+    for url in urls {
+        let attempt = async {
+            let mut ep = Endpoint::connect(conn, url).await?;
+            within(conn.command_timeout, "status", ep.status()).await
+        };
+        match attempt.await {
+            Ok(s) if s.leader != 0 && s.leader == s.member_id => {
+                return Ok((s.leader, s.raft_index));
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(format!("{url}: {e}")),
+        }
+    }
+    Err(membership_err(
+        "status",
+        urls,
+        if errors.is_empty() {
+            "no member there is the leader".to_string()
+        } else {
+            errors.join("; ")
+        },
     ))
 }

@@ -184,4 +184,26 @@ impl Host for FaultHost<'_> {
     fn wait_quorum(&self, what: &str, timeout: std::time::Duration) -> Result<()> {
         self.wrap("wait_quorum", || self.inner.wait_quorum(what, timeout))
     }
+    fn members(&self) -> Result<Vec<crate::etcd::client::Member>> {
+        self.wrap("members", || self.inner.members())
+    }
+    fn member_remove(&self, id: u64) -> Result<bool> {
+        self.wrap("member_remove", || self.inner.member_remove(id))
+    }
+    fn member_add_learner(&self, peer_url: &str) -> Result<u64> {
+        self.wrap("member_add_learner", || {
+            self.inner.member_add_learner(peer_url)
+        })
+    }
+    fn wait_caught_up(&self, entries: u64, timeout: std::time::Duration) -> Result<(u64, u64)> {
+        self.wrap("wait_caught_up", || {
+            self.inner.wait_caught_up(entries, timeout)
+        })
+    }
+    fn promote(&self, id: u64, timeout: std::time::Duration) -> Result<u32> {
+        self.wrap("promote", || self.inner.promote(id, timeout))
+    }
+    fn create_dir(&self, path: &Path, like: Option<&Path>) -> Result<()> {
+        self.wrap("create_dir", || self.inner.create_dir(path, like))
+    }
 }

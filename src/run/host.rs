@@ -21,7 +21,7 @@ use crate::datadir::precopy::{PrecopyOptions, PrecopyReport, precopy};
 use crate::datadir::verify::{VerifyOptions, VerifyReport, verify};
 use crate::datadir::{Progress, quiesce};
 use crate::error::{Error, Result};
-use crate::etcd::client::{Endpoint, RpcErrorKind};
+use crate::etcd::client::{Endpoint, Member, RpcErrorKind};
 use crate::etcd::connect::Connection;
 use crate::etcd::health::{self, HealthOptions, HealthReport};
 use crate::etcd::snapshot;
@@ -164,6 +164,52 @@ pub trait Host {
         self.wait_healthy()
             .map_err(|e| Error::failed(format!("wait for {what}"), e.one_line()))
     }
+    // --- membership (member rejoin): always through the *other* members, since this one is
+    // the broken one (default impls: "not on this host" for fakes that do not model it)
+    /// The member list, read through the other members.
+    fn members(&self) -> Result<Vec<Member>> {
+        Err(Error::failed("member list", "not available on this host"))
+    }
+    /// Remove member `id`; `Ok(false)` when it was gone already.
+    fn member_remove(&self, _id: u64) -> Result<bool> {
+        Err(Error::failed("member remove", "not available on this host"))
+    }
+    /// Add a learner at `peer_url` (or find the one a crashed attempt added): its id.
+    fn member_add_learner(&self, _peer_url: &str) -> Result<u64> {
+        Err(Error::failed("member add", "not available on this host"))
+    }
+    /// Wait, at most `timeout`, until the local member's raft index is within `entries` of
+    /// the leader's: (local index, leader index) when it is.
+    fn wait_caught_up(&self, _entries: u64, _timeout: Duration) -> Result<(u64, u64)> {
+        Err(Error::failed(
+            "wait caught up",
+            "not available on this host",
+        ))
+    }
+    /// Promote learner `id`, retrying while etcd says "learner not ready", at most
+    /// `timeout`: how many attempts it took.
+    fn promote(&self, _id: u64, _timeout: Duration) -> Result<u32> {
+        Err(Error::failed(
+            "member promote",
+            "not available on this host",
+        ))
+    }
+    /// Create an empty directory (mode 0700, owned like `like` when given).
+    fn create_dir(&self, path: &Path, like: Option<&Path>) -> Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        match std::fs::DirBuilder::new().mode(0o700).create(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => return Err(Error::io("create", path, e)),
+        }
+        if let Some(like) = like
+            && let Ok(m) = std::fs::symlink_metadata(like)
+        {
+            std::os::unix::fs::lchown(path, Some(m.uid()), Some(m.gid()))
+                .map_err(|e| Error::io("chown", path, e))?;
+        }
+        node::fsync_dir(path.parent().unwrap_or(Path::new("/")))
+    }
 }
 
 pub struct RealHost<'a> {
@@ -211,6 +257,18 @@ impl RealHost<'_> {
 
     fn local(&self) -> &str {
         self.conn.endpoints.first().map_or("", String::as_str)
+    }
+
+    /// The other members' client URLs: the connection's endpoints after the first (a
+    /// `member rejoin` host is built with them; any other host has none).
+    fn others(&self) -> Result<Vec<String>> {
+        let others: Vec<String> = self.conn.endpoints.iter().skip(1).cloned().collect();
+        if others.is_empty() {
+            return Err(Error::Usage(
+                "no other member's client URL is known to reach the cluster through".into(),
+            ));
+        }
+        Ok(others)
     }
 
     fn endpoint_err(&self, op: &'static str, reason: impl Into<String>) -> Error {
@@ -396,8 +454,15 @@ impl Host for RealHost<'_> {
                         manifest.display()
                     )));
                 }
+                // A data dir without a db and a WAL dir (emptied, as in the seed's scenario
+                // 1, and left half-made by a crash-looping etcd) has no layout to check:
+                // the client port refusing is then the proof that etcd is gone.
+                let whole = data_dir.join("member/snap/db").is_file()
+                    && data_dir.join("member/wal").is_dir();
                 Ok(
-                    if quiesce::check(data_dir)?.quiesced && node::port_refuses(&endpoint) {
+                    if (!whole || quiesce::check(data_dir)?.quiesced)
+                        && node::port_refuses(&endpoint)
+                    {
                         Poll::Ready
                     } else {
                         Poll::Pending
@@ -685,6 +750,92 @@ impl Host for RealHost<'_> {
         };
         let me = crate::etcd::guard::Holder::here(&name, "", "migrate", "");
         Ok(h.filter(|h| !h.same_member(&me)).map(|h| h.describe()))
+    }
+
+    fn members(&self) -> Result<Vec<Member>> {
+        let others = self.others()?;
+        self.block_on(crate::etcd::member::list_via(&self.conn, &others))
+    }
+
+    fn member_remove(&self, id: u64) -> Result<bool> {
+        let others = self.others()?;
+        self.block_on(crate::etcd::member::remove_via(&self.conn, &others, id))
+    }
+
+    /// Retries while etcd refuses the change for now (right after the removal, etcd 3.4
+    /// wants every member connected for its health interval first), within the start
+    /// timeout.
+    fn member_add_learner(&self, peer_url: &str) -> Result<u64> {
+        use crate::etcd::member::Reconfig;
+        let others = self.others()?;
+        let mut id = None;
+        self.wait(
+            &format!("etcd to accept a learner at {peer_url} (member add)"),
+            self.start_timeout,
+            Duration::from_millis(500),
+            |_| match self.block_on(crate::etcd::member::add_learner_via(
+                &self.conn, &others, peer_url,
+            )) {
+                Ok(Reconfig::Done(i)) => {
+                    id = Some(i);
+                    Ok(Poll::Ready)
+                }
+                Ok(Reconfig::NotYet(why)) => Err(Error::failed("member add", why)),
+                Err(e) => Ok(Poll::Broken(e.one_line())),
+            },
+        )?;
+        id.ok_or_else(|| Error::failed("member add", "no member id"))
+    }
+
+    fn wait_caught_up(&self, entries: u64, timeout: Duration) -> Result<(u64, u64)> {
+        let others = self.others()?;
+        let endpoint = self.local().to_string();
+        let mut seen = (0, 0);
+        self.wait(
+            &format!(
+                "the learner at {endpoint} to catch up (raft index within {entries} of the \
+                 leader's)"
+            ),
+            timeout,
+            Duration::from_millis(500),
+            |check| {
+                if check && let Some(why) = self.start_preconditions()? {
+                    return Ok(Poll::Broken(why));
+                }
+                let (_, leader) =
+                    self.block_on(crate::etcd::member::leader_raft_index(&self.conn, &others))?;
+                let local = self.local_status()?.raft_index;
+                seen = (local, leader);
+                Ok(if local + entries >= leader {
+                    Poll::Ready
+                } else {
+                    Poll::Pending
+                })
+            },
+        )?;
+        Ok(seen)
+    }
+
+    fn promote(&self, id: u64, timeout: Duration) -> Result<u32> {
+        use crate::etcd::member::Promote;
+        let others = self.others()?;
+        let mut attempts = 0;
+        self.wait(
+            &format!(
+                "etcd to promote learner {} (it retries while etcd says \"learner not ready\")",
+                hex_id(id)
+            ),
+            timeout,
+            Duration::from_millis(500),
+            |_| {
+                attempts += 1;
+                match self.block_on(crate::etcd::member::promote_via(&self.conn, &others, id))? {
+                    Promote::Voter => Ok(Poll::Ready),
+                    Promote::NotReady(why) => Err(Error::failed("member promote", why)),
+                }
+            },
+        )?;
+        Ok(attempts)
     }
 
     fn release_guard(&self) {

@@ -32,6 +32,11 @@ pub struct RunReport {
     pub run_dir: PathBuf,
     pub error: Option<String>,
     pub notes: Vec<String>,
+    /// `member rejoin`: the member replaced and the one that replaced it (hex ids).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_member_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_member_id: Option<String>,
 }
 
 impl RunReport {
@@ -61,6 +66,7 @@ pub fn of<S: StepKind, P: RunPlan>(log: &RunLog<S, P>, dir: &Path, running_now: 
     let mut notes = Vec::new();
     let (mut down_start, mut down_end) = (None, None);
     let mut bytes_after_stop = None;
+    let (mut old_member_id, mut new_member_id) = (None, None);
     for r in log.records() {
         match r {
             Record::Begin { step, ts_ms } if step.downtime_starts() => {
@@ -75,6 +81,9 @@ pub fn of<S: StepKind, P: RunPlan>(log: &RunLog<S, P>, dir: &Path, running_now: 
                 if let Some(b) = data.get("bytes_after_stop").and_then(|b| b.as_u64()) {
                     bytes_after_stop = Some(b);
                 }
+                let id = |k: &str| data.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                old_member_id = id("old_member_id").or(old_member_id);
+                new_member_id = id("new_member_id").or(new_member_id);
                 if let Some(n) = data.get("note").and_then(|n| n.as_str()) {
                     notes.push(n.to_string());
                 }
@@ -107,6 +116,8 @@ pub fn of<S: StepKind, P: RunPlan>(log: &RunLog<S, P>, dir: &Path, running_now: 
         run_dir: dir.to_path_buf(),
         error,
         notes,
+        old_member_id,
+        new_member_id,
     }
 }
 

@@ -1,0 +1,261 @@
+//! `member rejoin`: the broken member of a healthy quorum comes back as a new member. `plan`:
+//! this member from the manifest, the cluster as the other members list it, and the
+//! refusals (pure). `steps`: the run, a saga on `crate::run` — stop etcd and kubelet, old
+//! data aside (kept), remove the old member and add a learner with the same peer URL through
+//! the other members, `--initial-cluster`/`--initial-cluster-state=existing` set by the
+//! surgical rewrite, start, wait caught up, promote, prove HashKV agreement — with `apply`,
+//! `resume` and `rollback` here. The engine journals, executes and rolls back.
+
+pub mod plan;
+pub mod steps;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::etcd::connect::Connection;
+use crate::output::hex_id;
+use crate::run::host::Host;
+use crate::run::{Cancel, Engine, Identity, RunLock, RunPlan};
+pub use plan::Me;
+pub use steps::{Rejoin, RejoinStep};
+
+/// What a rejoin run does, recorded in its first journal record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub id: String,
+    #[serde(flatten)]
+    pub me: Me,
+    /// The manifest in the manifests dir.
+    pub manifest: PathBuf,
+    /// The member replaced, lower-case hex.
+    pub old_member_id: String,
+    /// Voting members, this one included (what verify-hash expects back).
+    pub voters: usize,
+    /// Whether the data dir is a mount point: then its `member` dir is moved aside inside it.
+    pub mounted: bool,
+    /// What is moved aside (the data dir, or its `member` dir) and where to.
+    pub moved: PathBuf,
+    pub aside: PathBuf,
+    /// Whether `moved` existed (a deleted hostPath has nothing to keep aside).
+    pub data_existed: bool,
+    /// The learner counts as caught up within this many raft entries of the leader.
+    pub catch_up_entries: u64,
+    /// The bound of the catch-up wait and of the promote retries, in milliseconds.
+    pub catch_up_timeout_ms: u64,
+}
+
+impl Plan {
+    pub fn old_id(&self) -> Result<u64> {
+        u64::from_str_radix(&self.old_member_id, 16).map_err(|e| {
+            Error::Usage(format!(
+                "run {}: old member id {:?} is not hex: {e}",
+                self.id, self.old_member_id
+            ))
+        })
+    }
+}
+
+impl RunPlan for Plan {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    /// The old data, kept aside.
+    fn from(&self) -> &Path {
+        &self.aside
+    }
+    fn to(&self) -> &Path {
+        &self.me.data_dir
+    }
+    fn identity(&self) -> Option<&Identity> {
+        None
+    }
+}
+
+/// Raft entries within which the learner counts as caught up. etcd itself promotes a
+/// learner only once it has 90 % of the leader's log (`isLearnerReady`); promote retries
+/// until then, so this bound only says when trying starts.
+pub const CATCH_UP_ENTRIES: u64 = 100;
+
+/// Options of a run, resolved from flags by the command.
+pub struct RunOptions<'a> {
+    pub manifest: PathBuf,
+    pub state_dir: PathBuf,
+    pub say: &'a dyn Fn(&str),
+    pub cancel: Option<&'a Cancel>,
+    /// Refuses while any run of any kind is unfinished (`runs::check_none_unfinished`).
+    pub unfinished: fn(&Path) -> Result<String>,
+    pub catch_up_timeout: Duration,
+}
+
+pub use crate::run::Outcome;
+
+/// The other members' client URLs, to reach the cluster through: `given` (the operator's
+/// `--cluster-endpoints`) or guessed from the manifest's `--initial-cluster`, then the member
+/// list read through them (the authority), without this member's own.
+pub fn other_members(conn: &Connection, manifest: &Path, given: &[String]) -> Result<Vec<String>> {
+    let pod = crate::manifest::StaticPod::load(manifest)?;
+    let me = Me::from_manifest(manifest)?;
+    let candidates = if given.is_empty() {
+        crate::etcd::member::peer_candidates(&pod)?
+    } else {
+        given.to_vec()
+    };
+    if candidates.is_empty() {
+        return Err(Error::Usage(format!(
+            "the manifest {} names no other member in --initial-cluster: pass \
+             --cluster-endpoints with the client URLs of the healthy members",
+            manifest.display()
+        )));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("the async runtime starts");
+    let members = rt.block_on(crate::etcd::member::list_via(conn, &candidates))?;
+    let mut urls: Vec<String> = members
+        .iter()
+        .filter(|m| {
+            !m.peer_urls
+                .iter()
+                .any(|u| u.trim_end_matches('/') == me.peer_url)
+        })
+        .filter_map(|m| m.client_urls.first().cloned())
+        .collect();
+    urls.dedup();
+    if urls.is_empty() {
+        return Err(Error::refused(
+            format!("rejoin member {}", me.name),
+            "the member list names no other started member to reach the cluster through",
+        ));
+    }
+    Ok(urls)
+}
+
+/// Every refusal before the journal exists (nothing changed).
+pub fn preflight(host: &dyn Host, opts: &RunOptions, id: &str) -> Result<Plan> {
+    (opts.unfinished)(&opts.state_dir)?;
+    let me = Me::from_manifest(&opts.manifest)?;
+    let members = host.members()?;
+    // This member's own endpoint and the others': who answers, who leads.
+    let health = host.health(false)?;
+    let answer = |e: &crate::etcd::health::EndpointHealth| plan::Answer {
+        member_id: e
+            .member_id
+            .as_deref()
+            .and_then(|m| u64::from_str_radix(m, 16).ok()),
+        healthy: e.healthy,
+        is_leader: e.is_leader,
+    };
+    let answers: Vec<plan::Answer> = health.endpoints.iter().map(answer).collect();
+    let judged = plan::judge(&me, &members, &answers)?;
+    if host.read_file(&opts.manifest)?.is_none() {
+        return Err(Error::input(
+            &opts.manifest,
+            "manifest not found in the manifests dir (leave it in place: the run stops etcd itself)",
+        ));
+    }
+    let data = &me.data_dir;
+    let mounted = host.is_dir(data)? && host.is_mount_point(data)?;
+    let (moved, aside) = if mounted {
+        (
+            data.join("member"),
+            data.join(format!("member.etcdops-old-{id}")),
+        )
+    } else {
+        (
+            data.clone(),
+            PathBuf::from(format!("{}.etcdops-old-{id}", data.display())),
+        )
+    };
+    if host.is_dir(&aside)? || host.read_file(&aside)?.is_some() {
+        return Err(Error::refused(
+            format!("rejoin member {}", me.name),
+            format!("{} exists already", aside.display()),
+        ));
+    }
+    let data_existed = host.is_dir(&moved)?;
+    Ok(Plan {
+        id: id.to_string(),
+        manifest: opts.manifest.clone(),
+        old_member_id: hex_id(judged.old_member_id),
+        voters: judged.voters,
+        mounted,
+        moved,
+        aside,
+        data_existed,
+        catch_up_entries: CATCH_UP_ENTRIES,
+        catch_up_timeout_ms: opts.catch_up_timeout.as_millis() as u64,
+        me,
+    })
+}
+
+/// `member rejoin` without `--yes`: the preflight and the step list, nothing changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub kind: &'static str,
+    #[serde(flatten)]
+    pub plan: Plan,
+    pub steps: Vec<&'static str>,
+}
+
+pub fn plan_only(host: &dyn Host, opts: &RunOptions) -> Result<PlanReport> {
+    let id = crate::run::unique_id(&opts.state_dir);
+    let plan = preflight(host, opts, &id)?;
+    Ok(PlanReport {
+        kind: "rejoin",
+        plan,
+        steps: <RejoinStep as crate::run::StepKind>::ALL
+            .iter()
+            .map(|s| crate::run::StepKind::name(*s))
+            .collect(),
+    })
+}
+
+/// `member rejoin --yes`: preflight, then the steps.
+pub fn apply(host: &dyn Host, opts: &RunOptions) -> Result<Outcome> {
+    // Every refusal before the lock file exists (nothing changed); then, under the lock,
+    // the one check another process could have made stale meanwhile.
+    let id = crate::run::unique_id(&opts.state_dir);
+    let plan = preflight(host, opts, &id)?;
+    let _lock = RunLock::acquire(&opts.state_dir)?;
+    (opts.unfinished)(&opts.state_dir)?;
+    let saga = Rejoin { host };
+    let dir = crate::run::runs_dir(&opts.state_dir).join(&id);
+    let mut engine = Engine::create(&saga, dir, plan, opts.say, opts.cancel)?;
+    let result = engine.run();
+    Ok(Outcome::of(&engine, result))
+}
+
+/// `member rejoin resume`: finish an interrupted or failed run.
+pub fn resume(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<Outcome> {
+    // No run to act on is bad input: refused before the lock file is even created.
+    crate::run::find_run(&opts.state_dir, id)?;
+    crate::run::operate(
+        &Rejoin { host },
+        &opts.state_dir,
+        id,
+        opts.say,
+        opts.cancel,
+        |e| e.resume(),
+    )
+}
+
+/// `member rejoin rollback`: the old manifest and data back, while the old member has not
+/// been removed from the cluster (the raft rule).
+pub fn rollback(host: &dyn Host, opts: &RunOptions, id: Option<&str>) -> Result<Outcome> {
+    crate::run::find_run(&opts.state_dir, id)?;
+    crate::run::operate(
+        &Rejoin { host },
+        &opts.state_dir,
+        id,
+        opts.say,
+        opts.cancel,
+        |e| e.rollback(),
+    )
+}
+
+#[cfg(test)]
+mod tests;
