@@ -1,5 +1,7 @@
-//! `member rejoin` on the lab (real etcd 3.4 and 3.5, real TLS, real files, the lab's
-//! kubelet stand-in): seed scenario 1 ("hostPath Directory Deleted": node 2's data emptied
+//! `member rejoin` on the lab (real etcd 3.4 and 3.5, real TLS, real files; the kubelet
+//! stand-in as kubelet.service under a real systemd for the scenario and the kill test, 3.5
+//! with the data dir on its own ext4 disk; the plain lab for the refusals, which stop no
+//! kubelet): seed scenario 1 ("hostPath Directory Deleted": node 2's data emptied
 //! while etcd was stopped, etcd started and failing) is repaired — every key back on node 2,
 //! HashKV agreement, a healthy cluster, a new member id reported beside the old one, the old
 //! data aside; `kill -9` after every step, then `rollback` (before the removal: the node as
@@ -108,7 +110,7 @@ fn break_node(lab: &Lab, node: usize) {
         Duration::from_secs(60),
         || port_refuses(lab, node),
     );
-    let data = lab.data_dir(node);
+    let data = lab.in_node(node, &lab.data_dir(node));
     for e in std::fs::read_dir(&data).unwrap() {
         let p = e.unwrap().path();
         if p.is_dir() {
@@ -128,8 +130,16 @@ fn break_node(lab: &Lab, node: usize) {
     );
 }
 
-fn aside(lab: &Lab, node: usize, id: &str) -> PathBuf {
-    PathBuf::from(format!("{}.etcdops-old-{id}", lab.data_dir(node).display()))
+/// Where the old data went: beside a plain data dir, or inside one that is its own disk
+/// (then its `member` dir moves aside within it), as the node sees it.
+fn aside(lab: &Lab, node: usize, id: &str, mounted: bool) -> PathBuf {
+    let data = lab.data_dir(node);
+    let at = if mounted {
+        data.join(format!("member.etcdops-old-{id}"))
+    } else {
+        PathBuf::from(format!("{}.etcdops-old-{id}", data.display()))
+    };
+    lab.in_node(node, &at)
 }
 
 /// After a rejoin of node 2: every key from node 2 alone, one HashKV, healthy, three
@@ -160,8 +170,10 @@ fn assert_rejoined(lab: &Lab, old: &str, keys: u64) -> String {
     new
 }
 
-fn seed_scenario_1(v: Version) {
-    let lab = Lab::up(v, 3);
+/// On a systemd lab (kubelet.service under a real systemd); with `disk` "ext4" the data dir is
+/// its own disk, a mount point, so the old `member` dir moves aside inside it.
+fn seed_scenario_1(v: Version, disk: &str) {
+    let lab = Lab::up_systemd(v, 3, disk);
     put(&lab, "/k/", 20);
     let old = member_id(&lab, 2).unwrap();
     break_node(&lab, 2);
@@ -174,7 +186,10 @@ fn seed_scenario_1(v: Version) {
     let new = assert_rejoined(&lab, &old, 20);
     assert_eq!(j["new_member_id"], new.as_str(), "{}", run.dump());
     let id = j["id"].as_str().unwrap();
-    assert!(aside(&lab, 2, id).is_dir(), "old data kept aside");
+    assert!(
+        aside(&lab, 2, id, disk != "dir").is_dir(),
+        "old data kept aside"
+    );
     // status of the finished run: exit 0, the same ids.
     let st = rejoin(&lab, 2, &["status"], &[]);
     st.code(0);
@@ -183,21 +198,22 @@ fn seed_scenario_1(v: Version) {
 
 #[test]
 fn rejoin_seed_scenario_1_35() {
-    seed_scenario_1(Version::V35);
+    seed_scenario_1(Version::V35, "ext4");
 }
 
 #[test]
 fn rejoin_seed_scenario_1_34() {
-    seed_scenario_1(Version::V34);
+    seed_scenario_1(Version::V34, "dir");
 }
 
 /// kill -9 after each step before the removal, then `rollback`: the manifest byte for byte,
 /// the very same data dir (inode) and the old member still in the list. Then kill -9 after
 /// each step from the removal on, each `resume` killed at the next one: `rollback` is
-/// refused by the raft rule, saying why, and the last `resume` converges.
+/// refused by the raft rule, saying why, and the last `resume` converges. On a systemd lab:
+/// the kills land while `systemctl` stops and starts kubelet.service.
 #[test]
 fn rejoin_kill_9_at_every_step_then_rollback_or_resume() {
-    let lab = Lab::up(Version::V35, 3);
+    let lab = Lab::up_systemd(Version::V35, 3, "dir");
     put(&lab, "/k/", 10);
     let old = member_id(&lab, 2).unwrap();
     break_node(&lab, 2);
@@ -225,7 +241,7 @@ fn rejoin_kill_9_at_every_step_then_rollback_or_resume() {
             "{point}: the data dir is the one from before the run"
         );
         let id = rb.json()["id"].as_str().unwrap().to_string();
-        assert!(!aside(&lab, 2, &id).exists(), "{point}");
+        assert!(!aside(&lab, 2, &id, false).exists(), "{point}");
         assert!(member_ids(&lab).contains(&old), "{point}");
     }
     let points = [
