@@ -79,16 +79,7 @@ pub fn given(global: &GlobalArgs) -> Given {
     }
 }
 
-/// Run a future on a runtime made for this command (two cores: two workers).
-pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::failed("start the async runtime", e.to_string()))
-        .expect("the async runtime starts")
-        .block_on(fut)
-}
+pub use crate::node::block_on;
 
 /// kubelet control commands from the node flags.
 pub fn kubelet_commands(global: &GlobalArgs) -> crate::node::KubeletCommands {

@@ -409,7 +409,7 @@ fn ask_etcd(ctx: &Ctx) -> Result<EtcdFacts, String> {
     given.manifest = Some(ctx.opts.manifest.clone());
     let conn = given.resolve().map_err(|e| e.one_line())?;
     let quota = ctx.quota();
-    crate::commands::block_on(async {
+    crate::node::block_on(async {
         let health = crate::etcd::health::check(
             &conn,
             &crate::etcd::health::HealthOptions {

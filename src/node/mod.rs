@@ -328,6 +328,18 @@ pub fn port_refuses(endpoint: &str) -> bool {
     }
 }
 
+/// Run a future on a runtime made for this command (two cores: two workers). Here, below
+/// every library module, so that a library module (doctor) never reaches up into commands.
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::failed("start the async runtime", e.to_string()))
+        .expect("the async runtime starts")
+        .block_on(fut)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
