@@ -346,7 +346,7 @@ impl Saga for Rejoin<'_> {
     }
 
     fn hold_guard(&self, run: &RunCtx<Plan>) -> Result<()> {
-        self.host.hold_guard(&run.plan.id)
+        self.host.hold_guard("rejoin", &run.plan.id)
     }
 
     fn release_guard(&self) {

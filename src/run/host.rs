@@ -110,8 +110,9 @@ pub trait Host {
     // --- the cluster
     /// Take (or, for this member, take over) the cluster-wide guard before this member goes
     /// down; refused while another run holds it or another member is unhealthy (DESIGN.md,
-    /// "Guards"). Held until `release_guard`. Fakes need no guard.
-    fn hold_guard(&self, _run_id: &str) -> Result<()> {
+    /// "Guards"). Held until `release_guard`; `kind` (migrate, rejoin) is what the guard
+    /// tells a refused run holds it. Fakes need no guard.
+    fn hold_guard(&self, _kind: &str, _run_id: &str) -> Result<()> {
         Ok(())
     }
     /// Release the guard once the member is healthy again.
@@ -715,7 +716,7 @@ impl Host for RealHost<'_> {
         })
     }
 
-    fn hold_guard(&self, run_id: &str) -> Result<()> {
+    fn hold_guard(&self, kind: &str, run_id: &str) -> Result<()> {
         if self.guard.borrow().is_some() {
             return Ok(());
         }
@@ -725,7 +726,7 @@ impl Host for RealHost<'_> {
         let name = crate::manifest::StaticPod::load(manifest)?
             .etcd_flag("name")?
             .unwrap_or_default();
-        let holder = crate::etcd::guard::Holder::here(&name, "", "migrate", run_id);
+        let holder = crate::etcd::guard::Holder::here(&name, "", kind, run_id);
         *self.guard.borrow_mut() = Some(crate::etcd::guard::acquire(&self.conn, &holder)?);
         Ok(())
     }
