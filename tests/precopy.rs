@@ -543,3 +543,135 @@ fn verify_reads_the_device_or_says_page_cache() {
         table.dump()
     );
 }
+
+/// Flip one byte of `path` at `offset` in place, and set its mtime back: same size, same
+/// mtime, only the content (and the ctime, which no one can set back) differs.
+fn flip(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mtime = f.metadata().unwrap().modified().unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    f.write_all_at(&[b[0] ^ 0xff], offset).unwrap();
+    f.set_modified(mtime).unwrap();
+}
+
+/// The stopped phase hashes every file on two threads, a file over 32 MiB (a 61 MiB WAL
+/// segment) split between them, and merges the whole-file blake3 from the 1 MiB blocks'
+/// chaining values. A block changed in the second thread's half is rewritten (and only it);
+/// the merged sums equal b3sum's; and `verify` still finds a byte flipped in the target, and
+/// one flipped in the source after the copy, in either half.
+#[test]
+fn precopy_split_hashing_finds_flipped_bytes_in_target_and_source() {
+    let cluster = stopped_cluster(Version::V35);
+    let src = cluster.members[0].data_dir.clone();
+    let scratch = tempfile::tempdir_in("/var/tmp").unwrap();
+    let dst = scratch.path().join("etcd");
+    let sums = scratch.path().join("sums");
+    run(&["datadir", "precopy", p(&src), p(&dst)]).code(0);
+
+    let wal = fs::read_dir(src.join("member/wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "wal"))
+        .expect("a WAL segment");
+    let wal_size = fs::metadata(&wal).unwrap().len();
+    assert!(
+        wal_size > 48 * 1024 * 1024,
+        "etcd preallocates WAL segments to 64 MB, found {wal_size} bytes"
+    );
+    let rel_wal = wal.strip_prefix(&src).unwrap().to_owned();
+    // In the second thread's half, 45 MiB in; as etcd would, after the pre-copy.
+    let late = 45 * 1024 * 1024 + 17;
+    flip(&wal, late);
+
+    let before = tree_bytes(&src);
+    let r = run(&[
+        "-o",
+        "json",
+        "datadir",
+        "copy",
+        "--update",
+        "--sums",
+        p(&sums),
+        p(&src),
+        p(&dst),
+    ]);
+    let copy = r.code(0).json();
+    assert_eq!(tree_bytes(&src), before, "the update changed the source");
+    assert_eq!(copy["precopy"], "used", "{copy}");
+    assert_eq!(
+        copy["bytes_after_stop"],
+        1024 * 1024,
+        "exactly the changed block: {copy}"
+    );
+    assert_eq!(snapshot(&dst), snapshot(&src), "final tree differs");
+    // The merged hashes are plain blake3, as b3sum prints them.
+    let text = fs::read_to_string(&sums).unwrap();
+    let line = format!(
+        "{}  {}",
+        blake3::hash(&fs::read(&wal).unwrap()).to_hex(),
+        rel_wal.display()
+    );
+    assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+
+    let verify = |code: i32| {
+        let v = run(&[
+            "-o",
+            "json",
+            "datadir",
+            "verify",
+            "--sums",
+            p(&sums),
+            p(&src),
+            p(&dst),
+        ]);
+        v.code(code).json()
+    };
+    let v = verify(0);
+    assert_eq!(v["verified_from"], "device", "{v}");
+    assert_eq!(v["src_files_read"], 0, "{v}");
+
+    for (tree, offset) in [(&dst, 3), (&dst, late + 1), (&src, 5), (&src, late + 2)] {
+        let path = tree.join(&rel_wal);
+        flip(&path, offset);
+        let v = verify(1);
+        assert_eq!(
+            (
+                &v["differences"][0]["path"],
+                &v["differences"][0]["kind"],
+                v["differences"].as_array().unwrap().len()
+            ),
+            (&p(&rel_wal).into(), &"content".into(), 1),
+            "flipped byte {offset} in {}: {v}",
+            path.display()
+        );
+        flip(&path, offset);
+    }
+}
+
+/// A pre-copy record of the first format (each block hashed alone) is not used: the copy
+/// falls back to a full copy and says why.
+#[test]
+fn precopy_record_of_the_old_format_falls_back() {
+    let cluster = stopped_cluster(Version::V34);
+    let src = cluster.members[0].data_dir.clone();
+    let scratch = tempfile::tempdir_in("/var/tmp").unwrap();
+    let dst = scratch.path().join("etcd");
+    run(&["datadir", "precopy", p(&src), p(&dst)]).code(0);
+    let record = staging_of(&dst).join(".etcdops-precopy.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&record).unwrap()).unwrap();
+    assert_eq!(json["format"], 2, "{json}");
+    json.as_object_mut().unwrap().remove("format");
+    fs::write(&record, json.to_string()).unwrap();
+
+    let copy = finish_and_prove(&src, &dst);
+    assert_eq!(copy["precopy"], "fell-back", "{copy}");
+    let why = copy["precopy_fallback"].as_str().unwrap();
+    assert!(why.contains("record format 1"), "{copy}");
+}

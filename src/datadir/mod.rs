@@ -6,8 +6,10 @@
 //!
 //! Everything here is plain functions taking an options struct and returning a report, so
 //! that `commands/datadir.rs` and the migration steps call the same code. Nothing here
-//! draws on the terminal: progress goes through the [`Progress`] trait.
+//! draws on the terminal: progress goes through the [`Progress`] trait. `blocks` hashes
+//! files on both cores from 1 MiB blocks for the stopped phase (update and read-back).
 
+pub mod blocks;
 pub mod copy;
 pub mod digest;
 pub mod precopy;

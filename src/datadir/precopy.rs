@@ -9,8 +9,10 @@
 //! the pre-copy is never evidence.
 //!
 //! [`super::copy::finish_copy`] then, with the source quiesced and locked as for any copy,
-//! re-reads the source once, hashes each block, and rewrites only blocks whose hash differs
-//! from the record (the db changes in place, the last WAL segment grows). Files that
+//! re-reads the source once on both cores ([`super::blocks`]), hashes each block, and
+//! rewrites only blocks whose hash differs from the record (the db changes in place, the last
+//! WAL segment grows). A block's hash is its BLAKE3 chaining value at its offset, so the
+//! whole file's blake3 is merged from the same hashes: each source byte is hashed once. Files that
 //! appeared are written whole, unless a staged file that disappeared from the source has the
 //! same size (etcd renames its preallocated `wal/0.tmp` to the next segment): that one is
 //! renamed and diffed block by block. Truncated files are cut, removed files and directories
@@ -23,22 +25,28 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use blake3::hazmat::ChainingValue;
+
+use super::blocks::{Block, FileJob, block_cv, hash_files};
 use super::copy::{
-    CopyOptions, Staging, Target, WRITEBACK, apply_meta, changed_size, finish_dir, read_full,
-    start_writeback,
+    CopyOptions, Staging, Target, WRITEBACK, apply_meta, finish_dir, read_full, start_writeback,
 };
 use super::digest::Sums;
-use super::{CHUNK, Entry, Kind, Layout, Progress, Tree, open_read};
+use super::{Entry, Kind, Layout, Progress, Tree, open_read};
 use crate::error::{Error, Result};
 
-/// The unit of change detection: 1 MiB, the read chunk.
-pub const BLOCK: usize = CHUNK;
+pub use super::blocks::BLOCK;
+
+/// The record's format: 2 = block hashes are BLAKE3 chaining values at the block's offset
+/// ([`super::blocks::block_cv`]). A record without it (format 1: each block hashed alone)
+/// is not used: the update falls back to a full copy.
+pub const FORMAT: u32 = 2;
 
 /// The record's name inside the staging dir. It is written last by `precopy` and removed
 /// first by the update, so its presence means "the staged files are what it describes".
@@ -68,16 +76,22 @@ pub struct PrecopyReport {
 /// What the pre-copy wrote: per file, its size and the blake3 of each [`BLOCK`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
+    #[serde(default = "format_1")]
+    pub format: u32,
     pub src: PathBuf,
     pub block_size: u64,
     pub files: Vec<RecordFile>,
+}
+
+fn format_1() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecordFile {
     pub rel: String,
     pub size: u64,
-    /// blake3 of each block, hex.
+    /// The chaining value of each block, hex.
     pub blocks: Vec<String>,
 }
 
@@ -97,6 +111,13 @@ impl Record {
         };
         let record: Record = serde_json::from_str(&text)
             .map_err(|e| format!("cannot parse {}: {e}", path.display()))?;
+        if record.format != FORMAT {
+            return Err(format!(
+                "{} has record format {}, not {FORMAT} (made by another etcdops version)",
+                path.display(),
+                record.format
+            ));
+        }
         if record.block_size != BLOCK as u64 {
             return Err(format!(
                 "{} was written with {}-byte blocks, not {BLOCK}",
@@ -138,8 +159,16 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("fsync", dir, e))
 }
 
-fn block_hex(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
+fn block_hex(bytes: &[u8], offset: u64) -> String {
+    blake3::Hash::from_bytes(block_cv(bytes, offset))
+        .to_hex()
+        .to_string()
+}
+
+/// A record's block hash back into a chaining value (`None` if it is not one: the block
+/// is then rewritten).
+fn parse_cv(hex: &str) -> Option<ChainingValue> {
+    blake3::Hash::from_hex(hex).ok().map(|h| *h.as_bytes())
 }
 
 fn cancelled(cancel: Option<&AtomicBool>) -> bool {
@@ -247,6 +276,7 @@ fn precopy_tree(tree: &Tree, root: &Path, opts: &PrecopyOptions) -> Result<Recor
         }
     }
     let record = Record {
+        format: FORMAT,
         src: tree.root.clone(),
         block_size: BLOCK as u64,
         files,
@@ -302,7 +332,7 @@ fn precopy_file(
         }
         dst.write_all(&buf[..n])
             .map_err(|err| Error::io("write", dst_path, err))?;
-        blocks.push(block_hex(&buf[..n]));
+        blocks.push(block_hex(&buf[..n], size));
         size += n as u64;
         opts.progress.advance(n as u64);
         if size - flushed >= WRITEBACK {
@@ -363,10 +393,10 @@ pub(super) fn update_tree(
     let recorded: BTreeMap<&str, &RecordFile> =
         record.files.iter().map(|f| (f.rel.as_str(), f)).collect();
     let mut renamed: BTreeSet<&str> = BTreeSet::new();
-    let mut buf = vec![0u8; BLOCK];
-    let mut written = 0u64;
-    let mut hashes = Vec::new();
-    for e in tree.files() {
+    let files: Vec<&Entry> = tree.files().collect();
+    // Per source file: the staged file it updates and the recorded hashes of its blocks.
+    let mut targets: Vec<(PathBuf, Vec<Option<ChainingValue>>)> = Vec::with_capacity(files.len());
+    for e in &files {
         let dst_path = root.join(&e.rel);
         let mut blocks: Option<&RecordFile> = recorded.get(e.rel.as_str()).copied();
         if fs::symlink_metadata(&dst_path).is_err() {
@@ -385,10 +415,68 @@ pub(super) fn update_tree(
                 blocks = recorded.get(o.rel.as_str()).copied();
             }
         }
-        let (hash, n) = update_file(e, &dst_path, blocks, &mut buf, opts)?;
-        written += n;
+        // Created if new; cut or extended to the source's size (an extension reads as
+        // zeros and has no recorded hashes, so every block of it is written below).
+        let dst = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&dst_path)
+            .map_err(|err| Error::io("open", &dst_path, err))?;
+        dst.set_len(e.meta.size)
+            .map_err(|err| Error::io("truncate", &dst_path, err))?;
+        let hashes = blocks
+            .map(|r| r.blocks.iter().map(|h| parse_cv(h)).collect())
+            .unwrap_or_default();
+        targets.push((dst_path, hashes));
+    }
+
+    // Both cores re-read and hash the quiesced source; a block whose hash differs from the
+    // record is written to the staged file at once (each thread keeps its last target open).
+    let jobs: Vec<FileJob> = files
+        .iter()
+        .map(|e| FileJob {
+            path: &e.path,
+            size: e.meta.size,
+        })
+        .collect();
+    let written = AtomicU64::new(0);
+    let write_changed = |open: &mut Option<(usize, File)>, b: &Block| -> Result<()> {
+        let (dst_path, recorded) = &targets[b.file];
+        if recorded.get(b.index as usize).copied().flatten() == Some(*b.cv) {
+            return Ok(());
+        }
+        if open.as_ref().is_none_or(|(i, _)| *i != b.file) {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(dst_path)
+                .map_err(|err| Error::io("open", dst_path, err))?;
+            *open = Some((b.file, f));
+        }
+        let dst = &open.as_ref().expect("opened above").1;
+        dst.write_all_at(b.data, b.offset)
+            .map_err(|err| Error::io("write", dst_path, err))?;
+        let before = written.fetch_add(b.data.len() as u64, SeqCst);
+        if (before + b.data.len() as u64) / WRITEBACK != before / WRITEBACK {
+            start_writeback(dst, 0, 0);
+        }
+        Ok(())
+    };
+    let sums = hash_files(&jobs, opts.cancel, opts.progress, &write_changed)
+        .map_err(|e| rename_interrupt(e, opts))?;
+    let mut hashes = Vec::with_capacity(files.len());
+    for ((e, (dst_path, _)), hash) in files.iter().zip(&targets).zip(sums) {
+        let dst = OpenOptions::new()
+            .write(true)
+            .open(dst_path)
+            .map_err(|err| Error::io("open", dst_path, err))?;
+        apply_meta(&dst, dst_path, &e.meta)?;
+        dst.sync_all()
+            .map_err(|err| Error::io("fsync", dst_path, err))?;
         hashes.push((e.rel.clone(), hash));
     }
+    let written = written.into_inner();
     for o in orphans.iter().filter(|o| !renamed.contains(o.rel.as_str())) {
         remove_entry(o)?;
     }
@@ -419,66 +507,11 @@ fn remove_entry(e: &Entry) -> Result<()> {
     removed.map_err(|err| Error::io("remove", &e.path, err))
 }
 
-/// Bring one staged file to the source's content: hash each source block, write it only
-/// where the record's hash for that block differs (or there is none), cut the file to the
-/// source's size, then set owner, mode, times and fsync. Returns the whole file's blake3
-/// and the bytes written.
-fn update_file(
-    e: &Entry,
-    dst_path: &Path,
-    recorded: Option<&RecordFile>,
-    buf: &mut [u8],
-    opts: &CopyOptions,
-) -> Result<(blake3::Hash, u64)> {
-    let mut src = open_read(&e.path)?;
-    let dst = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(dst_path)
-        .map_err(|err| Error::io("open", dst_path, err))?;
-    let mut whole = blake3::Hasher::new();
-    let mut offset = 0u64;
-    let mut written = 0u64;
-    let mut flushed = 0u64;
-    let mut index = 0usize;
-    loop {
-        if super::copy::cancelled(opts) {
-            return Err(super::copy::interrupted());
-        }
-        let n = read_full(&mut src, buf).map_err(|err| Error::io("read", &e.path, err))?;
-        if n == 0 {
-            break;
-        }
-        let block = &buf[..n];
-        whole.update(block);
-        let same = recorded
-            .and_then(|r| r.blocks.get(index))
-            .is_some_and(|h| *h == blake3::hash(block).to_hex().as_str());
-        if !same {
-            dst.write_all_at(block, offset)
-                .map_err(|err| Error::io("write", dst_path, err))?;
-            written += n as u64;
-            if written - flushed >= WRITEBACK {
-                start_writeback(&dst, 0, 0);
-                flushed = written;
-            }
-        }
-        opts.progress.advance(n as u64);
-        offset += n as u64;
-        index += 1;
-        if n < buf.len() {
-            break;
-        }
+/// A cancel seen by the hashing threads is worded as the copy's own interrupt.
+fn rename_interrupt(e: Error, opts: &CopyOptions) -> Error {
+    if super::copy::cancelled(opts) {
+        super::copy::interrupted()
+    } else {
+        e
     }
-    if offset != e.meta.size {
-        return Err(changed_size(e, offset));
-    }
-    dst.set_len(offset)
-        .map_err(|err| Error::io("truncate", dst_path, err))?;
-    apply_meta(&dst, dst_path, &e.meta)?;
-    dst.sync_all()
-        .map_err(|err| Error::io("fsync", dst_path, err))?;
-    Ok((whole.finalize(), written))
 }

@@ -2,8 +2,9 @@
 //! content (blake3, streamed) — and list every difference, not just the first, so that an
 //! operator sees at once whether a copy is wrong in one byte or in its ownership.
 //!
-//! Contents are hashed by two threads, each streaming files in [`CHUNK`]s, so memory stays
-//! at two chunks whatever the data size. Right after a copy, the source's sums the copy
+//! Contents are hashed by two threads sharing every file segment by segment
+//! ([`super::blocks`]), each through its own 1 MiB buffer, so memory stays at two blocks
+//! whatever the data size and a single big db still uses both cores. Right after a copy, the source's sums the copy
 //! computed while reading it stand in for the source's contents (unless a file changed since,
 //! which its ctime tells): only the target is read.
 //!
@@ -20,7 +21,6 @@ use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -28,8 +28,9 @@ use serde::Serialize;
 use nix::fcntl::PosixFadviseAdvice;
 use nix::libc;
 
-use super::digest::{KnownSums, hash_file_with, hash_reader};
-use super::{CHUNK, Entry, Kind, Meta, Tree, existing_dir, open_read};
+use super::blocks::{FileJob, hash_files};
+use super::digest::KnownSums;
+use super::{Entry, Kind, Meta, Tree, existing_dir, open_read};
 use crate::error::{Error, Result};
 
 pub struct VerifyOptions {
@@ -292,53 +293,30 @@ fn diff(path: &str, kind: DiffKind, detail: String) -> Difference {
     }
 }
 
-/// Hash files on two threads (the machine's two cores), biggest first so that the work
-/// evens out; each thread streams through its own chunk buffer. Hashes come back in the
+/// Hash files on both cores ([`super::blocks`]: a big file is shared by the two threads,
+/// segment by segment, so a 2 GiB db is not left to one core). Hashes come back in the
 /// order of `files`. The first `targets` files are the target's: with [`ReadBack::Device`]
-/// their pages are dropped just before each is read, and the bytes that stayed resident
-/// are summed into the second value.
+/// their pages are dropped before any is read, and the bytes that stayed resident are
+/// summed into the second value.
 fn hash_all(
     files: &[&Entry],
     targets: usize,
     read_back: ReadBack,
 ) -> Result<(Vec<blake3::Hash>, u64)> {
-    let mut order: Vec<usize> = (0..files.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(files[i].meta.size));
-    let next = AtomicUsize::new(0);
-    let worker = || -> Result<(Vec<(usize, blake3::Hash)>, u64)> {
-        let mut buf = vec![0u8; CHUNK];
-        let mut done = Vec::new();
-        let mut resident = 0;
-        while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
-            let path = &files[i].path;
-            let hash = if i < targets {
-                let mut file = open_read(path)?;
-                resident += cached_bytes(&file, path, read_back)?;
-                hash_reader(&mut file, &mut buf)
-                    .map(|(h, _)| h)
-                    .map_err(|e| Error::io("read", path, e))?
-            } else {
-                hash_file_with(path, &mut buf)?
-            };
-            done.push((i, hash));
-        }
-        Ok((done, resident))
-    };
-    let (a, b) = std::thread::scope(|s| {
-        let other = s.spawn(worker);
-        let mine = worker();
-        (
-            mine,
-            other.join().expect("the hashing thread does not panic"),
-        )
-    });
-    let (a, ra) = a?;
-    let (b, rb) = b?;
-    let mut hashes = vec![blake3::Hash::from_bytes([0; 32]); files.len()];
-    for (i, h) in a.into_iter().chain(b) {
-        hashes[i] = h;
+    let mut resident = 0;
+    for e in &files[..targets] {
+        let file = open_read(&e.path)?;
+        resident += cached_bytes(&file, &e.path, read_back)?;
     }
-    Ok((hashes, ra + rb))
+    let jobs: Vec<FileJob> = files
+        .iter()
+        .map(|e| FileJob {
+            path: &e.path,
+            size: e.meta.size,
+        })
+        .collect();
+    let hashes = hash_files::<()>(&jobs, None, &super::Silent, &|_, _| Ok(()))?;
+    Ok((hashes, resident))
 }
 
 /// With [`ReadBack::Device`], make the next read of `file` come from the device: write back
