@@ -188,6 +188,19 @@ fn end_to_end(version: Version, disk: &str, precopy: bool) {
     assert_eq!(data_host_path(&lab.manifest(1)), new);
     // The source is exactly what was copied: the sums kept in the run dir still hold.
     let run_dir = PathBuf::from(doc["run_dir"].as_str().unwrap());
+    // The copy step's journal record says whether a pre-copy was used: "used" with
+    // `--precopy`, "not-asked" without (never "fell-back" when none was asked for).
+    let journal = std::fs::read_to_string(lab.in_node(1, &run_dir.join("journal.jsonl"))).unwrap();
+    let copy_done = journal
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["step"] == "copy" && r.get("took_ms").is_some())
+        .unwrap_or_else(|| panic!("no done record of copy in {journal}"));
+    assert_eq!(
+        copy_done["data"]["precopy"],
+        if precopy { "used" } else { "not-asked" },
+        "{copy_done}"
+    );
     let sums = run_dir.join("sums.b3");
     let check = Command::new("b3sum")
         .arg("--check")

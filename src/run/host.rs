@@ -29,6 +29,9 @@ use crate::manifest::rewrite::{SetDataPath, set_data_path};
 use crate::node::{self, KubeletCommands};
 use crate::output::hex_id;
 
+/// The least time a HashKV call gets (see `RealHost::hash_timeout`).
+pub const HASH_KV_TIMEOUT: Duration = Duration::from_secs(120);
+
 use super::Cancel;
 
 /// Who the member is and what it holds, recorded before and proved after.
@@ -248,6 +251,14 @@ enum Poll {
 }
 
 impl RealHost<'_> {
+    /// HashKV reads the member's whole keyspace: on a db of gigabytes it takes longer than a
+    /// command timeout meant for small calls (5 s by default), so identity checks get at
+    /// least `HASH_KV_TIMEOUT`. A post-verify that timed out would end a migration `failed`
+    /// after etcd already ran on the copy.
+    fn hash_timeout(&self) -> Duration {
+        self.conn.command_timeout.max(HASH_KV_TIMEOUT)
+    }
+
     fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -392,9 +403,10 @@ impl Host for RealHost<'_> {
 
     fn identity(&self) -> Result<Identity> {
         self.block_on(async {
-            let mut ep = Endpoint::connect(&self.conn, self.local())
-                .await
-                .map_err(|e| self.endpoint_err("connect", e))?;
+            let mut ep =
+                Endpoint::connect_with_timeout(&self.conn, self.local(), self.hash_timeout())
+                    .await
+                    .map_err(|e| self.endpoint_err("connect", e))?;
             let s = ep
                 .status()
                 .await
@@ -416,9 +428,10 @@ impl Host for RealHost<'_> {
 
     fn hash_at(&self, revision: i64) -> Result<Option<u32>> {
         self.block_on(async {
-            let mut ep = Endpoint::connect(&self.conn, self.local())
-                .await
-                .map_err(|e| self.endpoint_err("connect", e))?;
+            let mut ep =
+                Endpoint::connect_with_timeout(&self.conn, self.local(), self.hash_timeout())
+                    .await
+                    .map_err(|e| self.endpoint_err("connect", e))?;
             match ep.hash_kv(revision).await {
                 Ok(h) => Ok(Some(h.hash)),
                 Err(e) if e.is(RpcErrorKind::Compacted) => Ok(None),
