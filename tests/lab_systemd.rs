@@ -407,6 +407,26 @@ fn systemd_down_after_killed_up() {
     assert_down_clean(&lab, &before);
 }
 
+/// As kubeadm's kubelet.service (StartLimitInterval=0), starts are not rate-limited: a run
+/// that is killed and resumed or rolled back many times in a row stops and starts kubelet
+/// far more often than systemd's default 5 starts in 10 s. Eight stop/start pairs in a row
+/// all succeed.
+#[test]
+fn systemd_kubelet_starts_are_not_rate_limited() {
+    let lab = Lab::up_systemd(Version::V35, 1, "dir");
+    for i in 0..8 {
+        for cmd in ["ETCDOPS_KUBELET_STOP_CMD", "ETCDOPS_KUBELET_START_CMD"] {
+            let out = lab.env_command(1, cmd).output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {i}: {cmd} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    assert_eq!(kubelet_state(&lab, 1).1, "active");
+}
+
 /// A node whose nspawn died by SIGKILL (what a killed `up`, or an OOM kill, can leave): its
 /// container's systemd may outlive nspawn and keep the node's disks mounted. `down` ends the
 /// container through its PID 1 and still detaches every loop device.

@@ -232,6 +232,10 @@ pub fn write_node_files(lab: &Lab, node: usize) -> Result<()> {
         format!(
             "[Unit]\n\
              Description=kubelet stand-in of the etcdops lab (node {node})\n\
+             # kubeadm's kubelet.service disables start rate limiting (StartLimitInterval=0);\n\
+             # the key belongs in [Unit] (in [Service] this systemd ignores it), else the\n\
+             # sixth start within 10 s fails with \"start of the service was attempted too often\".\n\
+             StartLimitIntervalSec=0\n\
              \n\
              [Service]\n\
              ExecStart={bin} kubelet run --dir {dir} --node {node}\n\
@@ -240,7 +244,6 @@ pub fn write_node_files(lab: &Lab, node: usize) -> Result<()> {
              # As kubeadm's kubelet unit: always restarted.\n\
              Restart=always\n\
              RestartSec=1\n\
-             StartLimitIntervalSec=0\n\
              # etcd is the stand-in's child here, but on a real node it lives in the container\n\
              # runtime's cgroup: `systemctl stop kubelet` must not kill it.\n\
              KillMode=process\n",
