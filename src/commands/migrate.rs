@@ -30,11 +30,8 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
         args.command,
         MigrateCommand::Plan(_) | MigrateCommand::Status(_)
     );
-    if changes_node && !nix::unistd::geteuid().is_root() {
-        return Err(Error::refused(
-            "migrate",
-            "must run as root (it stops kubelet and writes the manifest and data dirs)",
-        ));
+    if changes_node {
+        super::node_host::require_root("migrate")?;
     }
     // Ctrl-C or SIGTERM while the node is changing: finish the step, then roll back (or,
     // once etcd runs on the copy, finish the run). A second signal kills as usual.
@@ -181,9 +178,7 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
                 );
                 return Ok(());
             }
-            let report = crate::runs::status(&state_dir, a.id.as_deref())?;
-            output::print(format, &report);
-            report.verdict()
+            super::node_host::print_status(&state_dir, a.id.as_deref(), format)
         }
         MigrateCommand::Resume(a) => {
             let host = host()?;

@@ -1,7 +1,8 @@
 //! The one builder of the `RealHost` that node-changing commands (migrate, restore, member
 //! rejoin) drive their runs through: connection discovery from the manifest in force (the
 //! run's moved-out copy while a run has the manifest out), judged against this node's own
-//! member whatever `ETCDCTL_*` names (issue 11), kubelet commands and the node's timeouts.
+//! member whatever `ETCDCTL_*` names (issue 11), kubelet commands and the node's timeouts;
+//! and what those commands share before a run: the root check and the status printer.
 
 use std::path::{Path, PathBuf};
 
@@ -53,4 +54,28 @@ pub fn real_host<'a>(global: &GlobalArgs, parts: HostParts<'a>) -> Result<RealHo
         cancel: parts.cancel,
         guard: Default::default(),
     })
+}
+
+/// A node-changing command (migrate, restore, member rejoin) runs as root: it stops kubelet
+/// and writes the manifest and data dirs. Refused before anything is read or locked.
+pub fn require_root(what: &str) -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    Err(crate::error::Error::refused(
+        what,
+        "must run as root (it stops kubelet and writes the manifest and data dirs)",
+    ))
+}
+
+/// `<command> status [--id]`: the report of the newest (or the named) run of any kind in the
+/// state dir, printed; the exit code follows its verdict.
+pub fn print_status(
+    state_dir: &Path,
+    id: Option<&str>,
+    format: crate::output::Format,
+) -> Result<()> {
+    let report = crate::runs::status(state_dir, id)?;
+    crate::output::print(format, &report);
+    report.verdict()
 }

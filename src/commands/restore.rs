@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::backup::tool;
 use crate::cli::{GlobalArgs, RestoreCommand, RestorePlanArgs};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::manifest::DEFAULT_MANIFEST;
 use crate::output::{self, Format, Render, Table};
 use crate::restore::plan::{self, PlanReport, Source};
@@ -40,21 +40,14 @@ pub fn exec(global: &GlobalArgs, cmd: RestoreCommand) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_MANIFEST));
     let state_dir = global.node.state_dir.clone();
     if let RestoreCommand::Status(a) = &cmd {
-        let report = crate::runs::status(&state_dir, a.id.as_deref())?;
-        output::print(format, &report);
-        return report.verdict();
+        return super::node_host::print_status(&state_dir, a.id.as_deref(), format);
     }
     let say = |line: &str| {
         if format == Format::Table {
             eprintln!("{line}");
         }
     };
-    if !nix::unistd::geteuid().is_root() {
-        return Err(Error::refused(
-            "restore",
-            "must run as root (it stops kubelet and writes the manifest and data dirs)",
-        ));
-    }
+    super::node_host::require_root("restore")?;
     let cancel = Cancel::new(super::datadir::cancel_on_signals()?);
     let opts = RunOptions {
         manifest: manifest.clone(),
