@@ -18,7 +18,7 @@ level=${BENCH_LEVEL:-3}
 
 scripts/install-deps.sh >/dev/null
 cargo build --release --quiet --bins
-bin="$root/target/release"
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
 etcd35="$root/.cache/etcd-3.5.1"
 
 mkdir -p /var/tmp

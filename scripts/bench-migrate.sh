@@ -20,7 +20,7 @@ value_size=${BENCH_VALUE:-102400}
 
 scripts/install-deps.sh >/dev/null
 cargo build --release --quiet
-bin="$root/target/release"
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
 etcd35="$root/.cache/etcd-3.5.1"
 
 mkdir -p /var/tmp

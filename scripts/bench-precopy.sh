@@ -23,7 +23,7 @@ if [ ! -x /usr/bin/time ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
 fi
 cargo build --release --quiet
-bin="$root/target/release/etcdops"
+bin="${CARGO_TARGET_DIR:-$root/target}/release/etcdops"
 
 mkdir -p /var/tmp
 work=${BENCH_DIR:-$(mktemp -d /var/tmp/etcdops-bench-precopy.XXXXXX)}

@@ -33,7 +33,7 @@ if [ ! -x /usr/bin/time ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
 fi
 cargo build --release --quiet
-bin="$root/target/release/etcdops"
+bin="${CARGO_TARGET_DIR:-$root/target}/release/etcdops"
 
 if [ -n "${BENCH_DIR:-}" ]; then
   work=$BENCH_DIR
