@@ -56,30 +56,7 @@ impl RunPlan for Plan {
     }
 }
 
-/// Where a run keeps its files.
-pub struct RunDir {
-    pub dir: PathBuf,
-}
-
-impl RunDir {
-    /// The manifest moved out of the manifests dir (rewritten in step 7).
-    pub fn manifest(&self) -> PathBuf {
-        self.dir.join("etcd.yaml")
-    }
-    /// The original manifest, byte for byte, for rollback.
-    pub fn original(&self) -> PathBuf {
-        self.dir.join("etcd.yaml.orig")
-    }
-    pub fn snapshot(&self) -> PathBuf {
-        self.dir.join("snapshot.db")
-    }
-    pub fn sums(&self) -> PathBuf {
-        self.dir.join("sums.b3")
-    }
-    pub fn backups(&self) -> PathBuf {
-        self.dir.join("backups")
-    }
-}
+pub use crate::run::RunDir;
 
 /// Options of a run, resolved from flags by the command.
 pub struct RunOptions<'a> {

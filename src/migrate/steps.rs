@@ -91,12 +91,6 @@ pub struct Migration<'a> {
     pub host: &'a dyn Host,
 }
 
-fn run_dir(run: &RunCtx<Plan>) -> RunDir {
-    RunDir {
-        dir: run.dir.to_path_buf(),
-    }
-}
-
 impl Saga for Migration<'_> {
     type Step = MigrateStep;
     type Plan = Plan;
@@ -104,7 +98,7 @@ impl Saga for Migration<'_> {
 
     fn run_step(&self, run: &RunCtx<Plan>, step: MigrateStep) -> Result<serde_json::Value> {
         let plan = run.plan;
-        let rd = run_dir(run);
+        let rd = RunDir::of(run);
         let host = self.host;
         match step {
             // The checks ran before the journal existed; the identity is in the plan.
@@ -201,7 +195,7 @@ impl Saga for Migration<'_> {
 
     fn undo_step(&self, run: &RunCtx<Plan>, step: MigrateStep) -> Result<()> {
         let plan = run.plan;
-        let rd = run_dir(run);
+        let rd = RunDir::of(run);
         let host = self.host;
         match step {
             StartKubelet => undo_start(host, plan, &rd),
@@ -277,7 +271,7 @@ impl Saga for Migration<'_> {
         format!(
             "the source data at {} is untouched and the original manifest is {}",
             run.plan.from.display(),
-            run_dir(run).original().display()
+            RunDir::of(run).original().display()
         )
     }
 }

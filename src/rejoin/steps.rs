@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::Plan;
 use crate::error::{Error, Result};
 use crate::manifest::flags::{FlagEdit, set_flags_text};
-use crate::migrate::RunDir;
 use crate::output::hex_id;
+use crate::run::RunDir;
 use crate::run::host::Host;
 use crate::run::{RunCtx, RunKind, Saga, StepKind};
 
@@ -102,12 +102,6 @@ pub struct Rejoin<'a> {
     pub host: &'a dyn Host,
 }
 
-fn run_dir(run: &RunCtx<Plan>) -> RunDir {
-    RunDir {
-        dir: run.dir.to_path_buf(),
-    }
-}
-
 /// Where add-learner keeps the new member's id: the only output later steps need.
 fn new_id_file(run: &RunCtx<Plan>) -> PathBuf {
     run.dir.join("new-member-id")
@@ -144,7 +138,7 @@ impl Saga for Rejoin<'_> {
 
     fn run_step(&self, run: &RunCtx<Plan>, step: RejoinStep) -> Result<serde_json::Value> {
         let plan = run.plan;
-        let rd = run_dir(run);
+        let rd = RunDir::of(run);
         let host = self.host;
         let old_id = plan.old_id()?;
         match step {
@@ -278,7 +272,7 @@ impl Saga for Rejoin<'_> {
 
     fn undo_step(&self, run: &RunCtx<Plan>, step: RejoinStep) -> Result<()> {
         let plan = run.plan;
-        let rd = run_dir(run);
+        let rd = RunDir::of(run);
         let host = self.host;
         match step {
             RemoveMember => {
@@ -368,7 +362,7 @@ impl Saga for Rejoin<'_> {
              manifest is {}",
             run.plan.aside.display(),
             run.plan.moved.display(),
-            run_dir(run).original().display()
+            RunDir::of(run).original().display()
         )
     }
 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Plan;
 use crate::error::{Error, Result};
-use crate::migrate::RunDir;
+use crate::run::RunDir;
 use crate::run::host::Host;
 use crate::run::{RunCtx, RunKind, Saga, StepKind};
 
@@ -92,12 +92,6 @@ pub struct Restore<'a> {
     pub operator_rollback: bool,
 }
 
-fn run_dir(run: &RunCtx<Plan>) -> RunDir {
-    RunDir {
-        dir: run.dir.to_path_buf(),
-    }
-}
-
 /// The snapshot an archive's is extracted to (the run dir; removed after the restore).
 fn extracted(run: &RunCtx<Plan>) -> std::path::PathBuf {
     run.dir.join("snapshot.db")
@@ -125,7 +119,7 @@ impl Saga for Restore<'_> {
     fn run_step(&self, run: &RunCtx<Plan>, step: RestoreStep) -> Result<serde_json::Value> {
         let plan = run.plan;
         let r = &plan.restore;
-        let rd = run_dir(run);
+        let rd = RunDir::of(run);
         let host = self.host;
         match step {
             // The checks ran before the journal existed; what ran before is in the plan.
@@ -228,7 +222,7 @@ impl Saga for Restore<'_> {
     fn undo_step(&self, run: &RunCtx<Plan>, step: RestoreStep) -> Result<()> {
         let plan = run.plan;
         let r = &plan.restore;
-        let rd = run_dir(run);
+        let rd = RunDir::of(run);
         let host = self.host;
         match step {
             WaitQuorum if !self.operator_rollback => Err(Error::Attention(format!(
@@ -302,7 +296,7 @@ impl Saga for Restore<'_> {
              manifest is {}",
             run.plan.aside.display(),
             run.plan.live().display(),
-            run_dir(run).original().display()
+            RunDir::of(run).original().display()
         )
     }
 }

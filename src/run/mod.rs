@@ -192,6 +192,37 @@ pub struct RunCtx<'a, P> {
     pub say: &'a dyn Fn(&str),
 }
 
+/// Where a run keeps its files (the same names for every kind of run).
+pub struct RunDir {
+    pub dir: PathBuf,
+}
+
+impl RunDir {
+    /// The files of the run `run` acts for.
+    pub fn of<P>(run: &RunCtx<'_, P>) -> RunDir {
+        RunDir {
+            dir: run.dir.to_path_buf(),
+        }
+    }
+    /// The manifest moved out of the manifests dir (rewritten in step 7).
+    pub fn manifest(&self) -> PathBuf {
+        self.dir.join("etcd.yaml")
+    }
+    /// The original manifest, byte for byte, for rollback.
+    pub fn original(&self) -> PathBuf {
+        self.dir.join("etcd.yaml.orig")
+    }
+    pub fn snapshot(&self) -> PathBuf {
+        self.dir.join("snapshot.db")
+    }
+    pub fn sums(&self) -> PathBuf {
+        self.dir.join("sums.b3")
+    }
+    pub fn backups(&self) -> PathBuf {
+        self.dir.join("backups")
+    }
+}
+
 /// One kind of node-changing run.
 pub trait Saga {
     type Step: StepKind;
