@@ -64,27 +64,6 @@ fn member_ids(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
-/// HashKV of every member at its current revision.
-fn hashes(lab: &Lab) -> Vec<(String, String)> {
-    let out = lab.etcdctl(&["endpoint", "hashkv", "-w", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["HashKV"]["hash"].to_string(),
-                e["HashKV"]["header"]["revision"].to_string(),
-            )
-        })
-        .collect()
-}
-
 fn port_refuses(lab: &Lab, node: usize) -> bool {
     let url = lab.client_url(node);
     let hostport = url.trim_start_matches("https://");
@@ -150,7 +129,7 @@ fn assert_rejoined(lab: &Lab, old: &str, keys: u64) -> String {
         Duration::from_secs(60),
         || lab.count_on(2, "/k/") == Some(keys),
     );
-    let h = hashes(lab);
+    let h = lab.hashes();
     assert_eq!(h.len(), 3);
     assert!(h.windows(2).all(|w| w[0] == w[1]), "{h:?}");
     lab.etcdops(1, &["health", "--cluster"], &[]).code(0);

@@ -72,27 +72,6 @@ fn member_id(lab: &Lab, node: usize) -> String {
     v[0]["Status"]["header"]["member_id"].to_string()
 }
 
-/// HashKV of every member at its current revision: one value, one revision.
-fn hashes(lab: &Lab) -> Vec<(String, String)> {
-    let out = lab.etcdctl(&["endpoint", "hashkv", "-w", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["HashKV"]["hash"].to_string(),
-                e["HashKV"]["header"]["revision"].to_string(),
-            )
-        })
-        .collect()
-}
-
 /// A shell script run where node `node`'s disks are mounted (inside the node's mount
 /// namespace on a systemd lab with disks; the host otherwise): the host sees only the empty
 /// mount point.
@@ -199,7 +178,7 @@ fn assert_restored(lab: &Lab, runs: &[Run]) {
         assert!(left.is_empty(), "node {n}: {left:?}");
         restore(lab, n, &["status"], &[]).code(0);
     }
-    let h = hashes(lab);
+    let h = lab.hashes();
     assert_eq!(h.len(), lab.nodes);
     assert!(h.windows(2).all(|w| w[0] == w[1]), "{h:?}");
     lab.etcdops(1, &["health", "--cluster"], &[]).code(0);

@@ -283,6 +283,28 @@ impl Lab {
         out
     }
 
+    /// HashKV of every member at its current revision, as (hash, revision): one value and
+    /// one revision when the members agree.
+    pub fn hashes(&self) -> Vec<(String, String)> {
+        let out = self.etcdctl(&["endpoint", "hashkv", "-w", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["HashKV"]["hash"].to_string(),
+                    e["HashKV"]["header"]["revision"].to_string(),
+                )
+            })
+            .collect()
+    }
+
     /// etcdctl against every node with node 1's client certificate.
     pub fn etcdctl(&self, args: &[&str]) -> std::process::Output {
         let pki = self.pki(1);
