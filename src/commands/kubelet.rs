@@ -23,11 +23,7 @@ impl Render for KubeletReport {
 pub fn exec(global: &GlobalArgs, args: KubeletArgs) -> Result<()> {
     let kubelet = super::kubelet_commands(global);
     let format = super::format(global);
-    let say = |line: &str| {
-        if format == output::Format::Table {
-            eprintln!("{line}");
-        }
-    };
+    let say = super::say(format);
     let action = match args.action {
         KubeletAction::Stop => {
             kubelet.stop(&say)?;

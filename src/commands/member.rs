@@ -23,11 +23,7 @@ pub fn exec(global: &GlobalArgs, cmd: MemberCommand) -> Result<()> {
     if let Some(RejoinCommand::Status(a)) = &args.command {
         return super::node_host::print_status(&state_dir, a.id.as_deref(), format);
     }
-    let say = |line: &str| {
-        if format == Format::Table {
-            eprintln!("{line}");
-        }
-    };
+    let say = super::say(format);
     super::node_host::require_root("member rejoin")?;
     let cancel = Cancel::new(super::datadir::cancel_on_signals()?);
     let opts = RunOptions {

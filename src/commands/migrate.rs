@@ -20,11 +20,7 @@ pub fn exec(global: &GlobalArgs, args: MigrateArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_MANIFEST));
     let state_dir = global.node.state_dir.clone();
-    let say = |line: &str| {
-        if format == Format::Table {
-            eprintln!("{line}");
-        }
-    };
+    let say = super::say(format);
     // Before anything else (even reading certificates): the rest needs root anyway.
     let changes_node = !matches!(
         args.command,

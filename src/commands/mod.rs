@@ -81,6 +81,16 @@ pub fn given(global: &GlobalArgs) -> Given {
 
 pub use crate::node::block_on;
 
+/// Where a node-changing command says what it is doing: stderr, in table mode only, so that
+/// JSON on stdout stays one document and a script's stderr stays quiet.
+pub fn say(format: crate::output::Format) -> impl Fn(&str) {
+    move |line: &str| {
+        if format == crate::output::Format::Table {
+            eprintln!("{line}");
+        }
+    }
+}
+
 /// kubelet control commands from the node flags.
 pub fn kubelet_commands(global: &GlobalArgs) -> crate::node::KubeletCommands {
     crate::node::KubeletCommands::new(
