@@ -144,13 +144,7 @@ impl Saga for Migration<'_> {
                 }
                 // A sums file from an attempt that died before its rename is stale.
                 host.remove_file(&rd.sums())?;
-                let mut report = host.copy(&plan.from, &plan.to, &rd.sums())?;
-                // The copy always looks for a pre-copy; without `--precopy` there was none to
-                // find, and "fell back" would say something went wrong.
-                if !plan.precopy && report.precopy == crate::datadir::PrecopyUse::FellBack {
-                    report.precopy = crate::datadir::PrecopyUse::NotAsked;
-                    report.precopy_fallback = None;
-                }
+                let report = host.copy(&plan.from, &plan.to, &rd.sums(), plan.precopy)?;
                 Ok(
                     serde_json::json!({"files": report.files, "bytes": report.bytes,
                     "digest": report.digest, "bytes_after_stop": report.bytes_after_stop,

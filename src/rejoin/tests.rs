@@ -146,7 +146,7 @@ impl Host for Fake {
     fn rewrite(&self, _m: &Path, _n: &Path, _b: &Path) -> Result<()> {
         nope("rewrite")
     }
-    fn copy(&self, _s: &Path, _d: &Path, _f: &Path) -> Result<CopyReport> {
+    fn copy(&self, _s: &Path, _d: &Path, _f: &Path, _p: bool) -> Result<CopyReport> {
         nope("copy")
     }
     fn precopy(&self, _s: &Path, _d: &Path) -> Result<PrecopyReport> {

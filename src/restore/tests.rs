@@ -164,7 +164,7 @@ impl Host for FakeNode {
     fn rewrite(&self, _: &Path, _: &Path, _: &Path) -> Result<()> {
         Err(unused("rewrite"))
     }
-    fn copy(&self, _: &Path, _: &Path, _: &Path) -> Result<CopyReport> {
+    fn copy(&self, _: &Path, _: &Path, _: &Path, _: bool) -> Result<CopyReport> {
         Err(unused("copy"))
     }
     fn precopy(&self, _: &Path, _: &Path) -> Result<PrecopyReport> {

@@ -100,8 +100,14 @@ impl Host for FaultHost<'_> {
             self.inner.rewrite(manifest_copy, new, backup_dir)
         })
     }
-    fn copy(&self, src: &Path, dst: &Path, sums_file: &Path) -> Result<CopyReport> {
-        self.wrap("copy", || self.inner.copy(src, dst, sums_file))
+    fn copy(
+        &self,
+        src: &Path,
+        dst: &Path,
+        sums_file: &Path,
+        use_precopy: bool,
+    ) -> Result<CopyReport> {
+        self.wrap("copy", || self.inner.copy(src, dst, sums_file, use_precopy))
     }
     fn precopy(&self, src: &Path, dst: &Path) -> Result<PrecopyReport> {
         self.wrap("precopy", || self.inner.precopy(src, dst))

@@ -81,8 +81,15 @@ pub trait Host {
     /// Rewrite the data hostPath of a manifest copy outside the manifests dir.
     fn rewrite(&self, manifest_copy: &Path, new: &Path, backup_dir: &Path) -> Result<()>;
     // --- data dirs
-    /// Copy the data dir, writing the source's sums (as read during the copy) to `sums_file`.
-    fn copy(&self, src: &Path, dst: &Path, sums_file: &Path) -> Result<CopyReport>;
+    /// Copy the data dir, writing the source's sums (as read during the copy) to `sums_file`;
+    /// with `use_precopy`, finish the pre-copy in the staging dir instead of copying it all.
+    fn copy(
+        &self,
+        src: &Path,
+        dst: &Path,
+        sums_file: &Path,
+        use_precopy: bool,
+    ) -> Result<CopyReport>;
     /// Copy the live data dir `src` into the staging dir of `dst` (see `datadir::precopy`);
     /// a later `copy` then writes only what changed.
     fn precopy(&self, src: &Path, dst: &Path) -> Result<PrecopyReport>;
@@ -535,16 +542,28 @@ impl Host for RealHost<'_> {
         .map(|_| ())
     }
 
-    /// Uses the pre-copy in the staging dir when there is a finished one (only changed
-    /// blocks are written); otherwise the same full copy as `datadir copy`.
-    fn copy(&self, src: &Path, dst: &Path, sums_file: &Path) -> Result<CopyReport> {
-        finish_copy(&CopyOptions {
+    /// With `use_precopy`, uses the pre-copy in the staging dir when there is a finished one
+    /// (only changed blocks are written) and says why when it falls back; otherwise the same
+    /// full copy as `datadir copy` (its report: no pre-copy asked for).
+    fn copy(
+        &self,
+        src: &Path,
+        dst: &Path,
+        sums_file: &Path,
+        use_precopy: bool,
+    ) -> Result<CopyReport> {
+        let opts = CopyOptions {
             src: src.to_path_buf(),
             dst: dst.to_path_buf(),
             progress: self.progress,
             cancel: self.cancel.map(Cancel::flag),
             sums_file: Some(sums_file.to_path_buf()),
-        })
+        };
+        if use_precopy {
+            finish_copy(&opts)
+        } else {
+            crate::datadir::copy::copy(&opts)
+        }
     }
 
     fn precopy(&self, src: &Path, dst: &Path) -> Result<PrecopyReport> {
