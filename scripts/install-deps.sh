@@ -10,6 +10,8 @@
 #     systemd itself, booted from the host's /usr in each node), xfsprogs and e2fsprogs
 #     (mkfs of the loop-device disks, also for tests/migrate_fs.rs), util-linux and mount
 #     (nsenter, losetup)
+#   - age and openssh-client (ssh-keygen): encrypted archives are tested against the
+#     reference age tool and real SSH keys
 #   - openssl (doctor's certificate fixes are openssl commands the tests run) and promtool
 #     from Debian's prometheus package (the tests check doctor's metrics with it)
 #   - shellcheck, and vagrant (Debian's, without its recommended libvirt stack) for
@@ -45,6 +47,9 @@ command -v mkfs.ext4 >/dev/null 2>&1 || need_apt+=(e2fsprogs)
 command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v losetup >/dev/null 2>&1 || need_apt+=(mount)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# tests/backup_age.rs: the reference age tool and OpenSSH keys, for encrypted archives.
+command -v age >/dev/null 2>&1 || need_apt+=(age)
+command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
 # vagrant recommends vagrant-libvirt, which pulls in libvirt and QEMU: not for a linter.
 need_apt_bare=()
 command -v vagrant >/dev/null 2>&1 || need_apt_bare+=(vagrant)

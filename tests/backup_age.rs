@@ -57,10 +57,11 @@ fn keys(dir: &Path) -> Keys {
     for k in [&age_key, &stranger] {
         sh(&format!("age-keygen -o '{}' 2>/dev/null", k.display()));
     }
-    let age_recipient = String::from_utf8(sh(&format!("age-keygen -y '{}'", age_key.display())).stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let age_recipient =
+        String::from_utf8(sh(&format!("age-keygen -y '{}'", age_key.display())).stdout)
+            .unwrap()
+            .trim()
+            .to_string();
     assert!(age_recipient.starts_with("age1"), "{age_recipient}");
     let ssh_key = dir.join("id_ed25519");
     sh(&format!(
@@ -82,6 +83,9 @@ fn keys(dir: &Path) -> Keys {
         stranger,
     }
 }
+
+/// One bad input: args, extra env, what the one-line error must name.
+type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
 
 fn backup(lab: &Lab, extra: &[&str]) -> Run {
     let mut args = vec!["-o", "json", "backup"];
@@ -237,7 +241,15 @@ fn age_encrypted_backup_interoperates_with_the_reference_tool() {
     let run = lab.etcdops(
         1,
         &[
-            "-o", "json", "restore", "plan", "--from", &a, "--identity", &k, "--etcdutl",
+            "-o",
+            "json",
+            "restore",
+            "plan",
+            "--from",
+            &a,
+            "--identity",
+            &k,
+            "--etcdutl",
             &etcdutl,
         ],
         &[],
@@ -266,7 +278,11 @@ fn age_wrong_or_missing_identity_is_exit_2_and_changes_nothing() {
     let (lab, keys, archive, _) = lab_with_encrypted_archive();
     let kube = lab.node_dir(1).join("etc");
     let state = lab.state_dir(1);
-    let before = (tree_bytes(&kube), tree_bytes(&state), tree_bytes(&lab.data_dir(1)));
+    let before = (
+        tree_bytes(&kube),
+        tree_bytes(&state),
+        tree_bytes(&lab.data_dir(1)),
+    );
     let a = archive.display().to_string();
     let stranger = keys.stranger.display().to_string();
     let garbage = lab.path().join("garbage-key");
@@ -284,10 +300,17 @@ fn age_wrong_or_missing_identity_is_exit_2_and_changes_nothing() {
     fs::write(&bad_recipients, format!("{ssh_pub}not-a-key\n")).unwrap();
     let br = bad_recipients.display().to_string();
     let etcdutl = Version::V35.etcdutl().display().to_string();
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (vec!["backup", "verify", &a], vec![], "--identity"),
         (
-            vec!["backup", "verify", &a, "--restore-test", "--etcdutl", &etcdutl],
+            vec![
+                "backup",
+                "verify",
+                &a,
+                "--restore-test",
+                "--etcdutl",
+                &etcdutl,
+            ],
             vec![],
             "--identity",
         ),
@@ -361,17 +384,21 @@ fn age_wrong_or_missing_identity_is_exit_2_and_changes_nothing() {
             vec![],
             "no-such-key",
         ),
-        (
-            vec!["backup", "--recipients-file", &br],
-            vec![],
-            "line 2",
-        ),
+        (vec!["backup", "--recipients-file", &br], vec![], "line 2"),
     ];
     for (args, env, needle) in &cases {
         let run = lab.etcdops(1, args, env);
         run.code(2).one_line_error(needle);
-        let after = (tree_bytes(&kube), tree_bytes(&state), tree_bytes(&lab.data_dir(1)));
-        assert!(before == after, "{args:?} changed something\n{}", run.dump());
+        let after = (
+            tree_bytes(&kube),
+            tree_bytes(&state),
+            tree_bytes(&lab.data_dir(1)),
+        );
+        assert!(
+            before == after,
+            "{args:?} changed something\n{}",
+            run.dump()
+        );
     }
 
     // A flipped ciphertext byte is a verification failure (exit 1), not a key problem.
@@ -412,7 +439,15 @@ fn age_restore_apply_with_identity_brings_back_the_backup() {
     let run = lab.etcdops(
         1,
         &[
-            "-o", "json", "restore", "apply", "--from", &a, "--yes", "--etcdutl", &etcdutl,
+            "-o",
+            "json",
+            "restore",
+            "apply",
+            "--from",
+            &a,
+            "--yes",
+            "--etcdutl",
+            &etcdutl,
         ],
         &[("ETCDOPS_IDENTITY", &k)],
     );
@@ -453,7 +488,10 @@ fn age_doctor_warns_about_plain_and_readable_copies() {
     backup(&lab, &[]).code(0);
     let (enc, _) = doctor(&lab);
     assert_eq!(enc["status"], "warn", "{enc}");
-    assert!(enc["evidence"].as_str().unwrap().contains("1 of 2"), "{enc}");
+    assert!(
+        enc["evidence"].as_str().unwrap().contains("1 of 2"),
+        "{enc}"
+    );
     assert!(enc["fix"].as_str().unwrap().contains("--recipients-file"));
 
     // An archive and a run's snapshot readable by others.
@@ -466,7 +504,10 @@ fn age_doctor_warns_about_plain_and_readable_copies() {
     let (_, perms) = doctor(&lab);
     assert_eq!(perms["status"], "warn", "{perms}");
     let evidence = perms["evidence"].as_str().unwrap();
-    assert!(evidence.contains("0644") && evidence.contains("snapshot.db"), "{evidence}");
+    assert!(
+        evidence.contains("0644") && evidence.contains("snapshot.db"),
+        "{evidence}"
+    );
     let fix = perms["fix"].as_str().unwrap();
     sh(fix);
     let (_, perms) = doctor(&lab);

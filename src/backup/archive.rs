@@ -30,7 +30,7 @@ use serde::Serialize;
 use super::crypt::{self, Encrypting, Ephemeral, Recipients};
 use super::pipe::PipeWriter;
 use super::{
-    CONTENTS_ENTRY, Contents, EntryInfo, FORMAT, KUBE_PREFIX, Meta, MemberInfo, SNAPSHOT_ENTRY,
+    CONTENTS_ENTRY, Contents, EntryInfo, FORMAT, KUBE_PREFIX, MemberInfo, Meta, SNAPSHOT_ENTRY,
     Sources, archive_name, meta_path,
 };
 use crate::error::{Error, Result};

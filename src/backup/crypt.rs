@@ -181,8 +181,8 @@ impl Identity {
                 )),
             };
         }
-        let file = age::IdentityFile::from_buffer(BufReader::new(text.as_bytes()))
-            .map_err(|_| {
+        let file =
+            age::IdentityFile::from_buffer(BufReader::new(text.as_bytes())).map_err(|_| {
                 Error::input(
                     path,
                     "not an identity file (AGE-SECRET-KEY-1… lines, or an OpenSSH private key)",
@@ -283,7 +283,12 @@ pub fn decrypt<R: Read>(
         ));
     }
     decryptor
-        .decrypt(identity.keys.iter().map(|k| k.as_ref() as &dyn age::Identity))
+        .decrypt(
+            identity
+                .keys
+                .iter()
+                .map(|k| k.as_ref() as &dyn age::Identity),
+        )
         .map_err(|e| match e {
             age::DecryptError::NoMatchingKeys => Error::input(
                 &identity.path,
@@ -354,7 +359,9 @@ mod tests {
             &other,
             format!(
                 "{}\n",
-                age::x25519::Identity::generate().to_string().expose_secret()
+                age::x25519::Identity::generate()
+                    .to_string()
+                    .expose_secret()
             ),
         )
         .unwrap();
@@ -394,7 +401,12 @@ mod tests {
     fn bad_recipients_are_usage_errors_naming_the_line() {
         let d = tempfile::tempdir().unwrap();
         assert!(Recipients::parse(&[], &[]).unwrap().is_none());
-        for bad in ["age1nope", "ssh-ed25519 AAAA", "hello", "AGE-SECRET-KEY-1ABC"] {
+        for bad in [
+            "age1nope",
+            "ssh-ed25519 AAAA",
+            "hello",
+            "AGE-SECRET-KEY-1ABC",
+        ] {
             let err = Recipients::parse(&[bad.to_string()], &[]).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad}: {err}");
             assert!(err.to_string().contains("--recipient"), "{err}");

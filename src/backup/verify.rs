@@ -432,9 +432,11 @@ pub async fn verify(
     let start = Instant::now();
     let Some(opts) = restore else {
         let archive = archive.to_path_buf();
-        return tokio::task::spawn_blocking(move || verify_and_stamp(&archive, identity.as_deref()))
-            .await
-            .map_err(|e| Error::failed("backup verify", e.to_string()))?;
+        return tokio::task::spawn_blocking(move || {
+            verify_and_stamp(&archive, identity.as_deref())
+        })
+        .await
+        .map_err(|e| Error::failed("backup verify", e.to_string()))?;
     };
     // Check the input before making anything.
     check_input(archive, identity.as_deref())?;
@@ -461,9 +463,11 @@ pub async fn verify(
     let read = {
         let archive = archive.to_path_buf();
         let snap = snap.clone();
-        tokio::task::spawn_blocking(move || read_archive(&archive, identity.as_deref(), Some(&snap)))
-            .await
-            .map_err(|e| Error::failed("backup verify", e.to_string()))??
+        tokio::task::spawn_blocking(move || {
+            read_archive(&archive, identity.as_deref(), Some(&snap))
+        })
+        .await
+        .map_err(|e| Error::failed("backup verify", e.to_string()))??
     };
     // Only an archive whose sums hold is worth restoring.
     let contents = match (&read.contents, read.problems.is_empty()) {

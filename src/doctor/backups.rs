@@ -30,7 +30,11 @@ fn files(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>, String
 }
 
 fn names(paths: &[PathBuf]) -> String {
-    let mut shown: Vec<String> = paths.iter().take(3).map(|p| p.display().to_string()).collect();
+    let mut shown: Vec<String> = paths
+        .iter()
+        .take(3)
+        .map(|p| p.display().to_string())
+        .collect();
     if paths.len() > 3 {
         shown.push(format!("and {} more", paths.len() - 3));
     }
