@@ -285,7 +285,8 @@ pub fn read_archive(archive: &Path, identity: Option<&Path>) -> Result<(Contents
     let source = Source::Archive {
         path: archive.to_path_buf(),
         id: contents.id.clone(),
-        identity: key.map(|k| k.path),
+        // Absolute: a resume may run from another working dir.
+        identity: key.map(|k| std::path::absolute(&k.path).unwrap_or(k.path)),
     };
     Ok((contents, source))
 }
