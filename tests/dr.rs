@@ -220,12 +220,12 @@ fn backup_verify_and_restore_test(v: Version) {
 }
 
 #[test]
-fn dr_backup_verify_restore_test_35() {
+fn dr_backup_verify_restore_test_3_6() {
     backup_verify_and_restore_test(Version::V36);
 }
 
 #[test]
-fn dr_backup_verify_restore_test_34() {
+fn dr_backup_verify_restore_test_3_5() {
     backup_verify_and_restore_test(Version::V35);
 }
 
@@ -565,12 +565,12 @@ fn restore_plan_and_tool(v: Version) {
 }
 
 #[test]
-fn dr_restore_plan_and_tool_35() {
+fn dr_restore_plan_and_tool_3_6() {
     restore_plan_and_tool(Version::V36);
 }
 
 #[test]
-fn dr_restore_plan_and_tool_34() {
+fn dr_restore_plan_and_tool_3_5() {
     restore_plan_and_tool(Version::V35);
 }
 
