@@ -1,4 +1,4 @@
-//! Encrypted backups on the lab (real etcd, real TLS, real files) against the reference
+//! Encrypted backups on the lab (real etcd 3.6, real TLS, real files) against the reference
 //! `age` tool (Debian's `age`, `age-keygen`) and real OpenSSH keys (`ssh-keygen`): the
 //! reference tool decrypts our archives to a valid tar.zst, we decrypt what it encrypted,
 //! an ssh-ed25519 recipient works both ways; `backup verify [--restore-test]` and `restore`
@@ -95,7 +95,7 @@ fn backup(lab: &Lab, extra: &[&str]) -> Run {
 
 /// A 1-node lab with keys and one archive encrypted to an age and an SSH recipient.
 fn lab_with_encrypted_archive() -> (Lab, Keys, PathBuf, serde_json::Value) {
-    let lab = Lab::up(Version::V35, 1);
+    let lab = Lab::up(Version::V36, 1);
     put_keys(&lab, "/dr/key", 11);
     let keys = keys(lab.path());
     let rf = keys.recipients_file.display().to_string();
@@ -205,7 +205,7 @@ fn age_encrypted_backup_interoperates_with_the_reference_tool() {
     );
     run.code(0);
     assert_eq!(run.json()["ok"], true);
-    let etcdutl = Version::V35.etcdutl().display().to_string();
+    let etcdutl = Version::V36.etcdutl().display().to_string();
     let ssh = keys.ssh_key.display().to_string();
     let run = lab.etcdops(
         1,
@@ -265,7 +265,7 @@ fn age_encrypted_backup_interoperates_with_the_reference_tool() {
     assert!(extract.starts_with("age -d -i "), "{extract}");
     sh(extract);
     let snap = PathBuf::from(plan["snapshot"].as_str().unwrap());
-    let status = Command::new(Version::V35.etcdutl())
+    let status = Command::new(Version::V36.etcdutl())
         .args(["snapshot", "status", "-w", "json"])
         .arg(&snap)
         .output()
@@ -304,7 +304,7 @@ fn age_wrong_or_missing_identity_is_exit_2_and_changes_nothing() {
     let bad_recipients = lab.path().join("bad-recipients");
     fs::write(&bad_recipients, format!("{ssh_pub}not-a-key\n")).unwrap();
     let br = bad_recipients.display().to_string();
-    let etcdutl = Version::V35.etcdutl().display().to_string();
+    let etcdutl = Version::V36.etcdutl().display().to_string();
     let cases: Vec<Case> = vec![
         (vec!["backup", "verify", &a], vec![], "--identity"),
         (
@@ -440,7 +440,7 @@ fn age_restore_apply_with_identity_brings_back_the_backup() {
     put_keys(&lab, "/after/", 4);
     let a = archive.display().to_string();
     let k = keys.ssh_key.display().to_string();
-    let etcdutl = Version::V35.etcdutl().display().to_string();
+    let etcdutl = Version::V36.etcdutl().display().to_string();
     let run = lab.etcdops(
         1,
         &[
