@@ -987,6 +987,23 @@ fn guard_on(lab: &Lab, node: usize) -> Option<etcdops::etcd::guard::Holder> {
     (!text.is_empty()).then(|| serde_json::from_str(text).expect("the guard holds JSON"))
 }
 
+/// A recovery run whose kubelet start waits for `gate`: if the test fails first, the gate
+/// opens and the run is killed, so that nothing of it outlives the test.
+struct Gated {
+    gate: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Drop for Gated {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.gate, b"go");
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Issue 21, hole 1: a `migrate apply` killed (-9) while stop-kubelet runs left the
 /// cluster-wide guard to the dead process, and the `rollback` (or `resume`) that brought the
 /// member back never took it over: with this member down, the guard could not be reached
@@ -1025,6 +1042,10 @@ fn a_recovery_after_a_kill_holds_the_guard_and_releases_it() {
             "while [ ! -e '{}' ]; do sleep 0.1; done; {start_cmd}",
             gate.display()
         );
+        let mut run = Gated {
+            gate: gate.clone(),
+            child: None,
+        };
         let child = lab
             .etcdops_cmd(
                 1,
@@ -1037,6 +1058,7 @@ fn a_recovery_after_a_kill_holds_the_guard_and_releases_it() {
             .spawn()
             .expect("spawn the recovery");
         let pid = child.id();
+        run.child = Some(child);
         // While the recovery waits for kubelet, the member is down: the guard must name
         // the recovery (same member and run, its own pid), not the dead apply.
         let held = common::wait_for_some(
@@ -1051,7 +1073,12 @@ fn a_recovery_after_a_kill_holds_the_guard_and_releases_it() {
             "{held:?} vs {dead:?}"
         );
         std::fs::write(&gate, b"go").unwrap();
-        let out = child.wait_with_output().expect("wait for the recovery");
+        let out = run
+            .child
+            .take()
+            .unwrap()
+            .wait_with_output()
+            .expect("wait for the recovery");
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(
