@@ -532,7 +532,7 @@ fn etcd_pid(lab: &Lab, node: usize) -> u32 {
                 .map(|w| String::from_utf8_lossy(w).into_owned())
                 .collect();
             words.first().is_some_and(|w| w.ends_with("etcd"))
-                && words.iter().any(|w| *w == name)
+                && words.contains(&name)
                 && words
                     .iter()
                     .any(|w| w.starts_with("--advertise-client-urls=") && w.contains(&url))
@@ -675,7 +675,11 @@ fn preflight_refusals_change_nothing() {
             }
             lab.etcdops(1, &a, &[]).code(2).one_line_error(needle);
         }
-        assert_eq!(tree_bytes(manifest.parent().unwrap()), manifests_before, "{to}");
+        assert_eq!(
+            tree_bytes(manifest.parent().unwrap()),
+            manifests_before,
+            "{to}"
+        );
         assert_eq!(tree_bytes(&state), state_before, "{to}");
         assert_eq!(
             std::fs::read_dir(node1.join("mnt/disk")).unwrap().count(),

@@ -157,7 +157,13 @@ pub fn preflight(host: &dyn Host, opts: &RunOptions, id: &str) -> Result<Plan> {
             "manifest not found in the manifests dir (leave it in place: the run stops etcd itself)",
         ));
     };
-    rewrite_in_memory(&opts.manifest, &manifest_bytes, &me, &members, judged.old_member_id)?;
+    rewrite_in_memory(
+        &opts.manifest,
+        &manifest_bytes,
+        &me,
+        &members,
+        judged.old_member_id,
+    )?;
     let data = &me.data_dir;
     let mounted = host.is_dir(data)? && host.is_mount_point(data)?;
     let (moved, aside) = if mounted {

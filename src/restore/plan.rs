@@ -187,7 +187,9 @@ pub fn check_as_etcd_parses(
             .rsplit_once(':')
             .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         if !ok_port {
-            return Err(format!("{u:?}: the URL address does not have the form host:port"));
+            return Err(format!(
+                "{u:?}: the URL address does not have the form host:port"
+            ));
         }
         Ok(())
     };
@@ -195,7 +197,10 @@ pub fn check_as_etcd_parses(
         let Some((name, url)) = item.split_once('=') else {
             return refuse(format!("--initial-cluster item {item:?} is not name=URL"));
         };
-        if name.is_empty() || name.contains(['=', '&', ';', '%', '+', '#']) || name.contains(char::is_whitespace) {
+        if name.is_empty()
+            || name.contains(['=', '&', ';', '%', '+', '#'])
+            || name.contains(char::is_whitespace)
+        {
             return refuse(format!(
                 "member name {name:?} cannot be written in --initial-cluster (etcd parses \
                  it as a query string)"

@@ -582,5 +582,8 @@ fn the_guard_is_held_while_the_member_may_be_down_and_a_refusal_changes_nothing(
     let err = e.rollback().unwrap_err();
     assert_eq!(err.exit_code(), 5, "{}", err.one_line());
     assert!(next.unguarded.borrow().is_empty(), "{:?}", next.unguarded);
-    assert!(!*next.guard_held.borrow(), "the guard outlived the rollback");
+    assert!(
+        !*next.guard_held.borrow(),
+        "the guard outlived the rollback"
+    );
 }
