@@ -577,5 +577,5 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
         "unfinished",
     );
     assert_eq!(member_id(&lab, 1), before_member);
-    assert_eq!(cases.len() + 1, 13);
+    assert_eq!(cases.len() + 1, 14);
 }
