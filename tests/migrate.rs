@@ -274,8 +274,8 @@ fn end_to_end_3_5_ext4() {
 }
 
 #[test]
-fn end_to_end_3_7_dir() {
-    end_to_end(Version::V37, "dir", true);
+fn end_to_end_3_7_ext4() {
+    end_to_end(Version::V37, "ext4", true);
 }
 
 fn quiet(_: &str) {}
