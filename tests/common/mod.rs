@@ -21,6 +21,8 @@ use etcdops::lab::pki::{Authority, Pki};
 pub enum Version {
     V34,
     V35,
+    /// 3.6.17, built by scripts/build-etcd.sh into /var/cache/etcdops-deps/etcd-3.6.17.
+    V36,
 }
 
 pub const VERSIONS: [Version; 2] = [Version::V34, Version::V35];
@@ -48,6 +50,12 @@ impl Version {
         let (var, default) = match self {
             Version::V34 => ("ETCD34_DIR", PathBuf::from("/usr/bin")),
             Version::V35 => ("ETCD35_DIR", repo().join(".cache/etcd-3.5.1")),
+            Version::V36 => (
+                "ETCD36_DIR",
+                std::env::var_os("ETCDOPS_DEPS")
+                    .map_or_else(|| PathBuf::from("/var/cache/etcdops-deps"), PathBuf::from)
+                    .join("etcd-3.6.17"),
+            ),
         };
         let dir = std::env::var_os(var).map_or(default, PathBuf::from);
         let path = dir.join(name);
@@ -63,6 +71,7 @@ impl Version {
         match self {
             Version::V34 => "3.4.",
             Version::V35 => "3.5.",
+            Version::V36 => "3.6.",
         }
     }
 }
