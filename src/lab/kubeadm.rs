@@ -371,12 +371,23 @@ pub fn write_pki(kubeadm: &Kubeadm, lab: &Lab, configs: &[NodeConfig]) -> Result
 
 /// kubeadm's `etcd.yaml` for the node as `kubeadm init` writes it (a one-member cluster).
 pub fn init_manifest(kubeadm: &Kubeadm, lab: &Lab, node: usize) -> Result<String> {
-    let out = lab.node_dir(node).join("kubeadm-manifests");
+    let text = etcd_manifest(
+        kubeadm,
+        &config_path(lab, node),
+        &lab.node_dir(node).join("kubeadm-manifests"),
+        &log_path(lab, node),
+    )?;
+    with_node_address(&text, &stand_in_address(node), &lab.ip(node).to_string())
+}
+
+/// What `kubeadm init phase etcd local --config CONFIG` writes as `etcd.yaml`: run with
+/// `--dry-run` into `out` (created, then removed), so nothing lands in `/etc/kubernetes`.
+pub fn etcd_manifest(kubeadm: &Kubeadm, config: &Path, out: &Path, log: &Path) -> Result<String> {
     if out.exists() {
-        fs::remove_dir_all(&out).map_err(|e| Error::io("remove", &out, e))?;
+        fs::remove_dir_all(out).map_err(|e| Error::io("remove", out, e))?;
     }
-    fs::create_dir_all(&out).map_err(|e| Error::io("create", &out, e))?;
-    let config = config_path(lab, node).to_string_lossy().to_string();
+    fs::create_dir_all(out).map_err(|e| Error::io("create", out, e))?;
+    let config = config.to_string_lossy().to_string();
     kubeadm.run(
         &[
             "init",
@@ -387,8 +398,8 @@ pub fn init_manifest(kubeadm: &Kubeadm, lab: &Lab, node: usize) -> Result<String
             &config,
             "--dry-run",
         ],
-        &[("KUBEADM_INIT_DRYRUN_DIR", &out)],
-        &log_path(lab, node),
+        &[("KUBEADM_INIT_DRYRUN_DIR", out)],
+        log,
     )?;
     let written = out.join("etcd.yaml");
     let text = fs::read_to_string(&written).map_err(|e| {
@@ -400,8 +411,8 @@ pub fn init_manifest(kubeadm: &Kubeadm, lab: &Lab, node: usize) -> Result<String
             format!("wrote no {}: {e}", written.display()),
         )
     })?;
-    fs::remove_dir_all(&out).map_err(|e| Error::io("remove", &out, e))?;
-    with_node_address(&text, &stand_in_address(node), &lab.ip(node).to_string())
+    fs::remove_dir_all(out).map_err(|e| Error::io("remove", out, e))?;
+    Ok(text)
 }
 
 /// The joining node's manifest: kubeadm's init manifest with exactly the difference `kubeadm

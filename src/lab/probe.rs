@@ -337,7 +337,7 @@ fn sleep_until(t: Instant, cancel: &AtomicBool) -> bool {
     }
 }
 
-fn probe_loop(run: &PodRun, started: Instant, cancel: &AtomicBool, tx: &Sender<Event>) {
+fn probe_loop(run: &PodRun, started: Instant, cancel: &Arc<AtomicBool>, tx: &Sender<Event>) {
     if let Some(p) = &run.startup {
         let mut next = started + p.initial_delay;
         let mut failures = 0;
@@ -366,65 +366,70 @@ fn probe_loop(run: &PodRun, started: Instant, cancel: &AtomicBool, tx: &Sender<E
         }
         let _ = tx.send(Event::Started);
     }
-    let now = Instant::now();
-    let mut live_next = run.liveness.as_ref().map(|p| (started + p.initial_delay).max(now));
-    let mut ready_next = run.readiness.as_ref().map(|p| (started + p.initial_delay).max(now));
-    let (mut live_fail, mut ready_ok, mut ready_fail) = (0u32, 0u32, 0u32);
-    let mut ready: Option<bool> = None;
+    // kubelet runs one worker per probe: readiness must not wait behind a liveness probe
+    // that hangs for its timeout, nor the other way round.
+    if let Some(p) = run.readiness.clone() {
+        let cancel = cancel.clone();
+        let tx = tx.clone();
+        std::thread::spawn(move || readiness_loop(&p, started, &cancel, &tx));
+    }
+    let Some(p) = &run.liveness else { return };
+    let mut next = (started + p.initial_delay).max(Instant::now());
+    let mut failures = 0u32;
     loop {
-        let next = match (live_next, ready_next) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => return,
-        };
         if !sleep_until(next, cancel) {
             return;
         }
-        if let (Some(p), Some(t)) = (&run.liveness, live_next)
-            && t <= next
-        {
-            let at = Instant::now();
-            match check(p) {
-                Ok(()) => live_fail = 0,
-                Err(why) => {
-                    live_fail += 1;
-                    if live_fail >= p.failure_threshold {
-                        if !cancel.load(Ordering::SeqCst) {
-                            let _ = tx.send(Event::Restart(
-                                format!("liveness probe failed {live_fail} times: {why}"),
-                                p.grace,
-                            ));
-                        }
-                        return;
+        let at = Instant::now();
+        match check(p) {
+            Ok(()) => failures = 0,
+            Err(why) => {
+                failures += 1;
+                if failures >= p.failure_threshold {
+                    if !cancel.load(Ordering::SeqCst) {
+                        let _ = tx.send(Event::Restart(
+                            format!("liveness probe failed {failures} times: {why}"),
+                            p.grace,
+                        ));
                     }
+                    return;
                 }
             }
-            live_next = Some(at + p.period);
         }
-        if let (Some(p), Some(t)) = (&run.readiness, ready_next)
-            && t <= next
+        next = at + p.period;
+    }
+}
+
+fn readiness_loop(p: &Probe, started: Instant, cancel: &AtomicBool, tx: &Sender<Event>) {
+    let mut next = (started + p.initial_delay).max(Instant::now());
+    let (mut ok, mut failed) = (0u32, 0u32);
+    let mut ready: Option<bool> = None;
+    loop {
+        if !sleep_until(next, cancel) {
+            return;
+        }
+        let at = Instant::now();
+        let now_ready = match check(p) {
+            Ok(()) => {
+                failed = 0;
+                ok += 1;
+                (ok >= p.success_threshold).then_some(true)
+            }
+            Err(_) => {
+                ok = 0;
+                failed += 1;
+                (failed >= p.failure_threshold).then_some(false)
+            }
+        };
+        if let Some(r) = now_ready
+            && ready != Some(r)
         {
-            let at = Instant::now();
-            let now_ready = match check(p) {
-                Ok(()) => {
-                    ready_fail = 0;
-                    ready_ok += 1;
-                    (ready_ok >= p.success_threshold).then_some(true)
-                }
-                Err(_) => {
-                    ready_ok = 0;
-                    ready_fail += 1;
-                    (ready_fail >= p.failure_threshold).then_some(false)
-                }
-            };
-            if let Some(r) = now_ready
-                && ready != Some(r)
-            {
-                ready = Some(r);
-                let _ = tx.send(Event::Ready(r));
+            ready = Some(r);
+            if tx.send(Event::Ready(r)).is_err() {
+                return;
             }
-            ready_next = Some(at + p.period);
         }
+        next = at + p.period;
     }
 }
 
