@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use etcdops::error::{Error, Result};
 use etcdops::etcd::connect::Given;
 use etcdops::etcd::health::{self, HealthOptions};
-use etcdops::lab::systemd::{self, Disk};
 use etcdops::lab::kubeadm::{self, Kubeadm, NodeConfig};
+use etcdops::lab::systemd::{self, Disk};
 use etcdops::lab::{Lab, LabConfig, kubelet, shell_quote};
 
 #[derive(Debug, Parser)]
@@ -270,7 +270,10 @@ fn up(
         )));
     }
     let etcd = match etcd {
-        Some(spec) if spec.split('.').count() == 3 && spec.split('.').all(|p| p.parse::<u32>().is_ok()) => {
+        Some(spec)
+            if spec.split('.').count() == 3
+                && spec.split('.').all(|p| p.parse::<u32>().is_ok()) =>
+        {
             let bin = kubeadm::built_etcd(&spec);
             if !bin.is_file() {
                 return Err(Error::Usage(format!(
@@ -287,9 +290,8 @@ fn up(
     let etcd = std::fs::canonicalize(&etcd)
         .map_err(|e| Error::input(&etcd, format!("etcd binary: {e}")))?;
     let etcd_version = kubeadm::etcd_version(&etcd)?;
-    let kubeadm = Kubeadm::resolve(
-        kubeadm_spec.unwrap_or_else(|| kubeadm::default_for_etcd(&etcd_version)),
-    )?;
+    let kubeadm =
+        Kubeadm::resolve(kubeadm_spec.unwrap_or_else(|| kubeadm::default_for_etcd(&etcd_version)))?;
     if Lab::config_path(&dir).exists() {
         let lab = Lab::open(&dir)?;
         let busy = (1..=lab.config.nodes).any(|n| {

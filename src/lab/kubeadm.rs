@@ -54,7 +54,9 @@ pub const VERSION_FOR_ETCD_3_5: &str = "1.35.4";
 
 /// The kubeadm release the lab uses for an etcd release unless told otherwise.
 pub fn default_for_etcd(etcd_version: &str) -> &'static str {
-    let mut parts = etcd_version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts = etcd_version
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
     match (parts.next(), parts.next()) {
         (Some(3), Some(minor)) if minor < 6 => VERSION_FOR_ETCD_3_5,
         _ => DEFAULT_VERSION,
@@ -68,18 +70,19 @@ pub const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where `scripts/build-etcd.sh` and `scripts/build-k8s.sh` put binaries.
 pub fn deps_dir() -> PathBuf {
-    std::env::var_os("ETCDOPS_DEPS").map_or_else(
-        || PathBuf::from("/var/cache/etcdops-deps"),
-        PathBuf::from,
-    )
+    std::env::var_os("ETCDOPS_DEPS")
+        .map_or_else(|| PathBuf::from("/var/cache/etcdops-deps"), PathBuf::from)
 }
 
 /// A release like `1.37.2` (a leading `v` is dropped).
 fn release(s: &str) -> Option<String> {
     let s = s.trim().trim_start_matches('v');
     let parts: Vec<&str> = s.split('.').collect();
-    (parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.parse::<u32>().is_ok()))
-        .then(|| s.to_string())
+    (parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.parse::<u32>().is_ok()))
+    .then(|| s.to_string())
 }
 
 /// The etcd image tag kubeadm writes for an etcd release (`3.6.17` -> `3.6.17-0`).
@@ -186,7 +189,10 @@ impl Kubeadm {
         let mut child = cmd.spawn().map_err(|e| Error::io("run", &self.bin, e))?;
         let deadline = Instant::now() + TIMEOUT;
         let status = loop {
-            if let Some(s) = child.try_wait().map_err(|e| Error::io("wait", &self.bin, e))? {
+            if let Some(s) = child
+                .try_wait()
+                .map_err(|e| Error::io("wait", &self.bin, e))?
+            {
                 break s;
             }
             if Instant::now() >= deadline {
@@ -205,8 +211,7 @@ impl Kubeadm {
         let text = fs::read(log).unwrap_or_default();
         let tail = String::from_utf8_lossy(&text[(start_len as usize).min(text.len())..])
             .lines()
-            .filter(|l| !l.trim().is_empty())
-            .last()
+            .rfind(|l| !l.trim().is_empty())
             .unwrap_or("")
             .to_string();
         Err(Error::failed(
@@ -424,8 +429,7 @@ pub fn join_manifest(init: &str, members: &[(String, String)]) -> Result<String>
     let mut replaced = false;
     for line in init.split_inclusive('\n') {
         let trimmed = line.trim_start();
-        if let Some(rest) = trimmed.strip_prefix("- --initial-cluster=") {
-            let _ = rest;
+        if trimmed.starts_with("- --initial-cluster=") {
             let indent = &line[..line.len() - trimmed.len()];
             out.push_str(&format!("{indent}- --initial-cluster={}\n", list.join(",")));
             out.push_str(&format!("{indent}- --initial-cluster-state=existing\n"));

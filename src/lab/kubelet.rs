@@ -464,7 +464,9 @@ pub fn run(lab: &Lab, node: usize) -> Result<()> {
             if let Some(p) = &r.prober {
                 while let Ok(ev) = p.events.try_recv() {
                     match ev {
-                        Event::Started => log(&format!("etcd pid {}: startup probe succeeded", r.pid)),
+                        Event::Started => {
+                            log(&format!("etcd pid {}: startup probe succeeded", r.pid))
+                        }
                         Event::Ready(ready) => log(&format!(
                             "etcd pid {}: readiness probe says {}",
                             r.pid,

@@ -218,16 +218,27 @@ impl PodRun {
 }
 
 /// One HTTP GET as kubelet's prober makes it: `Ok(status)` or why there was none.
-pub fn http_get(host: &str, port: u16, path: &str, timeout: Duration) -> std::result::Result<u16, String> {
+pub fn http_get(
+    host: &str,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> std::result::Result<u16, String> {
     let deadline = Instant::now() + timeout;
     let addr = (host, port)
         .to_socket_addrs()
         .map_err(|e| format!("resolve {host}: {e}"))?
         .next()
         .ok_or_else(|| format!("resolve {host}: no address"))?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    s.set_write_timeout(Some(left())).map_err(|e| e.to_string())?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    s.set_write_timeout(Some(left()))
+        .map_err(|e| e.to_string())?;
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/etcdops-lab\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
@@ -236,7 +247,8 @@ pub fn http_get(host: &str, port: u16, path: &str, timeout: Duration) -> std::re
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
-        s.set_read_timeout(Some(left())).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(left()))
+            .map_err(|e| e.to_string())?;
         match s.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => {
@@ -278,10 +290,7 @@ pub fn http_get(host: &str, port: u16, path: &str, timeout: Duration) -> std::re
 /// Run a probe once: `Ok(())` on kubelet's success (200..400).
 pub fn check(p: &Probe) -> std::result::Result<(), String> {
     match http_get(&p.host, p.port, &p.path, p.timeout)? {
-        code @ 200..=399 => {
-            let _ = code;
-            Ok(())
-        }
+        200..=399 => Ok(()),
         code => Err(format!(
             "GET http://{}:{}{}: HTTP {code}",
             p.host, p.port, p.path
@@ -479,13 +488,19 @@ spec:
         assert_eq!(run.image, "registry.k8s.io/etcd:3.6.17-0");
         assert_eq!(run.grace, DEFAULT_GRACE);
         let live = run.liveness.unwrap();
-        assert_eq!((live.host.as_str(), live.port, live.path.as_str()), ("127.0.0.11", 2381, "/livez"));
+        assert_eq!(
+            (live.host.as_str(), live.port, live.path.as_str()),
+            ("127.0.0.11", 2381, "/livez")
+        );
         assert_eq!(live.failure_threshold, 8);
         assert_eq!(live.timeout, Duration::from_secs(15));
         let ready = run.readiness.unwrap();
         // kubelet's defaults where the manifest says nothing; the pod IP as host.
         assert_eq!(ready.host, "127.0.0.99");
-        assert_eq!((ready.period, ready.timeout, ready.failure_threshold), (Duration::from_secs(10), Duration::from_secs(1), 3));
+        assert_eq!(
+            (ready.period, ready.timeout, ready.failure_threshold),
+            (Duration::from_secs(10), Duration::from_secs(1), 3)
+        );
         let startup = run.startup.unwrap();
         assert_eq!(startup.failure_threshold, 24);
         assert_eq!(startup.grace, Duration::from_secs(5));

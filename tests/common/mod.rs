@@ -437,7 +437,8 @@ impl Cluster {
         use etcdops::lab::kubeadm::{self, Kubeadm};
         let pki = self.pki.clone().expect("a TLS cluster");
         let m = &self.members[0];
-        let etcd_version = kubeadm::etcd_version(&self.spec.version.etcd()).expect("etcd --version");
+        let etcd_version =
+            kubeadm::etcd_version(&self.spec.version.etcd()).expect("etcd --version");
         let kubeadm = Kubeadm::resolve(kubeadm::default_for_etcd(&etcd_version))
             .expect("kubeadm built by scripts/install-deps.sh");
         let quota = quota.map_or(String::new(), |q| {
