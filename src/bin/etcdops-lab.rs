@@ -460,7 +460,7 @@ fn join(lab: &Lab, kubeadm: &Kubeadm, n: usize, timeout: Duration) -> Result<()>
         Error::failed(
             format!("join node{n} to the lab cluster"),
             format!(
-                "{what} not done after {}: {why}; see {}/node*/etcd.log",
+                "node{n} not healthy: {what} not done after {}: {why}; see {}/node*/etcd.log",
                 humantime::format_duration(timeout),
                 lab.dir.display()
             ),
