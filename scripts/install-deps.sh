@@ -96,9 +96,14 @@ for v in "${ETCD_MATRIX[@]}"; do
   "$root/scripts/build-etcd.sh" "$v"
 done
 
+# kubeadm for the lab, built from k8s.io/kubernetes (scripts/build-k8s.sh): 1.37.2 lays out
+# the nodes, 1.35.4 those of an etcd older than 3.6 (about 15 minutes each, cold).
+for v in 1.37.2 1.35.4; do "$root/scripts/build-k8s.sh" kubeadm "$v"; done
+
 for v in "${ETCD_MATRIX[@]}"; do
   echo "etcd $v: $(etcd_dir "$v")/etcd ($("$(etcd_dir "$v")/etcd" --version 2>/dev/null | head -n1))"
 done
+echo "kubeadm:  $ETCDOPS_DEPS/kubernetes-{1.37.2,1.35.4}/kubeadm"
 echo "protoc:   $(command -v protoc) ($(protoc --version))"
 echo "b3sum:    $(command -v b3sum)"
 echo "vagrant:  $(command -v vagrant) ($(vagrant --version 2>/dev/null))"
