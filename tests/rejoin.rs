@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::lab::Lab;
+use common::proc::{Exit, Proc};
 use common::{Run, Version, tree_bytes, wait_for};
+use nix::sys::signal::Signal;
 
 fn put(lab: &Lab, prefix: &str, n: usize) {
     for i in 0..n {
@@ -462,4 +464,193 @@ fn rejoin_bad_inputs_are_refused_and_change_nothing() {
     run.one_line_error("no quorum without this member");
     assert_unchanged(&before, &node_bytes(&lab, follower), "no quorum");
     std::fs::rename(&out, &manifest).unwrap();
+}
+
+// --- issue 21, holes 3 and 4: a stranger after a whole-cluster restore ---------------------
+
+/// etcd's own restore tool for `v` (etcdctl on 3.4, etcdutl from 3.5).
+fn restore_tool(v: Version) -> PathBuf {
+    match v {
+        Version::V34 => v.etcdctl(),
+        _ => v.etcdutl(),
+    }
+}
+
+fn peer_listening(lab: &Lab, node: usize) -> bool {
+    let url = lab.client_url(node).replace(":2379", ":2380");
+    let hostport = url.trim_start_matches("https://");
+    std::net::TcpStream::connect_timeout(&hostport.parse().unwrap(), Duration::from_secs(1))
+        .is_ok()
+}
+
+/// An etcdops command on node `node`, spawned and waited for with a generous bound: only a
+/// hang detector (the commands under test answer within their own timeouts).
+fn bounded(lab: &Lab, node: usize, args: &[&str], what: &str) -> Exit {
+    let mut p = Proc::spawn(lab.etcdops_cmd(node, args, &[]), what);
+    p.wait_within(Duration::from_secs(240))
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()))
+}
+
+fn dump(e: &Exit) -> String {
+    format!(
+        "exit {} after {:?}\nstdout: {}\nstderr: {}",
+        e.code, e.took, e.stdout, e.stderr
+    )
+}
+
+/// Every node restored from one backup (the cluster gets new member ids and a new cluster
+/// id), then node 2's member dir removed while its manifest was out and the manifest put
+/// back: its etcd bootstraps from the manifest's `--initial-cluster` as a new cluster of
+/// its own — a stranger whose peers reject it for its cluster id, and which never serves a
+/// client request (no quorum of its own). Returns the restored cluster's id for node 2.
+fn stranger_after_restore(lab: &Lab) -> String {
+    put(lab, "/k/", 10);
+    let b = lab.etcdops(1, &["-o", "json", "backup"], &[]);
+    b.code(0);
+    let archive = b.json()["archive"].as_str().unwrap().to_string();
+    let tool = restore_tool(lab.version).display().to_string();
+    let runs: Vec<Run> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..=lab.nodes)
+            .map(|n| {
+                let (archive, tool) = (&archive, &tool);
+                s.spawn(move || {
+                    lab.etcdops(
+                        n,
+                        &[
+                            "-o", "json", "restore", "apply", "--from", archive, "--yes",
+                            "--etcdutl", tool,
+                        ],
+                        &[],
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &runs {
+        r.code(0);
+    }
+    let old = member_id(lab, 2).expect("node 2 answers after the restore");
+    // Seed scenario 1: the runbook's stop (manifest out), the member dir removed, back in.
+    let manifest = lab.manifest(2);
+    let out = lab.path().join("etcd.yaml.node2.out");
+    std::fs::rename(&manifest, &out).unwrap();
+    wait_for(
+        "node 2's etcd to stop (client port refusing)",
+        Duration::from_secs(60),
+        || port_refuses(lab, 2),
+    );
+    let data = lab.in_node(2, &lab.data_dir(2));
+    for e in std::fs::read_dir(&data).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    std::fs::rename(&out, &manifest).unwrap();
+    wait_for(
+        "node 2's new etcd to write a member dir and listen on its peer port",
+        Duration::from_secs(60),
+        || data.join("member").is_dir() && peer_listening(lab, 2),
+    );
+    old
+}
+
+/// Holes 3 and 4 of issue 21, as found on the lab: `health --cluster` hung for minutes on
+/// this cluster and `member rejoin --yes` sat in preflight, deaf to SIGTERM. Now: health
+/// answers, unhealthy (exit 4), naming the stranger; doctor on node 2 fails its identity
+/// check with the fix; the first SIGTERM stops a rejoin in preflight with nothing changed;
+/// and `member rejoin --yes` replaces the stranger.
+fn stranger(v: Version) {
+    let lab = Lab::up(v, 3);
+    let old = stranger_after_restore(&lab);
+    let url2 = lab.client_url(2);
+
+    let h = bounded(&lab, 1, &["-o", "json", "health", "--cluster"], "health --cluster");
+    assert_eq!(h.code, 4, "{}", dump(&h));
+    let j = h.json().unwrap_or_else(|| panic!("{}", dump(&h)));
+    let problems: Vec<String> = j["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains(&url2) && p.contains("stranger") && p.contains("cluster id")),
+        "{}",
+        dump(&h)
+    );
+
+    let d = bounded(&lab, 2, &["-o", "json", "doctor"], "doctor on node 2");
+    assert_eq!(d.code, 4, "{}", dump(&d));
+    let j = d.json().unwrap_or_else(|| panic!("{}", dump(&d)));
+    let check = j["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "etcd.identity")
+        .unwrap_or_else(|| panic!("no etcd.identity check: {}", dump(&d)))
+        .clone();
+    assert_eq!(check["status"], "fail", "{check}");
+    assert!(
+        check["fix"]
+            .as_str()
+            .unwrap()
+            .contains("etcdops member rejoin --yes"),
+        "{check}"
+    );
+    assert!(
+        check["evidence"].as_str().unwrap().contains("cluster id"),
+        "{check}"
+    );
+
+    // The first SIGTERM in preflight stops the rejoin before anything changes. A long
+    // command timeout keeps preflight on the stranger's endpoint long past the signal.
+    let before = node_bytes(&lab, 2);
+    let mut p = Proc::spawn(
+        lab.etcdops_cmd(
+            2,
+            &["--command-timeout", "120s", "member", "rejoin", "--yes"],
+            &[],
+        ),
+        "member rejoin --yes (to be signalled)",
+    );
+    wait_for(
+        "rejoin's preflight to say what it waits for",
+        Duration::from_secs(60),
+        || p.stderr_so_far().contains("waiting for"),
+    );
+    p.signal(Signal::SIGTERM);
+    let e = p
+        .wait_within(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("SIGTERM ignored: {e}"));
+    assert_eq!(e.code, 1, "{}", dump(&e));
+    assert!(
+        e.stderr.contains("interrupted") && e.stderr.contains("nothing was changed"),
+        "{}",
+        dump(&e)
+    );
+    assert_unchanged(&before, &node_bytes(&lab, 2), "signalled in preflight");
+
+    let r = bounded(
+        &lab,
+        2,
+        &["-o", "json", "member", "rejoin", "--yes"],
+        "member rejoin --yes",
+    );
+    assert_eq!(r.code, 0, "{}", dump(&r));
+    let j = r.json().unwrap();
+    assert_eq!(j["state"], "completed", "{}", dump(&r));
+    assert_eq!(j["old_member_id"], old.as_str(), "{}", dump(&r));
+    let new = assert_rejoined(&lab, &old, 10);
+    assert_eq!(j["new_member_id"], new.as_str(), "{}", dump(&r));
+}
+
+#[test]
+fn rejoin_replaces_a_stranger_after_a_whole_cluster_restore_34() {
+    stranger(Version::V34);
 }
