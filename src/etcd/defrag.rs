@@ -378,7 +378,9 @@ async fn targets(conn: &Connection, opts: &DefragOptions, gate: &Gate) -> Result
                     endpoint: url.clone(),
                     reason: e.into(),
                 })?;
-            let s = ep.status().await.map_err(|e| Error::Etcd {
+            let s = super::client::within(conn.command_timeout, "status", ep.status())
+                .await
+                .map_err(|e| Error::Etcd {
                 op: "status",
                 endpoint: url.clone(),
                 reason: e.into(),
