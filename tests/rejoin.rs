@@ -498,6 +498,11 @@ fn dump(e: &Exit) -> String {
     )
 }
 
+/// `dump` with the lab's logs, for a failure.
+fn full(lab: &Lab, e: &Exit) -> String {
+    format!("{}\n{}", dump(e), lab.logs())
+}
+
 /// Every node restored from one backup (the cluster gets new member ids and a new cluster
 /// id), then node 2's member dir removed while its manifest was out and the manifest put
 /// back: its etcd bootstraps from the manifest's `--initial-cluster` as a new cluster of
@@ -569,8 +574,8 @@ fn stranger(v: Version) {
     let url2 = lab.client_url(2);
 
     let h = bounded(&lab, 1, &["-o", "json", "health", "--cluster"], "health --cluster");
-    assert_eq!(h.code, 4, "{}", dump(&h));
-    let j = h.json().unwrap_or_else(|| panic!("{}", dump(&h)));
+    assert_eq!(h.code, 4, "{}", full(&lab, &h));
+    let j = h.json().unwrap_or_else(|| panic!("{}", full(&lab, &h)));
     let problems: Vec<String> = j["problems"]
         .as_array()
         .unwrap()
@@ -581,14 +586,13 @@ fn stranger(v: Version) {
         problems
             .iter()
             .any(|p| p.contains(&url2) && p.contains("stranger") && p.contains("cluster id")),
-        "{}",
-        dump(&h)
+        "{}", full(&lab, &h)
     );
 
     eprintln!("health --cluster on node 1: {}", dump(&h));
     let d = bounded(&lab, 2, &["-o", "json", "doctor"], "doctor on node 2");
-    assert_eq!(d.code, 4, "{}", dump(&d));
-    let j = d.json().unwrap_or_else(|| panic!("{}", dump(&d)));
+    assert_eq!(d.code, 4, "{}", full(&lab, &d));
+    let j = d.json().unwrap_or_else(|| panic!("{}", full(&lab, &d)));
     let check = j["checks"]
         .as_array()
         .unwrap()
@@ -630,11 +634,10 @@ fn stranger(v: Version) {
     let e = p
         .wait_within(Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("SIGTERM ignored: {e}"));
-    assert_eq!(e.code, 1, "{}", dump(&e));
+    assert_eq!(e.code, 1, "{}", full(&lab, &e));
     assert!(
         e.stderr.contains("interrupted") && e.stderr.contains("nothing was changed"),
-        "{}",
-        dump(&e)
+        "{}", full(&lab, &e)
     );
     assert_unchanged(&before, &node_bytes(&lab, 2), "signalled in preflight");
 
@@ -644,12 +647,12 @@ fn stranger(v: Version) {
         &["-o", "json", "member", "rejoin", "--yes"],
         "member rejoin --yes",
     );
-    assert_eq!(r.code, 0, "{}", dump(&r));
+    assert_eq!(r.code, 0, "{}", full(&lab, &r));
     let j = r.json().unwrap();
-    assert_eq!(j["state"], "completed", "{}", dump(&r));
-    assert_eq!(j["old_member_id"], old.as_str(), "{}", dump(&r));
+    assert_eq!(j["state"], "completed", "{}", full(&lab, &r));
+    assert_eq!(j["old_member_id"], old.as_str(), "{}", full(&lab, &r));
     let new = assert_rejoined(&lab, &old, 10);
-    assert_eq!(j["new_member_id"], new.as_str(), "{}", dump(&r));
+    assert_eq!(j["new_member_id"], new.as_str(), "{}", full(&lab, &r));
 }
 
 #[test]

@@ -411,7 +411,7 @@ async fn cluster_checks(
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> ClusterHealth {
-    let reference = strangers(conn, members, endpoints, problems).await;
+    let reference = strangers(conn, members, endpoints, problems, warnings).await;
     let cluster_id = reference.map(hex_id);
     let endpoints: &[EndpointHealth] = endpoints;
     // The leader, raft and hash checks judge this cluster's members, not strangers.
@@ -567,6 +567,7 @@ async fn strangers(
     members: &[Member],
     endpoints: &mut [EndpointHealth],
     problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
 ) -> Option<u64> {
     let listed = |id: u64| members.iter().any(|m| m.id == id);
     let insiders: Vec<u64> = endpoints
@@ -603,7 +604,17 @@ async fn strangers(
         })
         .collect();
     for (i, id, name, peer, task) in probes {
-        let Ok(Ok(answer)) = task.await else { continue };
+        let answer = match task.await {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                warnings.push(format!(
+                    "{}: its peer URL did not say which cluster it is in: {e}",
+                    endpoints[i].endpoint
+                ));
+                continue;
+            }
+            Err(_) => continue,
+        };
         if answer.cluster_id == reference {
             continue;
         }

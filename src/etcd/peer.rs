@@ -48,7 +48,16 @@ impl PeerAnswer {
 pub async fn cluster_of(conn: &Connection, peer_url: &str) -> Result<PeerAnswer, String> {
     let what = format!("GET {peer_url}/members");
     within(conn.command_timeout, &what, async {
-        ask(conn, peer_url).await.map_err(RpcError::other)
+        // A member crash-looping under kubelet refuses between two of its lives: ask again
+        // until the deadline rather than judge it by one refused connection.
+        loop {
+            match ask(conn, peer_url).await {
+                Err(e) if e.contains("Connection refused") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                r => return r.map_err(RpcError::other),
+            }
+        }
     })
     .await
     .map_err(|e| format!("{peer_url}: {e}"))
@@ -87,25 +96,51 @@ async fn ask(conn: &Connection, peer_url: &str) -> Result<PeerAnswer, String> {
         tls.write_all(request.as_bytes())
             .await
             .map_err(|e| format!("write: {e}"))?;
+        tls.flush().await.map_err(|e| format!("write: {e}"))?;
         read_all(&mut tls, &mut raw).await?;
     } else {
         let mut tcp = tcp;
         tcp.write_all(request.as_bytes())
             .await
             .map_err(|e| format!("write: {e}"))?;
+        tcp.flush().await.map_err(|e| format!("write: {e}"))?;
         read_all(&mut tcp, &mut raw).await?;
     }
     parse(&raw)
 }
 
-/// Read until the peer closes; a TLS peer that closes without `close_notify` (Go does,
-/// after `Connection: close`) still gave the whole response.
+/// Read the response: until the peer closes, or as soon as the headers and a body of the
+/// announced `Content-Length` are in (Go keeps a TLS connection open a while after the
+/// response; `read_to_end` waited for that). A TLS peer that closes without `close_notify`
+/// still gave what it gave.
 async fn read_all<R: AsyncReadExt + Unpin>(r: &mut R, out: &mut Vec<u8>) -> Result<(), String> {
-    match r.read_to_end(out).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => Ok(()),
-        Err(e) => Err(format!("read: {e}")),
+    let mut buf = [0u8; 8192];
+    loop {
+        if complete(out) {
+            return Ok(());
+        }
+        match r.read(&mut buf).await {
+            Ok(0) => return Ok(()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {
+                return Ok(());
+            }
+            Err(e) => return Err(format!("read: {e}")),
+        }
     }
+}
+
+/// Whether `raw` holds the headers and the whole body they announce.
+fn complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]);
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| raw.len() >= end + 4 + len)
 }
 
 fn client_config(conn: &Connection) -> Result<rustls::ClientConfig, String> {
