@@ -636,11 +636,33 @@ async fn strangers(
         );
         mark(&mut endpoints[i], why, problems);
     }
+    // The leader most members of this cluster follow, to tell a member that leads a
+    // cluster of its own (a wiped kubeadm first node: same member id, same cluster id).
+    let followed: Vec<u64> = endpoints
+        .iter()
+        .filter_map(|e| e.status.as_ref())
+        .filter(|s| s.cluster_id == reference && listed(s.member_id) && s.leader != 0)
+        .map(|s| s.leader)
+        .collect();
+    let their_leader = most_common(&followed);
     for e in endpoints.iter_mut() {
         let Some(s) = &e.status else { continue };
         let other_cluster = s.cluster_id != reference;
         let unlisted = !listed(s.member_id);
+        let own_leader = s.leader == s.member_id
+            && their_leader.is_some_and(|l| l != s.member_id)
+            && followed.iter().filter(|l| **l == s.member_id).count() == 1;
+        if !other_cluster && !unlisted && !own_leader {
+            continue;
+        }
         if !other_cluster && !unlisted {
+            let why = format!(
+                "it answers as member {} leading a cluster of its own, while the other \
+                 members follow {}",
+                hex_id(s.member_id),
+                hex_id(their_leader.unwrap_or_default())
+            );
+            mark(e, why, problems);
             continue;
         }
         let why = match (other_cluster, unlisted) {
@@ -691,4 +713,19 @@ fn most_common(values: &[u64]) -> Option<u64> {
             )
         })
         .copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::most_common;
+
+    /// The member list's cluster id is the one most of its members report: one stranger
+    /// among three never outvotes the others, whatever the order they answered in.
+    #[test]
+    fn the_cluster_id_is_the_one_most_members_report() {
+        assert_eq!(most_common(&[7, 8, 7]), Some(7));
+        assert_eq!(most_common(&[8, 7, 7]), Some(7));
+        assert_eq!(most_common(&[8, 7]), Some(8));
+        assert_eq!(most_common(&[]), None);
+    }
 }
