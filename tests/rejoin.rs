@@ -476,8 +476,7 @@ fn rejoin_bad_inputs_are_refused_and_change_nothing() {
 fn peer_listening(lab: &Lab, node: usize) -> bool {
     let url = lab.client_url(node).replace(":2379", ":2380");
     let hostport = url.trim_start_matches("https://");
-    std::net::TcpStream::connect_timeout(&hostport.parse().unwrap(), Duration::from_secs(1))
-        .is_ok()
+    std::net::TcpStream::connect_timeout(&hostport.parse().unwrap(), Duration::from_secs(1)).is_ok()
 }
 
 /// An etcdops command on node `node`, spawned and waited for with a generous bound: only a
@@ -519,8 +518,15 @@ fn stranger_after_restore(lab: &Lab) -> String {
                     lab.etcdops(
                         n,
                         &[
-                            "-o", "json", "restore", "apply", "--from", archive, "--yes",
-                            "--etcdutl", tool,
+                            "-o",
+                            "json",
+                            "restore",
+                            "apply",
+                            "--from",
+                            archive,
+                            "--yes",
+                            "--etcdutl",
+                            tool,
                         ],
                         &[],
                     )
@@ -570,7 +576,12 @@ fn stranger(v: Version) {
     let old = stranger_after_restore(&lab);
     let url2 = lab.client_url(2);
 
-    let h = bounded(&lab, 1, &["-o", "json", "health", "--cluster"], "health --cluster");
+    let h = bounded(
+        &lab,
+        1,
+        &["-o", "json", "health", "--cluster"],
+        "health --cluster",
+    );
     assert_eq!(h.code, 4, "{}", full(&lab, &h));
     let j = h.json().unwrap_or_else(|| panic!("{}", full(&lab, &h)));
     let problems: Vec<String> = j["problems"]
@@ -583,7 +594,8 @@ fn stranger(v: Version) {
         problems
             .iter()
             .any(|p| p.contains(&url2) && p.contains("stranger") && p.contains("cluster id")),
-        "{}", full(&lab, &h)
+        "{}",
+        full(&lab, &h)
     );
 
     eprintln!("health --cluster on node 1: {}", dump(&h));
@@ -634,7 +646,8 @@ fn stranger(v: Version) {
     assert_eq!(e.code, 1, "{}", full(&lab, &e));
     assert!(
         e.stderr.contains("interrupted") && e.stderr.contains("nothing was changed"),
-        "{}", full(&lab, &e)
+        "{}",
+        full(&lab, &e)
     );
     assert_unchanged(&before, &node_bytes(&lab, 2), "signalled in preflight");
 

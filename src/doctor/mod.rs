@@ -489,11 +489,13 @@ async fn ask_peers(
         && let Some(own) = own.split(',').next()
     {
         let own = own.trim();
-        facts.own_peer = Some(
-            crate::etcd::peer::cluster_of(conn, own)
-                .await
-                .map(|a| (a.cluster_id, a.member_at(own).map(|m| m.id), a.members.len())),
-        );
+        facts.own_peer = Some(crate::etcd::peer::cluster_of(conn, own).await.map(|a| {
+            (
+                a.cluster_id,
+                a.member_at(own).map(|m| m.id),
+                a.members.len(),
+            )
+        }));
     }
     facts
 }

@@ -381,10 +381,10 @@ async fn targets(conn: &Connection, opts: &DefragOptions, gate: &Gate) -> Result
             let s = super::client::within(conn.command_timeout, "status", ep.status())
                 .await
                 .map_err(|e| Error::Etcd {
-                op: "status",
-                endpoint: url.clone(),
-                reason: e.into(),
-            })?;
+                    op: "status",
+                    endpoint: url.clone(),
+                    reason: e.into(),
+                })?;
             // Two URLs of one member: defragment it once.
             if out.iter().any(|t| t.member_id == s.member_id) {
                 continue;

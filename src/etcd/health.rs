@@ -346,9 +346,9 @@ pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
     }
 
     let cluster = match members {
-        Some(list) if opts.cluster => Some(
-            cluster_checks(conn, &list, &mut endpoints, &mut problems, &mut warnings).await,
-        ),
+        Some(list) if opts.cluster => {
+            Some(cluster_checks(conn, &list, &mut endpoints, &mut problems, &mut warnings).await)
+        }
         _ => None,
     };
 
@@ -699,7 +699,11 @@ fn mark(e: &mut EndpointHealth, why: String, problems: &mut Vec<String>) {
 }
 
 fn name_or_unnamed(name: &str) -> &str {
-    if name.is_empty() { "unnamed member" } else { name }
+    if name.is_empty() {
+        "unnamed member"
+    } else {
+        name
+    }
 }
 
 /// The most common value (the first seen among equals).

@@ -144,16 +144,13 @@ fn complete(raw: &[u8]) -> bool {
 }
 
 fn client_config(conn: &Connection) -> Result<rustls::ClientConfig, String> {
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| format!("read {}: {e}", p.display()))
-    };
+    let read =
+        |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("read {}: {e}", p.display()));
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = &conn.tls.cacert {
         for c in CertificateDer::pem_slice_iter(&read(ca)?) {
             let c = c.map_err(|e| format!("{}: {e}", ca.display()))?;
-            roots
-                .add(c)
-                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -163,10 +160,9 @@ fn client_config(conn: &Connection) -> Result<rustls::ClientConfig, String> {
         .with_root_certificates(roots);
     match (&conn.tls.cert, &conn.tls.key) {
         (Some(cert), Some(key)) => {
-            let chain: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_slice_iter(&read(cert)?)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| format!("{}: {e}", cert.display()))?;
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(cert)?)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{}: {e}", cert.display()))?;
             let key = PrivateKeyDer::from_pem_slice(&read(key)?)
                 .map_err(|e| format!("{}: {e}", key.display()))?;
             builder
@@ -235,10 +231,16 @@ mod tests {
             \"clientURLs\":[]}]\n";
         let a = parse(raw).unwrap();
         assert_eq!(a.cluster_id, 0x5a2b4f3e1d0c9b8a);
-        assert_eq!(a.member_at("https://10.0.0.2:2380/").unwrap().id, 1311406034101735170);
+        assert_eq!(
+            a.member_at("https://10.0.0.2:2380/").unwrap().id,
+            1311406034101735170
+        );
         assert_eq!(a.member_at("https://10.0.0.2:2380").unwrap().name, "n2");
         let e = parse(b"HTTP/1.1 404 Not Found\r\n\r\n").unwrap_err();
-        assert!(e.contains("no X-Etcd-Cluster-ID") && e.contains("404"), "{e}");
+        assert!(
+            e.contains("no X-Etcd-Cluster-ID") && e.contains("404"),
+            "{e}"
+        );
         assert!(parse(b"garbage").is_err());
     }
 }

@@ -216,9 +216,17 @@ pub struct PlanReport {
 
 /// Preflight, and what a signal during it means: the command stops, nothing changed.
 fn preflight_or_stop(host: &dyn Host, opts: &RunOptions, id: &str) -> Result<Plan> {
-    let stop = |e: Error| Error::failed("member rejoin preflight", format!("{}; nothing was changed", e.one_line()));
+    let stop = |e: Error| {
+        Error::failed(
+            "member rejoin preflight",
+            format!("{}; nothing was changed", e.one_line()),
+        )
+    };
     if opts.cancel.is_some_and(Cancel::requested) {
-        return Err(stop(Error::failed("preflight", "interrupted by the operator (SIGINT/SIGTERM)")));
+        return Err(stop(Error::failed(
+            "preflight",
+            "interrupted by the operator (SIGINT/SIGTERM)",
+        )));
     }
     preflight(host, opts, id).map_err(|e| {
         if opts.cancel.is_some_and(Cancel::requested) {

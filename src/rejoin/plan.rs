@@ -351,7 +351,10 @@ mod tests {
         let j = judge(&me(), &three(), &all).unwrap();
         assert_eq!(j.old_member_id, 2);
         let why = j.stranger.unwrap();
-        assert!(why.contains("cluster id 8") && why.contains("cluster id is 7"), "{why}");
+        assert!(
+            why.contains("cluster id 8") && why.contains("cluster id is 7"),
+            "{why}"
+        );
         // The same member id and cluster id, leading a cluster of its own.
         let s = ans(2, true, true);
         let mut all = vec![s];
@@ -360,16 +363,19 @@ mod tests {
         let why = j.stranger.unwrap();
         assert!(why.contains("leads a cluster of its own"), "{why}");
         // The real leader, followed by the others, is still left alone.
-        let all = [ans(1, true, false), ans(3, true, false), ans(2, true, true)]
-            .map(|mut a| {
-                a.leader = 2;
-                a
-            });
+        let all = [ans(1, true, false), ans(3, true, false), ans(2, true, true)].map(|mut a| {
+            a.leader = 2;
+            a
+        });
         let e = judge(&me(), &three(), &all).unwrap_err();
         assert!(e.one_line().contains("is the leader and healthy"), "{e}");
         // A member that answers nothing is no stranger by its answers (health names it).
-        let j = judge(&me(), &three(), &[DOWN, ans(1, true, true), ans(3, true, false)])
-            .unwrap();
+        let j = judge(
+            &me(),
+            &three(),
+            &[DOWN, ans(1, true, true), ans(3, true, false)],
+        )
+        .unwrap();
         assert_eq!(j.stranger, None);
     }
 
@@ -379,12 +385,11 @@ mod tests {
         let e = judge(&me(), &three(), &[DOWN, ans(1, true, true), DOWN]).unwrap_err();
         assert_eq!(e.exit_code(), 4);
         assert!(e.one_line().contains("no quorum without this member"));
-        let followers = [ans(1, true, false), ans(3, true, false), ans(2, true, true)].map(
-            |mut a| {
+        let followers =
+            [ans(1, true, false), ans(3, true, false), ans(2, true, true)].map(|mut a| {
                 a.leader = 2;
                 a
-            },
-        );
+            });
         let e = judge(&me(), &three(), &followers).unwrap_err();
         assert!(e.one_line().contains("is the leader and healthy"), "{e}");
         let mut l = three();
