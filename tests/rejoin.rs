@@ -669,3 +669,137 @@ fn stranger(v: Version) {
 fn rejoin_replaces_a_stranger_after_a_whole_cluster_restore() {
     stranger(Version::V36);
 }
+
+/// The other half of the stranger case (issue 21, hole 3): a kubeadm first node, whose
+/// `--initial-cluster` lists only itself, wiped, comes back as a new, empty and *healthy*
+/// single-member cluster — with its old member id (same peer URL, same default token),
+/// answering every request. health from another node names it, doctor on it fails
+/// `etcd.identity` ("alone in its own member list" / another cluster id), and `member
+/// rejoin --yes --cluster-endpoints` (the manifest names no other member) replaces it
+/// instead of refusing it as "the leader and healthy".
+#[test]
+fn rejoin_replaces_a_wiped_first_node_that_came_back_as_a_cluster_of_its_own() {
+    let lab = Lab::up(Version::V36, 3);
+    put(&lab, "/k/", 10);
+    let old = member_id(&lab, 1).unwrap();
+    // kubeadm's first node: --initial-cluster names only itself (etcd ignores the flag while
+    // its data dir holds a member, so the running member is unchanged).
+    let manifest = lab.manifest(1);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("--initial-cluster="))
+        .unwrap()
+        .to_string();
+    let own = format!(
+        "    - --initial-cluster=node1={}",
+        lab.client_url(1).replace(":2379", ":2380")
+    );
+    assert!(line.contains(&own.trim_start()[2..]), "{line} vs {own}");
+    std::fs::write(&manifest, text.replace(&line, &own)).unwrap();
+    // Wiped the runbook's way: manifest out, data dir emptied, manifest back.
+    let out = lab.path().join("etcd.yaml.node1.out");
+    std::fs::rename(&manifest, &out).unwrap();
+    wait_for(
+        "node 1's etcd to stop (client port refusing)",
+        Duration::from_secs(60),
+        || port_refuses(&lab, 1),
+    );
+    let data = lab.in_node(1, &lab.data_dir(1));
+    for e in std::fs::read_dir(&data).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    std::fs::rename(&out, &manifest).unwrap();
+    wait_for(
+        "node 1 to answer as a cluster of its own with no key",
+        Duration::from_secs(60),
+        || lab.count_on(1, "/k/") == Some(0),
+    );
+
+    let h = bounded(
+        &lab,
+        2,
+        &["-o", "json", "health", "--cluster"],
+        "health --cluster",
+    );
+    eprintln!("health --cluster on node 2: {}", dump(&h));
+    assert_eq!(h.code, 4, "{}", full(&lab, &h));
+    let url1 = lab.client_url(1);
+    let problems = h.json().unwrap()["problems"].to_string();
+    assert!(
+        problems.contains(&format!("{url1} is a stranger")),
+        "{}",
+        full(&lab, &h)
+    );
+
+    let d = bounded(&lab, 1, &["-o", "json", "doctor"], "doctor on node 1");
+    let j = d.json().unwrap_or_else(|| panic!("{}", full(&lab, &d)));
+    let check = j["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "etcd.identity")
+        .unwrap()
+        .clone();
+    eprintln!("doctor on node 1, etcd.identity: {check}");
+    // The manifest names no peer: doctor compares with the endpoints given.
+    let others = format!("{},{},{}", url1, lab.client_url(2), lab.client_url(3));
+    let d = bounded(
+        &lab,
+        1,
+        &["-o", "json", "--endpoints", &others, "doctor"],
+        "doctor on node 1 with the peers as endpoints",
+    );
+    assert_eq!(d.code, 4, "{}", full(&lab, &d));
+    let j = d.json().unwrap();
+    let check = j["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "etcd.identity")
+        .unwrap()
+        .clone();
+    eprintln!("doctor on node 1 with --endpoints, etcd.identity: {check}");
+    assert_eq!(check["status"], "fail", "{check}");
+    assert!(
+        check["fix"]
+            .as_str()
+            .unwrap()
+            .contains("member rejoin --yes"),
+        "{check}"
+    );
+
+    let peers = format!("{},{}", lab.client_url(2), lab.client_url(3));
+    let r = bounded(
+        &lab,
+        1,
+        &[
+            "-o",
+            "json",
+            "member",
+            "rejoin",
+            "--yes",
+            "--cluster-endpoints",
+            &peers,
+        ],
+        "member rejoin --yes on node 1",
+    );
+    assert_eq!(r.code, 0, "{}", full(&lab, &r));
+    let j = r.json().unwrap();
+    assert_eq!(j["state"], "completed", "{}", full(&lab, &r));
+    assert_eq!(j["old_member_id"], old.as_str(), "{}", full(&lab, &r));
+    wait_for(
+        "node 1 to serve every key from its own data (serializable read)",
+        Duration::from_secs(60),
+        || lab.count_on(1, "/k/") == Some(10),
+    );
+    let hashes = lab.hashes();
+    assert_eq!(hashes.len(), 3);
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    lab.etcdops(2, &["health", "--cluster"], &[]).code(0);
+}
