@@ -459,7 +459,7 @@ async fn ask_peers(
     let mut peers = crate::etcd::member::peer_candidates(pod).unwrap_or_default();
     for e in ctx.opts.given.endpoints.iter().skip(1) {
         let e = e.trim().trim_end_matches('/').to_string();
-        if !e.is_empty() && !peers.contains(&e) && !conn.endpoints.contains(&e) {
+        if !e.is_empty() && !peers.contains(&e) && conn.endpoints.first() != Some(&e) {
             peers.push(e);
         }
     }
