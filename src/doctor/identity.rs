@@ -26,9 +26,19 @@ pub struct IdentityFacts {
     pub peer_error: Option<String>,
     /// This member from its peer port, when its client port did not answer: (cluster id,
     /// member id if the peer port's list names it, members in its list), or why not.
-    pub own_peer: Option<Result<(u64, Option<u64>, usize), String>>,
+    pub own_peer: Option<Result<OwnPeer, String>>,
     /// How many members the manifest's `--initial-cluster` names.
     pub initial_cluster: usize,
+}
+
+/// This member as its peer port answered.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnPeer {
+    pub cluster_id: u64,
+    /// Its member id, when the peer port's member list names its peer URL.
+    pub member_id: Option<u64>,
+    /// How many members its own list has.
+    pub members: usize,
 }
 
 pub fn identity(ctx: &Ctx) -> Verdict {
@@ -48,7 +58,7 @@ pub fn identity(ctx: &Ctx) -> Verdict {
     let own_list = facts.members.as_ref().map(Vec::len).ok();
     let (mine, cluster, listed) = match (&facts.local.status, &id.own_peer) {
         (Some(s), _) => (Some(s.member_id), s.cluster_id, own_list),
-        (None, Some(Ok((c, m, n)))) => (*m, *c, Some(*n)),
+        (None, Some(Ok(p))) => (p.member_id, p.cluster_id, Some(p.members)),
         (None, other) => {
             return Verdict::skipped(format!(
                 "the local member at {} answers neither on its client URL ({}) nor on its \

@@ -489,12 +489,11 @@ async fn ask_peers(
         && let Some(own) = own.split(',').next()
     {
         let own = own.trim();
-        facts.own_peer = Some(crate::etcd::peer::cluster_of(conn, own).await.map(|a| {
-            (
-                a.cluster_id,
-                a.member_at(own).map(|m| m.id),
-                a.members.len(),
-            )
+        let answer = crate::etcd::peer::cluster_of(conn, own).await;
+        facts.own_peer = Some(answer.map(|a| identity::OwnPeer {
+            cluster_id: a.cluster_id,
+            member_id: a.member_at(own).map(|m| m.id),
+            members: a.members.len(),
         }));
     }
     facts
