@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::lab::Lab;
+use common::proc::{Exit, Proc};
 use common::{Run, Version, tree_bytes, wait_for};
+use nix::sys::signal::Signal;
 
 fn put(lab: &Lab, prefix: &str, n: usize) {
     for i in 0..n {
@@ -490,4 +492,337 @@ fn rejoin_bad_inputs_are_refused_and_change_nothing() {
     run.one_line_error("no quorum without this member");
     assert_unchanged(&before, &node_bytes(&lab, follower), "no quorum");
     std::fs::rename(&out, &manifest).unwrap();
+}
+
+// --- issue 21, holes 3 and 4: a stranger after a whole-cluster restore ---------------------
+
+fn peer_listening(lab: &Lab, node: usize) -> bool {
+    let url = lab.client_url(node).replace(":2379", ":2380");
+    let hostport = url.trim_start_matches("https://");
+    std::net::TcpStream::connect_timeout(&hostport.parse().unwrap(), Duration::from_secs(1)).is_ok()
+}
+
+/// An etcdops command on node `node`, spawned and waited for with a generous bound: only a
+/// hang detector (the commands under test answer within their own timeouts).
+fn bounded(lab: &Lab, node: usize, args: &[&str], what: &str) -> Exit {
+    let mut p = Proc::spawn(lab.etcdops_cmd(node, args, &[]), what);
+    p.wait_within(Duration::from_secs(240))
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()))
+}
+
+fn dump(e: &Exit) -> String {
+    format!(
+        "exit {} after {:?}\nstdout: {}\nstderr: {}",
+        e.code, e.took, e.stdout, e.stderr
+    )
+}
+
+/// `dump` with the lab's logs, for a failure.
+fn full(lab: &Lab, e: &Exit) -> String {
+    format!("{}\n{}", dump(e), lab.logs())
+}
+
+/// Every node restored from one backup (the cluster gets new member ids and a new cluster
+/// id), then node 2's member dir removed while its manifest was out and the manifest put
+/// back: its etcd bootstraps from the manifest's `--initial-cluster` as a new cluster of
+/// its own — a stranger whose peers reject it for its cluster id, and which never serves a
+/// client request (no quorum of its own). Returns the restored cluster's id for node 2.
+fn stranger_after_restore(lab: &Lab) -> String {
+    put(lab, "/k/", 10);
+    let b = lab.etcdops(1, &["-o", "json", "backup"], &[]);
+    b.code(0);
+    let archive = b.json()["archive"].as_str().unwrap().to_string();
+    let tool = lab.version.etcdutl().display().to_string();
+    let runs: Vec<Run> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..=lab.nodes)
+            .map(|n| {
+                let (archive, tool) = (&archive, &tool);
+                s.spawn(move || {
+                    lab.etcdops(
+                        n,
+                        &[
+                            "-o",
+                            "json",
+                            "restore",
+                            "apply",
+                            "--from",
+                            archive,
+                            "--yes",
+                            "--etcdutl",
+                            tool,
+                        ],
+                        &[],
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &runs {
+        r.code(0);
+    }
+    let old = member_id(lab, 2).expect("node 2 answers after the restore");
+    // Seed scenario 1: the runbook's stop (manifest out), the member dir removed, back in.
+    let manifest = lab.manifest(2);
+    let out = lab.path().join("etcd.yaml.node2.out");
+    std::fs::rename(&manifest, &out).unwrap();
+    wait_for(
+        "node 2's etcd to stop (client port refusing)",
+        Duration::from_secs(60),
+        || port_refuses(lab, 2),
+    );
+    let data = lab.in_node(2, &lab.data_dir(2));
+    for e in std::fs::read_dir(&data).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    std::fs::rename(&out, &manifest).unwrap();
+    wait_for(
+        "node 2's new etcd to write a member dir and listen on its peer port",
+        Duration::from_secs(60),
+        || data.join("member").is_dir() && peer_listening(lab, 2),
+    );
+    old
+}
+
+/// Holes 3 and 4 of issue 21, as found on the lab: `health --cluster` hung for minutes on
+/// this cluster and `member rejoin --yes` sat in preflight, deaf to SIGTERM. Now: health
+/// answers, unhealthy (exit 4), naming the stranger; doctor on node 2 fails its identity
+/// check with the fix; the first SIGTERM stops a rejoin in preflight with nothing changed;
+/// and `member rejoin --yes` replaces the stranger.
+fn stranger(v: Version) {
+    let lab = Lab::up(v, 3);
+    let old = stranger_after_restore(&lab);
+    let url2 = lab.client_url(2);
+
+    let h = bounded(
+        &lab,
+        1,
+        &["-o", "json", "health", "--cluster"],
+        "health --cluster",
+    );
+    assert_eq!(h.code, 4, "{}", full(&lab, &h));
+    let j = h.json().unwrap_or_else(|| panic!("{}", full(&lab, &h)));
+    let problems: Vec<String> = j["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains(&url2) && p.contains("stranger") && p.contains("cluster id")),
+        "{}",
+        full(&lab, &h)
+    );
+
+    eprintln!("health --cluster on node 1: {}", dump(&h));
+    let d = bounded(&lab, 2, &["-o", "json", "doctor"], "doctor on node 2");
+    assert_eq!(d.code, 4, "{}", full(&lab, &d));
+    let j = d.json().unwrap_or_else(|| panic!("{}", full(&lab, &d)));
+    let check = j["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "etcd.identity")
+        .unwrap_or_else(|| panic!("no etcd.identity check: {}", dump(&d)))
+        .clone();
+    eprintln!("doctor on node 2, etcd.identity: {check}");
+    assert_eq!(check["status"], "fail", "{check}");
+    assert!(
+        check["fix"]
+            .as_str()
+            .unwrap()
+            .contains("member rejoin --yes"),
+        "{check}"
+    );
+    assert!(
+        check["evidence"].as_str().unwrap().contains("cluster id"),
+        "{check}"
+    );
+
+    // The first SIGTERM in preflight stops the rejoin before anything changes. A long
+    // command timeout keeps preflight on the stranger's endpoint long past the signal.
+    let before = node_bytes(&lab, 2);
+    let mut p = Proc::spawn(
+        lab.etcdops_cmd(
+            2,
+            &["--command-timeout", "120s", "member", "rejoin", "--yes"],
+            &[],
+        ),
+        "member rejoin --yes (to be signalled)",
+    );
+    wait_for(
+        "rejoin's preflight to say what it waits for",
+        Duration::from_secs(60),
+        || p.stderr_so_far().contains("waiting for"),
+    );
+    p.signal(Signal::SIGTERM);
+    let e = p
+        .wait_within(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("SIGTERM ignored: {e}"));
+    assert_eq!(e.code, 1, "{}", full(&lab, &e));
+    assert!(
+        e.stderr.contains("interrupted") && e.stderr.contains("nothing was changed"),
+        "{}",
+        full(&lab, &e)
+    );
+    assert_unchanged(&before, &node_bytes(&lab, 2), "signalled in preflight");
+
+    let r = bounded(
+        &lab,
+        2,
+        &["-o", "json", "member", "rejoin", "--yes"],
+        "member rejoin --yes",
+    );
+    assert_eq!(r.code, 0, "{}", full(&lab, &r));
+    let j = r.json().unwrap();
+    assert_eq!(j["state"], "completed", "{}", full(&lab, &r));
+    assert_eq!(j["old_member_id"], old.as_str(), "{}", full(&lab, &r));
+    let new = assert_rejoined(&lab, &old, 10);
+    assert_eq!(j["new_member_id"], new.as_str(), "{}", full(&lab, &r));
+}
+
+#[test]
+fn rejoin_replaces_a_stranger_after_a_whole_cluster_restore() {
+    stranger(Version::V36);
+}
+
+/// The other half of the stranger case (issue 21, hole 3): a kubeadm first node, whose
+/// `--initial-cluster` lists only itself, wiped, comes back as a new, empty and *healthy*
+/// single-member cluster — with its old member id (same peer URL, same default token),
+/// answering every request. health from another node names it, doctor on it fails
+/// `etcd.identity` ("alone in its own member list" / another cluster id), and `member
+/// rejoin --yes --cluster-endpoints` (the manifest names no other member) replaces it
+/// instead of refusing it as "the leader and healthy".
+#[test]
+fn rejoin_replaces_a_wiped_first_node_that_came_back_as_a_cluster_of_its_own() {
+    let lab = Lab::up(Version::V36, 3);
+    put(&lab, "/k/", 10);
+    let old = member_id(&lab, 1).unwrap();
+    // kubeadm's first node: --initial-cluster names only itself (etcd ignores the flag while
+    // its data dir holds a member, so the running member is unchanged).
+    let manifest = lab.manifest(1);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("--initial-cluster="))
+        .unwrap()
+        .to_string();
+    let own = format!(
+        "    - --initial-cluster=node1={}",
+        lab.client_url(1).replace(":2379", ":2380")
+    );
+    assert!(line.contains(&own.trim_start()[2..]), "{line} vs {own}");
+    std::fs::write(&manifest, text.replace(&line, &own)).unwrap();
+    // Wiped the runbook's way: manifest out, data dir emptied, manifest back.
+    let out = lab.path().join("etcd.yaml.node1.out");
+    std::fs::rename(&manifest, &out).unwrap();
+    wait_for(
+        "node 1's etcd to stop (client port refusing)",
+        Duration::from_secs(60),
+        || port_refuses(&lab, 1),
+    );
+    let data = lab.in_node(1, &lab.data_dir(1));
+    for e in std::fs::read_dir(&data).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    std::fs::rename(&out, &manifest).unwrap();
+    wait_for(
+        "node 1 to answer as a cluster of its own with no key",
+        Duration::from_secs(60),
+        || lab.count_on(1, "/k/") == Some(0),
+    );
+
+    let h = bounded(
+        &lab,
+        2,
+        &["-o", "json", "health", "--cluster"],
+        "health --cluster",
+    );
+    eprintln!("health --cluster on node 2: {}", dump(&h));
+    assert_eq!(h.code, 4, "{}", full(&lab, &h));
+    let url1 = lab.client_url(1);
+    let problems = h.json().unwrap()["problems"].to_string();
+    assert!(
+        problems.contains(&format!("{url1} is a stranger")),
+        "{}",
+        full(&lab, &h)
+    );
+
+    let d = bounded(&lab, 1, &["-o", "json", "doctor"], "doctor on node 1");
+    let j = d.json().unwrap_or_else(|| panic!("{}", full(&lab, &d)));
+    let check = j["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "etcd.identity")
+        .unwrap()
+        .clone();
+    eprintln!("doctor on node 1, etcd.identity: {check}");
+    // The manifest names no peer: doctor compares with the endpoints given.
+    let others = format!("{},{},{}", url1, lab.client_url(2), lab.client_url(3));
+    let d = bounded(
+        &lab,
+        1,
+        &["-o", "json", "--endpoints", &others, "doctor"],
+        "doctor on node 1 with the peers as endpoints",
+    );
+    assert_eq!(d.code, 4, "{}", full(&lab, &d));
+    let j = d.json().unwrap();
+    let check = j["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "etcd.identity")
+        .unwrap()
+        .clone();
+    eprintln!("doctor on node 1 with --endpoints, etcd.identity: {check}");
+    assert_eq!(check["status"], "fail", "{check}");
+    assert!(
+        check["fix"]
+            .as_str()
+            .unwrap()
+            .contains("member rejoin --yes"),
+        "{check}"
+    );
+
+    let peers = format!("{},{}", lab.client_url(2), lab.client_url(3));
+    let r = bounded(
+        &lab,
+        1,
+        &[
+            "-o",
+            "json",
+            "member",
+            "rejoin",
+            "--yes",
+            "--cluster-endpoints",
+            &peers,
+        ],
+        "member rejoin --yes on node 1",
+    );
+    assert_eq!(r.code, 0, "{}", full(&lab, &r));
+    let j = r.json().unwrap();
+    assert_eq!(j["state"], "completed", "{}", full(&lab, &r));
+    assert_eq!(j["old_member_id"], old.as_str(), "{}", full(&lab, &r));
+    wait_for(
+        "node 1 to serve every key from its own data (serializable read)",
+        Duration::from_secs(60),
+        || lab.count_on(1, "/k/") == Some(10),
+    );
+    let hashes = lab.hashes();
+    assert_eq!(hashes.len(), 3);
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    lab.etcdops(2, &["health", "--cluster"], &[]).code(0);
 }

@@ -282,6 +282,7 @@ mod tests {
             raft_term: answered.then_some(2),
             raft_index: answered.then_some(50),
             raft_applied_index: answered.then_some(50),
+            stranger: None,
             status: None,
         }
     }

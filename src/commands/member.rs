@@ -111,6 +111,9 @@ impl Render for PlanReport {
             format!("{} ({}) at {}", p.me.name, p.old_member_id, p.me.peer_url),
         ]);
         t.row(["voting members".to_string(), p.voters.to_string()]);
+        if let Some(why) = &p.stranger {
+            t.row(["stranger".to_string(), why.clone()]);
+        }
         t.row(["data dir".to_string(), p.me.data_dir.display().to_string()]);
         t.row([
             "old data to".to_string(),

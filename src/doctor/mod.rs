@@ -9,6 +9,7 @@ pub mod backups;
 pub mod certs;
 pub mod disk;
 pub mod flags;
+pub mod identity;
 pub mod manifest;
 pub mod perms;
 pub mod runs;
@@ -79,6 +80,10 @@ pub const CHECKS: &[(&str, &str)] = &[
     (
         "etcd.health",
         "the local member answers; the cluster is healthy",
+    ),
+    (
+        "etcd.identity",
+        "this member is in its peers' cluster (no stranger of its own cluster id)",
     ),
     (
         "runs.unfinished",
@@ -206,6 +211,8 @@ pub struct EtcdFacts {
     pub local: EndpointHealth,
     pub health: HealthReport,
     pub members: Result<Vec<Member>, String>,
+    /// The peers' view, for `etcd.identity`.
+    pub identity: identity::IdentityFacts,
 }
 
 /// Facts gathered once and shared by the checks.
@@ -327,6 +334,7 @@ const NEEDS_ETCD: &[&str] = &[
     "alarms",
     "flags.cluster",
     "etcd.health",
+    "etcd.identity",
     "etcd.process",
 ];
 
@@ -404,6 +412,7 @@ fn judge(ctx: &Ctx, id: &str) -> Verdict {
         "kubelet" => runtime::kubelet(ctx),
         "etcd.process" => runtime::process(ctx),
         "etcd.health" => runtime::health(ctx),
+        "etcd.identity" => identity::identity(ctx),
         "runs.unfinished" => runs::unfinished(ctx),
         "runs.finalize" => runs::finalize(ctx),
         "disk.latency" => disk::latency(ctx),
@@ -431,13 +440,74 @@ fn ask_etcd(ctx: &Ctx) -> Result<EtcdFacts, String> {
         .await;
         let members = crate::etcd::health::member_list(&conn).await;
         let local = crate::etcd::health::check_endpoint(&conn, &conn.endpoints[0]).await;
+        let identity = ask_peers(ctx, &conn, local.status.is_none()).await;
         Ok(EtcdFacts {
             endpoints: conn.endpoints.clone(),
             local,
             health,
             members,
+            identity,
         })
     })
+}
+
+/// The peers (`--initial-cluster`'s other members, and any other endpoint given): the first
+/// that answers, with its cluster id and member list; and, when the local member's client
+/// port serves nothing, its own cluster id from its peer port. Every request bounded.
+async fn ask_peers(
+    ctx: &Ctx,
+    conn: &crate::etcd::connect::Connection,
+    local_silent: bool,
+) -> identity::IdentityFacts {
+    use crate::etcd::client::{Endpoint, within};
+    let mut facts = identity::IdentityFacts::default();
+    let Ok(pod) = &ctx.pod else { return facts };
+    facts.initial_cluster = pod
+        .etcd_flag("initial-cluster")
+        .ok()
+        .flatten()
+        .map_or(0, |v| v.split(',').filter(|s| s.contains('=')).count());
+    let mut peers = crate::etcd::member::peer_candidates(pod).unwrap_or_default();
+    for e in ctx.opts.given.endpoints.iter().skip(1) {
+        let e = e.trim().trim_end_matches('/').to_string();
+        if !e.is_empty() && !peers.contains(&e) && conn.endpoints.first() != Some(&e) {
+            peers.push(e);
+        }
+    }
+    let t = conn.command_timeout;
+    let mut errors = Vec::new();
+    for url in &peers {
+        let attempt = async {
+            let mut ep = Endpoint::connect(conn, url).await?;
+            let s = within(t, "status", ep.status()).await?;
+            let m = within(t, "member list", ep.members()).await?;
+            Ok::<_, crate::etcd::client::RpcError>((s.cluster_id, m))
+        };
+        match attempt.await {
+            Ok((c, m)) => {
+                facts.peer = Some((url.clone(), c, m));
+                break;
+            }
+            Err(e) => errors.push(format!("{url}: {e}")),
+        }
+    }
+    if facts.peer.is_none() && !errors.is_empty() {
+        facts.peer_error = Some(errors.join("; "));
+    }
+    facts.peers = peers;
+    if local_silent
+        && let Ok(Some(own)) = pod.etcd_flag("initial-advertise-peer-urls")
+        && let Some(own) = own.split(',').next()
+    {
+        let own = own.trim();
+        let answer = crate::etcd::peer::cluster_of(conn, own).await;
+        facts.own_peer = Some(answer.map(|a| identity::OwnPeer {
+            cluster_id: a.cluster_id,
+            member_id: a.member_at(own).map(|m| m.id),
+            members: a.members.len(),
+        }));
+    }
+    facts
 }
 
 impl Render for Report {

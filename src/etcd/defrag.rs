@@ -378,11 +378,13 @@ async fn targets(conn: &Connection, opts: &DefragOptions, gate: &Gate) -> Result
                     endpoint: url.clone(),
                     reason: e.into(),
                 })?;
-            let s = ep.status().await.map_err(|e| Error::Etcd {
-                op: "status",
-                endpoint: url.clone(),
-                reason: e.into(),
-            })?;
+            let s = super::client::within(conn.command_timeout, "status", ep.status())
+                .await
+                .map_err(|e| Error::Etcd {
+                    op: "status",
+                    endpoint: url.clone(),
+                    reason: e.into(),
+                })?;
             // Two URLs of one member: defragment it once.
             if out.iter().any(|t| t.member_id == s.member_id) {
                 continue;

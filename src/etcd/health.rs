@@ -6,13 +6,20 @@
 //! learner, which refuses linearizable reads by design, is healthy on a clean `Status`.
 //! The verdict is healthy when every endpoint is healthy, no alarm is active, and, with
 //! `--cluster`, every member has a client URL and answers, all agree on one leader, and
-//! HashKV agrees across members at a common revision.
+//! HashKV agrees across members at a common revision, and no member is a *stranger*: an
+//! endpoint of the member list that answers for another cluster id, or as a member the
+//! list does not have (a wiped member that bootstrapped a cluster of its own). Such a
+//! member serves no client request when its own cluster has no quorum: then its peer port
+//! says which cluster it is in (`peer::cluster_of`).
+//!
+//! Every RPC runs under the command timeout (`client::within`): a member that accepts
+//! connections and answers nothing costs that long, never more.
 
 use std::time::Instant;
 
 use serde::Serialize;
 
-use super::client::{Alarm, Endpoint, HashKv, Member, RpcErrorKind, Status};
+use super::client::{Alarm, Endpoint, HashKv, Member, RpcErrorKind, Status, within};
 use super::connect::Connection;
 use crate::error::{Error, Result};
 use crate::mounts::Location;
@@ -53,6 +60,10 @@ pub struct EndpointHealth {
     pub raft_term: Option<u64>,
     pub raft_index: Option<u64>,
     pub raft_applied_index: Option<u64>,
+    /// Why this endpoint is a stranger (`--cluster`): it answers for another cluster id,
+    /// or as a member that the member list does not have.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stranger: Option<String>,
     #[serde(skip)]
     pub status: Option<Status>,
 }
@@ -168,14 +179,15 @@ impl EndpointHealth {
 /// Check one endpoint: connect, linearizable get, status.
 pub async fn check_endpoint(conn: &Connection, url: &str) -> EndpointHealth {
     let start = Instant::now();
+    let t = conn.command_timeout;
     let result = async {
         let mut ep = Endpoint::connect(conn, url).await?;
-        match ep.linearizable_get().await {
-            Ok(()) => ep.status().await,
+        match within(t, "linearizable read", ep.linearizable_get()).await {
+            Ok(()) => within(t, "status", ep.status()).await,
             // A learner refuses linearizable reads by design: it is healthy when it answers
             // status cleanly (otherwise no cluster with a learner could ever be defragmented).
             Err(e) if e.is(RpcErrorKind::NotForLearner) => {
-                let s = ep.status().await?;
+                let s = within(t, "status", ep.status()).await?;
                 if s.is_learner { Ok(s) } else { Err(e) }
             }
             Err(e) => Err(e),
@@ -200,6 +212,7 @@ pub async fn check_endpoint(conn: &Connection, url: &str) -> EndpointHealth {
         raft_term: None,
         raft_index: None,
         raft_applied_index: None,
+        stranger: None,
         status: None,
     };
     match result {
@@ -221,9 +234,11 @@ pub async fn check_endpoint(conn: &Connection, url: &str) -> EndpointHealth {
             h.fill(s);
         }
         Err(e) => {
-            // A member without a leader still answers Status; show what it says.
+            // A member without a leader still answers Status; show what it says. Asked
+            // within the dial timeout: a member that answered nothing in a whole command
+            // timeout must not cost another.
             if let Ok(mut ep) = Endpoint::connect(conn, url).await
-                && let Ok(s) = ep.status().await
+                && let Ok(s) = within(conn.dial_timeout, "status", ep.status()).await
             {
                 h.fill(s);
             }
@@ -332,7 +347,7 @@ pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
 
     let cluster = match members {
         Some(list) if opts.cluster => {
-            Some(cluster_checks(conn, &list, &endpoints, &mut problems, &mut warnings).await)
+            Some(cluster_checks(conn, &list, &mut endpoints, &mut problems, &mut warnings).await)
         }
         _ => None,
     };
@@ -373,7 +388,7 @@ pub async fn member_list(conn: &Connection) -> Result<Vec<Member>, String> {
     for url in &conn.endpoints {
         match async {
             let mut ep = Endpoint::connect(conn, url).await?;
-            ep.members().await
+            within(conn.command_timeout, "member list", ep.members()).await
         }
         .await
         {
@@ -386,24 +401,25 @@ pub async fn member_list(conn: &Connection) -> Result<Vec<Member>, String> {
 
 async fn alarm_list(conn: &Connection, url: &str) -> Result<Vec<Alarm>, String> {
     let mut ep = Endpoint::connect(conn, url).await?;
-    Ok(ep.alarms().await?)
+    Ok(within(conn.command_timeout, "alarm list", ep.alarms()).await?)
 }
 
 async fn cluster_checks(
     conn: &Connection,
     members: &[Member],
-    endpoints: &[EndpointHealth],
+    endpoints: &mut [EndpointHealth],
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> ClusterHealth {
-    let answered: Vec<&Status> = endpoints.iter().filter_map(|e| e.status.as_ref()).collect();
-    let cluster_id = answered.first().map(|s| hex_id(s.cluster_id));
-    if answered
+    let reference = strangers(conn, members, endpoints, problems, warnings).await;
+    let cluster_id = reference.map(hex_id);
+    let endpoints: &[EndpointHealth] = endpoints;
+    // The leader, raft and hash checks judge this cluster's members, not strangers.
+    let answered: Vec<&Status> = endpoints
         .iter()
-        .any(|s| Some(hex_id(s.cluster_id)) != cluster_id)
-    {
-        problems.push("endpoints report different cluster ids".into());
-    }
+        .filter(|e| e.stranger.is_none())
+        .filter_map(|e| e.status.as_ref())
+        .collect();
 
     let mut leaders: Vec<u64> = answered.iter().map(|s| s.leader).collect();
     leaders.sort_unstable();
@@ -470,7 +486,7 @@ async fn hash_agreement(
     // Learners refuse HashKV ("rpc not supported for learner"): compare voting members.
     let healthy: Vec<&EndpointHealth> = endpoints
         .iter()
-        .filter(|e| e.healthy && !e.is_learner)
+        .filter(|e| e.healthy && !e.is_learner && e.stranger.is_none())
         .collect();
     let Some(revision) = healthy.iter().filter_map(|e| e.revision).min() else {
         return (None, None);
@@ -482,7 +498,7 @@ async fn hash_agreement(
         for e in &healthy {
             let result = async {
                 let mut ep = Endpoint::connect(conn, &e.endpoint).await?;
-                ep.hash_kv(at).await
+                within(conn.command_timeout, "hashkv", ep.hash_kv(at)).await
             }
             .await;
             match result {
@@ -536,4 +552,184 @@ async fn hash_agreement(
         "hashkv at {revision}: members report different compact revisions"
     ));
     (Some(revision), None)
+}
+
+/// The fix for a stranger, on its own node.
+const STRANGER_FIX: &str = "on that node run `etcdops member rejoin --yes`";
+
+/// Find the strangers among the endpoints of the member list, mark them (not healthy,
+/// `stranger` says why) and name each in `problems`; returns the cluster id of the member
+/// list: the one most of its members that answered report. An endpoint that answered is a
+/// stranger when its cluster id differs or its member id is not in the list; one that did
+/// not answer, when its peer URL answers for another cluster id.
+async fn strangers(
+    conn: &Connection,
+    members: &[Member],
+    endpoints: &mut [EndpointHealth],
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Option<u64> {
+    let listed = |id: u64| members.iter().any(|m| m.id == id);
+    let insiders: Vec<u64> = endpoints
+        .iter()
+        .filter_map(|e| e.status.as_ref())
+        .filter(|s| listed(s.member_id))
+        .map(|s| s.cluster_id)
+        .collect();
+    let all: Vec<u64> = endpoints
+        .iter()
+        .filter_map(|e| e.status.as_ref())
+        .map(|s| s.cluster_id)
+        .collect();
+    let reference = most_common(&insiders).or_else(|| most_common(&all))?;
+    // The silent ones: ask their peer URLs, all at once.
+    let probes: Vec<_> = endpoints
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.status.is_none())
+        .filter_map(|(i, e)| {
+            let m = members
+                .iter()
+                .find(|m| m.client_urls.first() == Some(&e.endpoint))?;
+            let peer = m.peer_urls.first()?.clone();
+            let conn = conn.clone();
+            let (id, name) = (m.id, m.name.clone());
+            Some((
+                i,
+                id,
+                name,
+                peer.clone(),
+                tokio::spawn(async move { super::peer::cluster_of(&conn, &peer).await }),
+            ))
+        })
+        .collect();
+    for (i, id, name, peer, task) in probes {
+        let answer = match task.await {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                warnings.push(format!(
+                    "{}: its peer URL did not say which cluster it is in: {e}",
+                    endpoints[i].endpoint
+                ));
+                continue;
+            }
+            Err(_) => continue,
+        };
+        if answer.cluster_id == reference {
+            continue;
+        }
+        let own = answer.member_at(&peer).map(|m| m.id);
+        let why = format!(
+            "it serves no client request, and its peer URL {peer} answers for cluster id {}, \
+             not this cluster's {}{}",
+            hex_id(answer.cluster_id),
+            hex_id(reference),
+            match own {
+                Some(o) if !listed(o) => format!(
+                    ", as member {} which is not in this member list (where {} {} stands)",
+                    hex_id(o),
+                    name_or_unnamed(&name),
+                    hex_id(id)
+                ),
+                _ => String::new(),
+            }
+        );
+        mark(&mut endpoints[i], why, problems);
+    }
+    // The leader most members of this cluster follow, to tell a member that leads a
+    // cluster of its own (a wiped kubeadm first node: same member id, same cluster id).
+    let followed: Vec<u64> = endpoints
+        .iter()
+        .filter_map(|e| e.status.as_ref())
+        .filter(|s| s.cluster_id == reference && listed(s.member_id) && s.leader != 0)
+        .map(|s| s.leader)
+        .collect();
+    let their_leader = most_common(&followed);
+    for e in endpoints.iter_mut() {
+        let Some(s) = &e.status else { continue };
+        let other_cluster = s.cluster_id != reference;
+        let unlisted = !listed(s.member_id);
+        let own_leader = s.leader == s.member_id
+            && their_leader.is_some_and(|l| l != s.member_id)
+            && followed.iter().filter(|l| **l == s.member_id).count() == 1;
+        if !other_cluster && !unlisted && !own_leader {
+            continue;
+        }
+        if !other_cluster && !unlisted {
+            let why = format!(
+                "it answers as member {} leading a cluster of its own, while the other \
+                 members follow {}",
+                hex_id(s.member_id),
+                hex_id(their_leader.unwrap_or_default())
+            );
+            mark(e, why, problems);
+            continue;
+        }
+        let why = match (other_cluster, unlisted) {
+            (true, true) => format!(
+                "it answers as member {} of cluster id {}, not this cluster's {}, and that \
+                 member is not in this member list",
+                hex_id(s.member_id),
+                hex_id(s.cluster_id),
+                hex_id(reference)
+            ),
+            (true, false) => format!(
+                "it answers for cluster id {}, not this cluster's {}",
+                hex_id(s.cluster_id),
+                hex_id(reference)
+            ),
+            _ => format!(
+                "it answers as member {} (cluster id {}), which is not in this member list",
+                hex_id(s.member_id),
+                hex_id(s.cluster_id)
+            ),
+        };
+        mark(e, why, problems);
+    }
+    Some(reference)
+}
+
+fn mark(e: &mut EndpointHealth, why: String, problems: &mut Vec<String>) {
+    problems.push(format!(
+        "{} is a stranger: {why}; {STRANGER_FIX}",
+        e.endpoint
+    ));
+    e.healthy = false;
+    e.stranger = Some(why);
+}
+
+fn name_or_unnamed(name: &str) -> &str {
+    if name.is_empty() {
+        "unnamed member"
+    } else {
+        name
+    }
+}
+
+/// The most common value (the first seen among equals).
+fn most_common(values: &[u64]) -> Option<u64> {
+    values
+        .iter()
+        .max_by_key(|v| {
+            (
+                values.iter().filter(|w| w == v).count(),
+                std::cmp::Reverse(values.iter().position(|w| w == *v)),
+            )
+        })
+        .copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::most_common;
+
+    /// The member list's cluster id is the one most of its members report: one stranger
+    /// among three never outvotes the others, whatever the order they answered in.
+    #[test]
+    fn the_cluster_id_is_the_one_most_members_report() {
+        assert_eq!(most_common(&[7, 8, 7]), Some(7));
+        assert_eq!(most_common(&[8, 7, 7]), Some(7));
+        assert_eq!(most_common(&[8, 7]), Some(8));
+        assert_eq!(most_common(&[]), None);
+    }
 }

@@ -45,6 +45,10 @@ pub struct Plan {
     pub catch_up_entries: u64,
     /// The bound of the catch-up wait and of the promote retries, in milliseconds.
     pub catch_up_timeout_ms: u64,
+    /// Why this node's member is a stranger (another cluster id, a member the others do
+    /// not list, a cluster of its own), when preflight found it answering as one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stranger: Option<String>,
 }
 
 impl Plan {
@@ -142,15 +146,23 @@ pub fn preflight(host: &dyn Host, opts: &RunOptions, id: &str) -> Result<Plan> {
     // This member's own endpoint and the others': who answers, who leads.
     let health = host.health(false)?;
     let answer = |e: &crate::etcd::health::EndpointHealth| plan::Answer {
+        endpoint: e.endpoint.clone(),
         member_id: e
             .member_id
             .as_deref()
             .and_then(|m| u64::from_str_radix(m, 16).ok()),
+        cluster_id: e.status.as_ref().map(|s| s.cluster_id),
+        leader: e.status.as_ref().map_or(0, |s| s.leader),
         healthy: e.healthy,
         is_leader: e.is_leader,
     };
     let answers: Vec<plan::Answer> = health.endpoints.iter().map(answer).collect();
     let judged = plan::judge(&me, &members, &answers)?;
+    if let Some(why) = &judged.stranger {
+        (opts.say)(&format!(
+            "this member is a stranger: {why}; replacing it is what rejoin is for"
+        ));
+    }
     let Some(manifest_bytes) = host.read_file(&opts.manifest)? else {
         return Err(Error::input(
             &opts.manifest,
@@ -195,6 +207,7 @@ pub fn preflight(host: &dyn Host, opts: &RunOptions, id: &str) -> Result<Plan> {
         data_existed,
         catch_up_entries: CATCH_UP_ENTRIES,
         catch_up_timeout_ms: opts.catch_up_timeout.as_millis() as u64,
+        stranger: judged.stranger,
         me,
     })
 }
@@ -236,9 +249,32 @@ pub struct PlanReport {
     pub steps: Vec<&'static str>,
 }
 
+/// Preflight, and what a signal during it means: the command stops, nothing changed.
+fn preflight_or_stop(host: &dyn Host, opts: &RunOptions, id: &str) -> Result<Plan> {
+    let stop = |e: Error| {
+        Error::failed(
+            "member rejoin preflight",
+            format!("{}; nothing was changed", e.one_line()),
+        )
+    };
+    if opts.cancel.is_some_and(Cancel::requested) {
+        return Err(stop(Error::failed(
+            "preflight",
+            "interrupted by the operator (SIGINT/SIGTERM)",
+        )));
+    }
+    preflight(host, opts, id).map_err(|e| {
+        if opts.cancel.is_some_and(Cancel::requested) {
+            stop(e)
+        } else {
+            e
+        }
+    })
+}
+
 pub fn plan_only(host: &dyn Host, opts: &RunOptions) -> Result<PlanReport> {
     let id = crate::run::unique_id(&opts.state_dir);
-    let plan = preflight(host, opts, &id)?;
+    let plan = preflight_or_stop(host, opts, &id)?;
     Ok(PlanReport {
         kind: "rejoin",
         plan,
@@ -254,7 +290,7 @@ pub fn apply(host: &dyn Host, opts: &RunOptions) -> Result<Outcome> {
     // Every refusal before the lock file exists (nothing changed); then, under the lock,
     // the one check another process could have made stale meanwhile.
     let id = crate::run::unique_id(&opts.state_dir);
-    let plan = preflight(host, opts, &id)?;
+    let plan = preflight_or_stop(host, opts, &id)?;
     let _lock = RunLock::acquire(&opts.state_dir)?;
     (opts.unfinished)(&opts.state_dir)?;
     let saga = Rejoin { host };

@@ -2,8 +2,12 @@
 //! from the manifest), the cluster as the *other* members list it, and the refusals — the
 //! cluster would have no quorum without this member; this member is the healthy leader
 //! (nothing to rejoin); the member list has an unstarted learner; this node's name or peer
-//! URL is not a member (rejoin replaces a member, it does not add one). Pure: the caller
-//! reads the cluster through `Host` and passes what it found.
+//! URL is not a member (rejoin replaces a member, it does not add one). And the case rejoin
+//! exists for, recognised: this node's member a *stranger* — answering for another cluster
+//! id than the others, or as a member id their list does not have, or leading a cluster of
+//! its own (a wiped kubeadm first node, whose `--initial-cluster` lists only itself, comes
+//! back as a new, empty and healthy single-member cluster with its old member id). Pure:
+//! the caller reads the cluster through `Host` and passes what it found.
 
 use std::path::{Path, PathBuf};
 
@@ -49,9 +53,14 @@ impl Me {
 }
 
 /// What one endpoint answered in the health check of preflight.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Answer {
+    /// The endpoint asked.
+    pub endpoint: String,
     pub member_id: Option<u64>,
+    pub cluster_id: Option<u64>,
+    /// The leader this endpoint knows (0: none).
+    pub leader: u64,
     pub healthy: bool,
     pub is_leader: bool,
 }
@@ -62,6 +71,8 @@ pub struct Judged {
     pub old_member_id: u64,
     pub voters: usize,
     pub healthy_others: usize,
+    /// Why this node's member is a stranger, when it answered as one.
+    pub stranger: Option<String>,
 }
 
 fn has_peer(m: &Member, url: &str) -> bool {
@@ -130,9 +141,24 @@ pub fn judge(me: &Me, members: &[Member], answers: &[Answer]) -> Result<Judged> 
             ),
         ));
     }
-    if answers
+    // The others: healthy voters other than this member, of the member list's cluster.
+    let others: Vec<&Answer> = answers
         .iter()
-        .any(|a| a.healthy && a.is_leader && a.member_id == Some(mine.id))
+        .filter(|a| a.healthy)
+        .filter(|a| {
+            a.member_id
+                .is_some_and(|id| id != mine.id && voters.iter().any(|v| v.id == id))
+        })
+        .collect();
+    let cluster = others.iter().find_map(|a| a.cluster_id);
+    let stranger = stranger(me, mine.id, members, answers, &others, cluster);
+    // The healthy leader, as the others see it: a member leading a cluster of its own is
+    // the stranger rejoin exists for, not a leader to leave alone.
+    if stranger.is_none()
+        && answers
+            .iter()
+            .any(|a| a.healthy && a.is_leader && a.member_id == Some(mine.id))
+        && others.iter().all(|o| o.leader == mine.id)
     {
         return Err(Error::refused(
             &what,
@@ -147,7 +173,62 @@ pub fn judge(me: &Me, members: &[Member], answers: &[Answer]) -> Result<Judged> 
         old_member_id: mine.id,
         voters: voters.len(),
         healthy_others,
+        stranger,
     })
+}
+
+/// Why the answer of this node's own endpoint (the one not among `others`, at this node's
+/// client URL or with this member's id) is a stranger's: another cluster id than the
+/// others', a member id their list lacks, or a leader the others do not follow.
+fn stranger(
+    me: &Me,
+    mine: u64,
+    members: &[Member],
+    answers: &[Answer],
+    others: &[&Answer],
+    cluster: Option<u64>,
+) -> Option<String> {
+    let local = answers.iter().find(|a| {
+        a.member_id.is_some()
+            && !others.iter().any(|o| o.endpoint == a.endpoint)
+            && (a.member_id == Some(mine)
+                || !a
+                    .member_id
+                    .is_some_and(|id| members.iter().any(|m| m.id == id)))
+    })?;
+    let id = local.member_id?;
+    let at = if local.endpoint.is_empty() {
+        String::new()
+    } else {
+        format!(" at {}", local.endpoint)
+    };
+    if let (Some(theirs), Some(its)) = (cluster, local.cluster_id)
+        && theirs != its
+    {
+        return Some(format!(
+            "{}{at} answers as member {} of cluster id {}, the other members' cluster id is {}",
+            me.name,
+            hex_id(id),
+            hex_id(its),
+            hex_id(theirs)
+        ));
+    }
+    if !members.iter().any(|m| m.id == id) {
+        return Some(format!(
+            "{}{at} answers as member {}, which is not in the other members' list",
+            me.name,
+            hex_id(id)
+        ));
+    }
+    if local.is_leader && !others.is_empty() && others.iter().all(|o| o.leader != id) {
+        return Some(format!(
+            "{}{at} leads a cluster of its own (member {}), the other members follow {}",
+            me.name,
+            hex_id(id),
+            hex_id(others[0].leader)
+        ));
+    }
+    None
 }
 
 /// `--initial-cluster` for the rejoined member: every member `name=peer URL`, sorted,
@@ -212,16 +293,24 @@ mod tests {
         ]
     }
 
+    /// Member `id` of cluster 7 at its own endpoint; a leader knows itself as leader, a
+    /// follower knows member 1 as leader.
     fn ans(id: u64, healthy: bool, leader: bool) -> Answer {
         Answer {
+            endpoint: format!("https://10.0.0.{id}:2379"),
             member_id: Some(id),
+            cluster_id: Some(7),
+            leader: if leader { id } else { 1 },
             healthy,
             is_leader: leader,
         }
     }
 
     const DOWN: Answer = Answer {
+        endpoint: String::new(),
         member_id: None,
+        cluster_id: None,
+        leader: 0,
         healthy: false,
         is_leader: false,
     };
@@ -245,18 +334,63 @@ mod tests {
         .unwrap();
     }
 
+    /// Issue 21, hole 3: the case rejoin exists for. A wiped member that bootstrapped a
+    /// cluster of its own answers healthy — for another cluster id (after a restore, with
+    /// its pre-restore id), or, a kubeadm first node whose `--initial-cluster` lists only
+    /// itself, as the leader of a single-member cluster with its very own old id.
+    #[test]
+    fn a_stranger_is_judged_for_rejoin_not_refused() {
+        let others = [ans(1, true, true), ans(3, true, false)];
+        // Another cluster id, a member id the others do not list.
+        let mut s = ans(2, true, true);
+        s.member_id = Some(0x99);
+        s.leader = 0x99;
+        s.cluster_id = Some(8);
+        let mut all = vec![s];
+        all.extend(others.iter().cloned());
+        let j = judge(&me(), &three(), &all).unwrap();
+        assert_eq!(j.old_member_id, 2);
+        let why = j.stranger.unwrap();
+        assert!(
+            why.contains("cluster id 8") && why.contains("cluster id is 7"),
+            "{why}"
+        );
+        // The same member id and cluster id, leading a cluster of its own.
+        let s = ans(2, true, true);
+        let mut all = vec![s];
+        all.extend(others.iter().cloned());
+        let j = judge(&me(), &three(), &all).unwrap();
+        let why = j.stranger.unwrap();
+        assert!(why.contains("leads a cluster of its own"), "{why}");
+        // The real leader, followed by the others, is still left alone.
+        let all = [ans(1, true, false), ans(3, true, false), ans(2, true, true)].map(|mut a| {
+            a.leader = 2;
+            a
+        });
+        let e = judge(&me(), &three(), &all).unwrap_err();
+        assert!(e.one_line().contains("is the leader and healthy"), "{e}");
+        // A member that answers nothing is no stranger by its answers (health names it).
+        let j = judge(
+            &me(),
+            &three(),
+            &[DOWN, ans(1, true, true), ans(3, true, false)],
+        )
+        .unwrap();
+        assert_eq!(j.stranger, None);
+    }
+
     #[test]
     fn refusals_name_their_reason() {
         let others = [DOWN, ans(1, true, true), ans(3, true, false)];
         let e = judge(&me(), &three(), &[DOWN, ans(1, true, true), DOWN]).unwrap_err();
         assert_eq!(e.exit_code(), 4);
         assert!(e.one_line().contains("no quorum without this member"));
-        let e = judge(
-            &me(),
-            &three(),
-            &[ans(1, true, false), ans(3, true, false), ans(2, true, true)],
-        )
-        .unwrap_err();
+        let followers =
+            [ans(1, true, false), ans(3, true, false), ans(2, true, true)].map(|mut a| {
+                a.leader = 2;
+                a
+            });
+        let e = judge(&me(), &three(), &followers).unwrap_err();
         assert!(e.one_line().contains("is the leader and healthy"), "{e}");
         let mut l = three();
         l.push(m(9, "", "https://10.0.0.9:2380", true));

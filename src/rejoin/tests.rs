@@ -295,6 +295,7 @@ fn plan(id: &str) -> Plan {
         data_existed: true,
         catch_up_entries: CATCH_UP_ENTRIES,
         catch_up_timeout_ms: 1000,
+        stranger: None,
     }
 }
 

@@ -21,7 +21,7 @@ use crate::datadir::precopy::{PrecopyOptions, PrecopyReport, precopy};
 use crate::datadir::verify::{VerifyOptions, VerifyReport, verify};
 use crate::datadir::{Progress, quiesce};
 use crate::error::{Error, Result};
-use crate::etcd::client::{Endpoint, Member, RpcErrorKind};
+use crate::etcd::client::{Endpoint, Member, RpcErrorKind, within};
 use crate::etcd::connect::Connection;
 use crate::etcd::health::{self, HealthOptions, HealthReport};
 use crate::etcd::snapshot;
@@ -279,6 +279,47 @@ impl RealHost<'_> {
             .block_on(fut)
     }
 
+    /// `block_on` for a call that may take a while (every RPC in it has its deadline):
+    /// says every few seconds what it waits for, and returns at once, interrupted, on a
+    /// signal while the run may still stop (`Cancel::requested`).
+    fn block_on_said<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let start = Instant::now();
+        self.block_on(async {
+            tokio::pin!(fut);
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut last_say = start;
+            loop {
+                tokio::select! {
+                    r = &mut fut => return r,
+                    _ = tick.tick() => {
+                        if self.cancel.is_some_and(Cancel::requested) {
+                            return Err(Error::failed(
+                                format!("wait for {what}"),
+                                format!(
+                                    "interrupted by the operator (SIGINT/SIGTERM) after {}",
+                                    crate::output::millis(start.elapsed().as_millis() as u64)
+                                ),
+                            ));
+                        }
+                        if last_say.elapsed() >= PROGRESS_EVERY {
+                            last_say = Instant::now();
+                            (self.say)(&format!(
+                                "  still waiting for {what} ({}s; every request is bounded by \
+                                 --command-timeout {})",
+                                start.elapsed().as_secs(),
+                                humantime::format_duration(self.conn.command_timeout)
+                            ));
+                        }
+                    }
+                }
+            }
+        })
+    }
+
     fn local(&self) -> &str {
         self.conn.endpoints.first().map_or("", String::as_str)
     }
@@ -410,23 +451,23 @@ impl Host for RealHost<'_> {
             cluster,
             quota: self.quota,
         };
-        Ok(self.block_on(health::check(&self.conn, &opts)))
+        let what = format!("the health of {}", self.conn.endpoints.join(", "));
+        self.block_on_said(&what, async { Ok(health::check(&self.conn, &opts).await) })
     }
 
     fn identity(&self) -> Result<Identity> {
-        self.block_on(async {
+        let what = format!("the identity of {} (status, hashkv)", self.local());
+        self.block_on_said(&what, async {
             let mut ep =
                 Endpoint::connect_with_timeout(&self.conn, self.local(), self.hash_timeout())
                     .await
                     .map_err(|e| self.endpoint_err("connect", e))?;
-            let s = ep
-                .status()
+            let s = within(self.conn.command_timeout, "status", ep.status())
                 .await
                 .map_err(|e| self.endpoint_err("status", e))?;
             // HashKV of the latest revision: a revision asked for by number may have been
             // compacted already (an idle cluster compacted to its current revision).
-            let h = ep
-                .hash_kv(0)
+            let h = within(self.hash_timeout(), "hashkv", ep.hash_kv(0))
                 .await
                 .map_err(|e| self.endpoint_err("hashkv", e))?;
             Ok(Identity {
@@ -439,12 +480,13 @@ impl Host for RealHost<'_> {
     }
 
     fn hash_at(&self, revision: i64) -> Result<Option<u32>> {
-        self.block_on(async {
+        let what = format!("hashkv at revision {revision} on {}", self.local());
+        self.block_on_said(&what, async {
             let mut ep =
                 Endpoint::connect_with_timeout(&self.conn, self.local(), self.hash_timeout())
                     .await
                     .map_err(|e| self.endpoint_err("connect", e))?;
-            match ep.hash_kv(revision).await {
+            match within(self.hash_timeout(), "hashkv", ep.hash_kv(revision)).await {
                 Ok(h) => Ok(Some(h.hash)),
                 Err(e) if e.is(RpcErrorKind::Compacted) => Ok(None),
                 Err(e) => Err(self.endpoint_err("hashkv", e)),
@@ -783,7 +825,8 @@ impl Host for RealHost<'_> {
             return Ok(None);
         };
         let pod = crate::manifest::StaticPod::load(manifest)?;
-        self.block_on(crate::etcd::member::check_local(&self.conn, &pod))
+        let what = format!("{} to say which member it is", self.local());
+        self.block_on_said(&what, crate::etcd::member::check_local(&self.conn, &pod))
             .map(Some)
     }
 
@@ -802,7 +845,8 @@ impl Host for RealHost<'_> {
 
     fn members(&self) -> Result<Vec<Member>> {
         let others = self.others()?;
-        self.block_on(crate::etcd::member::list_via(&self.conn, &others))
+        let what = format!("the member list from {}", others.join(", "));
+        self.block_on_said(&what, crate::etcd::member::list_via(&self.conn, &others))
     }
 
     fn member_remove(&self, id: u64) -> Result<bool> {

@@ -143,3 +143,10 @@ impl Drop for Proc {
         }
     }
 }
+
+impl Proc {
+    /// What the child has written to stderr so far (it may still be running).
+    pub fn stderr_so_far(&self) -> String {
+        fs::read_to_string(&self.err).unwrap_or_default()
+    }
+}
