@@ -13,6 +13,7 @@ pub mod guard;
 pub mod health;
 pub mod maintain;
 pub mod member;
+pub mod peer;
 pub mod rule;
 pub mod snapshot;
 
