@@ -42,6 +42,26 @@ fn backup(lab: &Lab) -> String {
     run.json()["archive"].as_str().unwrap().to_string()
 }
 
+/// `restore plan` on node 1: this attempt's token (fresh on every call) and the plan.
+fn plan_attempt(lab: &Lab, archive: &str) -> (String, serde_json::Value) {
+    let run = restore(lab, 1, &["plan", "--from", archive], &[]);
+    run.code(0);
+    let j = run.json();
+    (j["token"].as_str().unwrap().to_string(), j)
+}
+
+/// The cluster id node `node`'s member answers with (hex, as etcd prints it).
+fn cluster_id(lab: &Lab, node: usize) -> String {
+    let out = lab.etcdctl_node(node, &["endpoint", "status", "-w", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    format!("{:x}", v[0]["Status"]["header"]["cluster_id"].as_u64().unwrap())
+}
+
 fn restore(lab: &Lab, node: usize, words: &[&str], extra: &[(&str, &str)]) -> Run {
     let t = tool(lab.version).display().to_string();
     let mut args = vec!["-o", "json", "restore"];
@@ -595,4 +615,148 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
     );
     assert_eq!(member_id(&lab, 1), before_member);
     assert_eq!(cases.len() + 1, 16);
+}
+
+/// The restore cross-talk of issue 21, on a plain 3-node lab. Before, the token came from the
+/// archive id, so a second restore of one archive gave byte-identical member and cluster ids
+/// and a member left from the first attempt passed etcd's only peer check (the cluster-ID
+/// header) and crashed the restored one. Now: every `restore plan` prints a fresh token
+/// whose ids etcd really derives; a token this node used is refused (exit 2, nothing
+/// changed); a second attempt while a member of the first still runs is stopped before its
+/// restored members start — each node's fence-peers names the stale peer's URL and the run
+/// rolls back (exit 1), manifest byte for byte, nothing left over, the first attempt's
+/// cluster healthy again; with every node in it, the second attempt completes as a
+/// cluster with other ids.
+fn restore_twice_from_one_archive(v: Version) {
+    let lab = Lab::up(v, 3);
+    put(&lab, "/before/", 10);
+    let archive = backup(&lab);
+    put(&lab, "/after/", 5);
+    let old_cluster = cluster_id(&lab, 1);
+
+    // Attempt 1, every node with one token.
+    let (t1, p1) = plan_attempt(&lab, &archive);
+    let (t1b, p1b) = plan_attempt(&lab, &archive);
+    assert_ne!(t1, t1b, "two plans of one archive must not share a token");
+    assert_ne!(p1["restored_cluster_id"], p1b["restored_cluster_id"]);
+    assert_eq!(p1["old_cluster_id"].as_str(), Some(old_cluster.as_str()));
+    assert!(
+        p1["apply"].as_str().unwrap().contains(&format!("--token {t1}")),
+        "{p1}"
+    );
+    let runs = on_every_node(&lab, |n| {
+        restore(&lab, n, &["apply", "--from", &archive, "--token", &t1], &[])
+    });
+    for r in &runs {
+        r.code(0);
+    }
+    assert_restored(&lab, &runs);
+    let c1 = cluster_id(&lab, 1);
+    // The ids the plan announced are the ones etcd derived from the token.
+    assert_eq!(p1["restored_cluster_id"].as_str(), Some(c1.as_str()));
+    assert_ne!(c1, old_cluster);
+
+    // The same token again on a node that used it: refused, nothing changed.
+    let manifests: Vec<Vec<u8>> = (1..=3).map(|n| std::fs::read(lab.manifest(n)).unwrap()).collect();
+    let state = tree_bytes(&lab.state_dir(1));
+    let reused = restore(&lab, 1, &["apply", "--from", &archive, "--token", &t1], &[]);
+    reused.code(2);
+    reused.one_line_error("was used by restore run");
+    assert!(reused.stderr.contains(&t1), "{}", reused.dump());
+    assert_eq!(tree_bytes(&lab.state_dir(1)), state);
+    assert_eq!(std::fs::read(lab.manifest(1)).unwrap(), manifests[0]);
+    // Several members and no token: refused, naming the flag and `restore plan`.
+    let none = restore(&lab, 1, &["apply", "--from", &archive], &[]);
+    none.code(2);
+    none.one_line_error("--token is required");
+    assert!(none.stderr.contains("restore plan"), "{}", none.dump());
+    assert_eq!(tree_bytes(&lab.state_dir(1)), state);
+
+    // Attempt 2 on nodes 1 and 2 while node 3 still runs attempt 1's member: each fence
+    // sees node 3's peer URL answer as cluster c1, waits, fails, and the run rolls back.
+    let (t2, p2) = plan_attempt(&lab, &archive);
+    let c2 = p2["restored_cluster_id"].as_str().unwrap().to_string();
+    assert_ne!(c2, c1);
+    let stale_peer = p2["initial_cluster"]
+        .as_str()
+        .unwrap()
+        .split(',')
+        .find_map(|m| m.strip_prefix("node3="))
+        .unwrap()
+        .to_string();
+    let ids_before: Vec<String> = (1..=3).map(|n| member_id(&lab, n)).collect();
+    let left_before: Vec<Vec<String>> = (1..=3).map(|n| leftovers(&lab, n)).collect();
+    let blocked = std::thread::scope(|s| {
+        let h: Vec<_> = [1, 2]
+            .map(|n| {
+                let (lab, archive, t2) = (&lab, &archive, &t2);
+                s.spawn(move || {
+                    restore(
+                        lab,
+                        n,
+                        &["apply", "--from", archive, "--token", t2, "--fence-timeout", "15s"],
+                        &[],
+                    )
+                })
+            })
+            .into_iter()
+            .collect();
+        h.into_iter().map(|h| h.join().unwrap()).collect::<Vec<Run>>()
+    });
+    for (i, r) in blocked.iter().enumerate() {
+        let n = i + 1;
+        eprintln!("node {n}: {}", r.stderr.trim());
+        r.code(1);
+        assert_eq!(r.json()["state"], "rolled-back", "{}", r.dump());
+        r.one_line_error(&stale_peer);
+        assert!(r.stderr.contains(&format!("cluster {c1}")), "{}", r.dump());
+        assert!(r.stderr.contains("fence"), "{}", r.dump());
+        let steps = r.json()["steps"].to_string();
+        assert!(steps.contains("fence-peers"), "{steps}");
+        assert_eq!(
+            std::fs::read(lab.manifest(n)).unwrap(),
+            manifests[i],
+            "node {n}"
+        );
+        assert_eq!(leftovers(&lab, n), left_before[i], "node {n}");
+    }
+    for n in 1..=3 {
+        wait_for(
+            &format!("node {n} to serve attempt 1's keys again"),
+            Duration::from_secs(90),
+            || lab.count_on(n, "/before/") == Some(10),
+        );
+        assert_eq!(cluster_id(&lab, n), c1, "node {n}");
+        assert_eq!(member_id(&lab, n), ids_before[n - 1], "node {n}");
+    }
+    lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
+
+    // Attempt 2 again, every node in it this time (the token of a rolled-back attempt is
+    // spent too): a cluster with ids of its own.
+    let (t3, p3) = plan_attempt(&lab, &archive);
+    let runs = on_every_node(&lab, |n| {
+        restore(&lab, n, &["apply", "--from", &archive, "--token", &t3], &[])
+    });
+    for r in &runs {
+        r.code(0);
+    }
+    let c3 = cluster_id(&lab, 1);
+    assert_eq!(p3["restored_cluster_id"].as_str(), Some(c3.as_str()));
+    assert_ne!(c3, c1);
+    for n in 1..=3 {
+        assert_ne!(member_id(&lab, n), ids_before[n - 1], "node {n}");
+        assert_eq!(lab.count_on(n, "/before/"), Some(10));
+        assert_eq!(lab.count_on(n, "/after/"), Some(0));
+    }
+    lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
+}
+
+#[test]
+fn restore_twice_from_one_archive_34() {
+    restore_twice_from_one_archive(Version::V34);
+}
+
+#[test]
+fn restore_twice_from_one_archive_35() {
+    restore_twice_from_one_archive(Version::V35);
 }

@@ -233,8 +233,7 @@ impl Saga for Restore<'_> {
             FencePeers => {
                 let mut seen = Vec::new();
                 let what = format!(
-                    "every old peer to be fenced (not answering, or answering as this \
-                     restore's cluster {})",
+                    "every old peer to be fenced (silent, or of this restore's cluster {})",
                     r.restored_cluster_id
                 );
                 host.wait_until(
@@ -252,7 +251,9 @@ impl Saga for Restore<'_> {
                         if open.is_empty() {
                             Ok(())
                         } else {
-                            Err(Error::refused("fence the old peers", open.join("; ")))
+                            // Only its message is kept: the wait says it every 5 s and in
+                            // its error at the end.
+                            Err(Error::Usage(open.join("; ")))
                         }
                     },
                 )?;
