@@ -44,7 +44,11 @@ fn backup(lab: &Lab) -> String {
 
 /// `restore plan` on node 1: this attempt's token (fresh on every call) and the plan.
 fn plan_attempt(lab: &Lab, archive: &str) -> (String, serde_json::Value) {
-    let run = restore(lab, 1, &["plan", "--from", archive], &[]);
+    plan_on(lab, 1, archive)
+}
+
+fn plan_on(lab: &Lab, node: usize, archive: &str) -> (String, serde_json::Value) {
+    let run = restore(lab, node, &["plan", "--from", archive], &[]);
     run.code(0);
     let j = run.json();
     (j["token"].as_str().unwrap().to_string(), j)
@@ -213,8 +217,9 @@ fn restore_every_node(v: Version, disk: &str) {
     put(&lab, "/before/", 10);
     let archive = backup(&lab);
     put(&lab, "/after/", 5);
+    let (token, _) = plan_attempt(&lab, &archive);
     let runs = on_every_node(&lab, |n| {
-        restore(&lab, n, &["apply", "--from", &archive], &[])
+        restore(&lab, n, &["apply", "--from", &archive, "--token", &token], &[])
     });
     for r in &runs {
         r.code(0);
@@ -252,11 +257,46 @@ fn assert_back_on_old_data(lab: &Lab, old_member_id: &str, manifest: &[u8], what
     lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
 }
 
-/// One node restored alone (its data dir its own ext4 disk): it waits for quorum, ends
-/// exit 5 with the message, and `rollback` returns it to its old data and old cluster.
+/// Stop etcd on node `node` as an operator fences a peer: its manifest out of the manifests
+/// dir (to a dotfile kubelet ignores), until its client port refuses.
+fn fence(lab: &Lab, node: usize) {
+    let m = lab.manifest(node);
+    std::fs::rename(&m, m.with_file_name(".etcd.yaml.fenced")).unwrap();
+    wait_for(
+        &format!("node {node}'s etcd to stop"),
+        Duration::from_secs(60),
+        || {
+            std::net::TcpStream::connect(lab.client_url(node).trim_start_matches("https://"))
+                .is_err()
+        },
+    );
+}
+
+fn unfence(lab: &Lab, node: usize) {
+    let m = lab.manifest(node);
+    std::fs::rename(m.with_file_name(".etcd.yaml.fenced"), &m).unwrap();
+}
+
+/// Node 3 is back on its old data (nodes 1 and 2 fenced, so it cannot serve): its run
+/// rolled back, the manifest byte for byte, nothing of the run left in or beside the data
+/// dir, its old member's db in place.
+fn assert_rolled_back_alone(lab: &Lab, manifest: &[u8], what: &str) {
+    assert_eq!(std::fs::read(lab.manifest(3)).unwrap(), manifest, "{what}");
+    assert_eq!(leftovers(lab, 3), Vec::<String>::new(), "{what}");
+    assert!(
+        node_test(lab, 3, "-f", &lab.data_dir(3).join("member/snap/db")),
+        "{what}"
+    );
+}
+
+/// One node restored alone (its data dir its own ext4 disk). While the old cluster runs on
+/// the other two, its peers are not fenced: the run waits at fence-peers, fails naming a
+/// peer URL that answers as the archive's cluster, and rolls back — the node back in its
+/// old, healthy cluster. With the other two fenced (etcd stopped there), it restores, waits
+/// for quorum, ends exit 5 with the message, and `rollback` returns it to its old data.
 /// Then `kill -9` right after each step's first record and after its last, and `rollback`
 /// converges every time: alone, the restored member never gets a quorum, so the raft rule
-/// allows going back from every step.
+/// allows going back from every step. Every attempt has a token of its own.
 #[test]
 fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_converges() {
     let lab = Lab::up_systemd(Version::V35, 3, "ext4");
@@ -265,13 +305,32 @@ fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_c
     let archive = backup(&lab);
     put(&lab, "/after/", 5);
     let old_member_id = member_id(&lab, 3);
+    let old_cluster = cluster_id(&lab, 3);
     let manifest = std::fs::read(lab.manifest(3)).unwrap();
-    // Quorum cannot come: the other two nodes are not restored. The bound says how long the
-    // run waits for that, not a guess at how long something takes.
+
+    // The old cluster still runs on nodes 1 and 2: not fenced, so nothing starts.
+    let (token, _) = plan_on(&lab, 3, &archive);
     let run = restore(
         &lab,
         3,
-        &["apply", "--from", &archive, "--quorum-timeout", "15s"],
+        &["apply", "--from", &archive, "--token", &token, "--fence-timeout", "10s"],
+        &[],
+    );
+    run.code(1);
+    assert_eq!(run.json()["state"], "rolled-back", "{}", run.dump());
+    run.one_line_error(&format!("cluster {old_cluster} (the cluster the archive was taken from)"));
+    assert!(run.stderr.contains(":2380 still answers"), "{}", run.dump());
+    assert_back_on_old_data(&lab, &old_member_id, &manifest, "after the fence refused");
+
+    fence(&lab, 1);
+    fence(&lab, 2);
+    // Quorum cannot come: the other two nodes are not restored. The bound says how long the
+    // run waits for that, not a guess at how long something takes.
+    let (token, _) = plan_on(&lab, 3, &archive);
+    let run = restore(
+        &lab,
+        3,
+        &["apply", "--from", &archive, "--token", &token, "--quorum-timeout", "15s"],
         &[],
     );
     run.code(5);
@@ -281,15 +340,19 @@ fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_c
         "{}",
         run.dump()
     );
+    assert!(run.stderr.contains(&format!("--token {token}")), "{}", run.dump());
     assert_eq!(run.json()["state"], "failed", "{}", run.dump());
     let id = run.json()["id"].as_str().unwrap().to_string();
     assert!(node_test(&lab, 3, "-d", &old_member(&lab, 3, &id)));
     // A new run is refused while this one is unfinished.
-    restore(&lab, 3, &["apply", "--from", &archive], &[]).code(4);
+    let (other, _) = plan_on(&lab, 3, &archive);
+    restore(&lab, 3, &["apply", "--from", &archive, "--token", &other], &[]).code(4);
     let rb = restore(&lab, 3, &["rollback"], &[]);
     rb.code(0);
     assert_eq!(rb.json()["state"], "rolled-back", "{}", rb.dump());
-    assert_back_on_old_data(&lab, &old_member_id, &manifest, "after the wait");
+    assert_rolled_back_alone(&lab, &manifest, "after the wait");
+    // That attempt's token is spent, rolled back or not.
+    restore(&lab, 3, &["apply", "--from", &archive, "--token", &token], &[]).code(2);
 
     // Right after each step's first record (its effect not known to have happened) and
     // after its last (done); alone, wait-quorum never gets to done.
@@ -298,10 +361,11 @@ fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_c
         std::iter::once(format!("{}:begin", s.name())).chain(done)
     });
     for point in points {
+        let (token, _) = plan_on(&lab, 3, &archive);
         let killed = restore(
             &lab,
             3,
-            &["apply", "--from", &archive, "--quorum-timeout", "15s"],
+            &["apply", "--from", &archive, "--token", &token, "--quorum-timeout", "15s"],
             &[("ETCDOPS_TEST_KILL_AFTER", &point)],
         );
         assert_eq!(
@@ -314,8 +378,11 @@ fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_c
         let rb = restore(&lab, 3, &["rollback"], &[]);
         rb.code(0);
         assert_eq!(rb.json()["state"], "rolled-back", "{point}: {}", rb.dump());
-        assert_back_on_old_data(&lab, &old_member_id, &manifest, &point);
+        assert_rolled_back_alone(&lab, &manifest, &point);
     }
+    unfence(&lab, 1);
+    unfence(&lab, 2);
+    assert_back_on_old_data(&lab, &old_member_id, &manifest, "after every kill point");
 }
 
 /// `kill -9` right after each step's first and last record, on every node (three points
@@ -327,21 +394,25 @@ fn restore_kill_9_at_every_step_then_resume_converges() {
     put(&lab, "/before/", 10);
     let archive = backup(&lab);
     put(&lab, "/after/", 5);
-    // Every step's first and last record but wait-quorum's last (then the run is over).
-    let points: Vec<String> = RestoreStep::ALL
+    // Every step's first and last record but wait-quorum's last (then the run is over),
+    // and the first again to fill the last round.
+    let mut points: Vec<String> = RestoreStep::ALL
         .iter()
         .flat_map(|s| {
             let done = (*s != RestoreStep::WaitQuorum).then(|| format!("{}:done", s.name()));
             std::iter::once(format!("{}:begin", s.name())).chain(done)
         })
         .collect();
-    assert_eq!(points.len(), 15);
+    assert_eq!(points.len(), 17);
+    points.push(points[0].clone());
     for round in points.chunks(3) {
+        // Each round is a restore attempt of its own: a fresh token.
+        let (token, _) = plan_attempt(&lab, &archive);
         let killed = on_every_node(&lab, |n| {
             restore(
                 &lab,
                 n,
-                &["apply", "--from", &archive],
+                &["apply", "--from", &archive, "--token", &token],
                 &[("ETCDOPS_TEST_KILL_AFTER", &round[n - 1])],
             )
         });
@@ -540,6 +611,12 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
             "does not support them",
         ),
         (
+            apply(&["--from", &archive, "--etcdutl", &t, "--token", "a b"]),
+            &[],
+            2,
+            "--token \"a b\"",
+        ),
+        (
             ["-o", "json", "restore", "resume"]
                 .iter()
                 .map(|s| s.to_string())
@@ -614,7 +691,7 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
         "unfinished",
     );
     assert_eq!(member_id(&lab, 1), before_member);
-    assert_eq!(cases.len() + 1, 16);
+    assert_eq!(cases.len() + 1, 17);
 }
 
 /// The restore cross-talk of issue 21, on a plain 3-node lab. Before, the token came from the
