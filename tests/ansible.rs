@@ -382,7 +382,10 @@ fn whole_cluster_restore_playbook_on_a_lab() {
         let out = lab.etcdctl_node(n, &["endpoint", "status", "-w", "json"]);
         assert!(out.status.success(), "{out:?}");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let id = format!("{:x}", v[0]["Status"]["header"]["cluster_id"].as_u64().unwrap());
+        let id = format!(
+            "{:x}",
+            v[0]["Status"]["header"]["cluster_id"].as_u64().unwrap()
+        );
         assert_eq!(id, shown, "node {n}");
     }
     lab.etcdops(1, &["health", "--cluster"], &[]).code(0);

@@ -61,7 +61,10 @@ fn cluster_id(lab: &Lab, node: usize) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    format!("{:x}", v[0]["Status"]["header"]["cluster_id"].as_u64().unwrap())
+    format!(
+        "{:x}",
+        v[0]["Status"]["header"]["cluster_id"].as_u64().unwrap()
+    )
 }
 
 fn restore(lab: &Lab, node: usize, words: &[&str], extra: &[(&str, &str)]) -> Run {
@@ -217,7 +220,12 @@ fn restore_every_node(v: Version, disk: &str) {
     put(&lab, "/after/", 5);
     let (token, _) = plan_attempt(&lab, &archive);
     let runs = on_every_node(&lab, |n| {
-        restore(&lab, n, &["apply", "--from", &archive, "--token", &token], &[])
+        restore(
+            &lab,
+            n,
+            &["apply", "--from", &archive, "--token", &token],
+            &[],
+        )
     });
     for r in &runs {
         r.code(0);
@@ -316,12 +324,22 @@ fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_c
     let run = restore(
         &lab,
         3,
-        &["apply", "--from", &archive, "--token", &token, "--fence-timeout", "10s"],
+        &[
+            "apply",
+            "--from",
+            &archive,
+            "--token",
+            &token,
+            "--fence-timeout",
+            "10s",
+        ],
         &[],
     );
     run.code(1);
     assert_eq!(run.json()["state"], "rolled-back", "{}", run.dump());
-    run.one_line_error(&format!("cluster {old_cluster} (the cluster the archive was taken from)"));
+    run.one_line_error(&format!(
+        "cluster {old_cluster} (the cluster the archive was taken from)"
+    ));
     assert!(run.stderr.contains(":2380 still answers"), "{}", run.dump());
     assert_back_on_old_data(&lab, &old_member_id, &manifest, "after the fence refused");
 
@@ -333,7 +351,15 @@ fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_c
     let run = restore(
         &lab,
         3,
-        &["apply", "--from", &archive, "--token", &token, "--quorum-timeout", "15s"],
+        &[
+            "apply",
+            "--from",
+            &archive,
+            "--token",
+            &token,
+            "--quorum-timeout",
+            "15s",
+        ],
         &[],
     );
     run.code(5);
@@ -343,19 +369,35 @@ fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_c
         "{}",
         run.dump()
     );
-    assert!(run.stderr.contains(&format!("--token {token}")), "{}", run.dump());
+    assert!(
+        run.stderr.contains(&format!("--token {token}")),
+        "{}",
+        run.dump()
+    );
     assert_eq!(run.json()["state"], "failed", "{}", run.dump());
     let id = run.json()["id"].as_str().unwrap().to_string();
     assert!(node_test(&lab, 3, "-d", &old_member(&lab, 3, &id)));
     // A new run is refused while this one is unfinished.
     let (other, _) = plan_on(&lab, 3, &archive);
-    restore(&lab, 3, &["apply", "--from", &archive, "--token", &other], &[]).code(4);
+    restore(
+        &lab,
+        3,
+        &["apply", "--from", &archive, "--token", &other],
+        &[],
+    )
+    .code(4);
     let rb = restore(&lab, 3, &["rollback"], &[]);
     rb.code(0);
     assert_eq!(rb.json()["state"], "rolled-back", "{}", rb.dump());
     assert_rolled_back_alone(&lab, &manifest, "after the wait");
     // That attempt's token is spent, rolled back or not.
-    restore(&lab, 3, &["apply", "--from", &archive, "--token", &token], &[]).code(2);
+    restore(
+        &lab,
+        3,
+        &["apply", "--from", &archive, "--token", &token],
+        &[],
+    )
+    .code(2);
 
     // Right after each step's first record (its effect not known to have happened) and
     // after its last (done); alone, wait-quorum never gets to done.
@@ -368,7 +410,15 @@ fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_c
         let killed = restore(
             &lab,
             3,
-            &["apply", "--from", &archive, "--token", &token, "--quorum-timeout", "15s"],
+            &[
+                "apply",
+                "--from",
+                &archive,
+                "--token",
+                &token,
+                "--quorum-timeout",
+                "15s",
+            ],
             &[("ETCDOPS_TEST_KILL_AFTER", &point)],
         );
         assert_eq!(
@@ -398,7 +448,9 @@ fn restore_kill_9_at_every_step_then_resume_converges() {
     let archive = backup(&lab);
     put(&lab, "/after/", 5);
     // Every step's first and last record but wait-quorum's last (then the run is over),
-    // and the first again to fill the last round.
+    // and stop-etcd's last again to fill the last round. Not a point before stop-etcd's
+    // last: a node killed there leaves its old member running, and the other nodes'
+    // fence-peers rightly waits for it (then fails) instead of starting theirs.
     let mut points: Vec<String> = RestoreStep::ALL
         .iter()
         .flat_map(|s| {
@@ -407,7 +459,7 @@ fn restore_kill_9_at_every_step_then_resume_converges() {
         })
         .collect();
     assert_eq!(points.len(), 17);
-    points.push(points[0].clone());
+    points.push("stop-etcd:done".to_string());
     for round in points.chunks(3) {
         // Each round is a restore attempt of its own: a fresh token.
         let (token, _) = plan_attempt(&lab, &archive);
@@ -672,7 +724,10 @@ fn restore_twice_from_one_archive(v: Version) {
     assert_ne!(p1["restored_cluster_id"], p1b["restored_cluster_id"]);
     assert_eq!(p1["old_cluster_id"].as_str(), Some(old_cluster.as_str()));
     assert!(
-        p1["apply"].as_str().unwrap().contains(&format!("--token {t1}")),
+        p1["apply"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("--token {t1}")),
         "{p1}"
     );
     let runs = on_every_node(&lab, |n| {
@@ -688,7 +743,9 @@ fn restore_twice_from_one_archive(v: Version) {
     assert_ne!(c1, old_cluster);
 
     // The same token again on a node that used it: refused, nothing changed.
-    let manifests: Vec<Vec<u8>> = (1..=3).map(|n| std::fs::read(lab.manifest(n)).unwrap()).collect();
+    let manifests: Vec<Vec<u8>> = (1..=3)
+        .map(|n| std::fs::read(lab.manifest(n)).unwrap())
+        .collect();
     let state = tree_bytes(&lab.state_dir(1));
     let reused = restore(&lab, 1, &["apply", "--from", &archive, "--token", &t1], &[]);
     reused.code(2);
@@ -725,14 +782,24 @@ fn restore_twice_from_one_archive(v: Version) {
                     restore(
                         lab,
                         n,
-                        &["apply", "--from", archive, "--token", t2, "--fence-timeout", "15s"],
+                        &[
+                            "apply",
+                            "--from",
+                            archive,
+                            "--token",
+                            t2,
+                            "--fence-timeout",
+                            "15s",
+                        ],
                         &[],
                     )
                 })
             })
             .into_iter()
             .collect();
-        h.into_iter().map(|h| h.join().unwrap()).collect::<Vec<Run>>()
+        h.into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<Run>>()
     });
     for (i, r) in blocked.iter().enumerate() {
         let n = i + 1;

@@ -144,7 +144,10 @@ impl Render for PlanReport {
         t.row(["initial cluster".to_string(), p.initial_cluster.clone()]);
         t.row([
             "cluster token".to_string(),
-            format!("{} (this attempt's: the same on every node, never again)", p.token),
+            format!(
+                "{} (this attempt's: the same on every node, never again)",
+                p.token
+            ),
         ]);
         t.row([
             "restored ids".to_string(),
@@ -164,7 +167,9 @@ impl Render for PlanReport {
             "\nrestore every node of this attempt with the same token, all at once:\n  {}\n",
             self.apply
         ));
-        out.push_str("\nor by hand, with etcd stopped on every node (manifest moved out), on this node:\n");
+        out.push_str(
+            "\nor by hand, with etcd stopped on every node (manifest moved out), on this node:\n",
+        );
         if let Some(x) = &self.extract {
             out.push_str(&format!("  {x}\n"));
         }

@@ -73,26 +73,28 @@ pub fn cluster_id(
             .trim_start_matches('[')
             .trim_end_matches(']');
         let config = client_config(tls).map_err(fail)?;
-        let name = ServerName::try_from(host.to_string())
-            .map_err(|e| fail(format!("{host}: {e}")))?;
-        let mut conn = rustls::ClientConnection::new(config, name)
-            .map_err(|e| fail(format!("TLS: {e}")))?;
+        let name =
+            ServerName::try_from(host.to_string()).map_err(|e| fail(format!("{host}: {e}")))?;
+        let mut conn =
+            rustls::ClientConnection::new(config, name).map_err(|e| fail(format!("TLS: {e}")))?;
         let mut stream = rustls::Stream::new(&mut conn, &mut sock);
         exchange(&mut stream, &request).map_err(|e| fail(format!("TLS: {e}")))?
     } else {
         exchange(&mut sock, &request).map_err(|e| fail(e.to_string()))?
     };
-    header_cluster_id(&response)
-        .map(Some)
-        .ok_or_else(|| {
-            let first = response.lines().next().unwrap_or("(nothing)");
-            fail(format!("the answer has no X-Etcd-Cluster-ID header ({first})"))
-        })
+    header_cluster_id(&response).map(Some).ok_or_else(|| {
+        let first = response.lines().next().unwrap_or("(nothing)");
+        fail(format!(
+            "the answer has no X-Etcd-Cluster-ID header ({first})"
+        ))
+    })
 }
 
 fn client_config(tls: &PeerTls) -> std::result::Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(&tls.ca).map_err(|e| format!("{}: {e}", tls.ca.display()))? {
+    for c in
+        CertificateDer::pem_file_iter(&tls.ca).map_err(|e| format!("{}: {e}", tls.ca.display()))?
+    {
         let c = c.map_err(|e| format!("{}: {e}", tls.ca.display()))?;
         roots
             .add(c)
@@ -188,6 +190,11 @@ mod tests {
         });
         let got = cluster_id(&url, None, Duration::from_secs(2), Duration::from_secs(2));
         assert_eq!(got.unwrap().as_deref(), Some("cdf818194e3a8c32"));
-        assert!(server.join().unwrap().starts_with("GET /members HTTP/1.1\r\n"));
+        assert!(
+            server
+                .join()
+                .unwrap()
+                .starts_with("GET /members HTTP/1.1\r\n")
+        );
     }
 }

@@ -765,7 +765,10 @@ mod tests {
     #[test]
     fn restored_ids_are_the_ids_etcd_derives() {
         let (m, c) = restored_ids("default=http://localhost:2380", "default", "etcd-cluster");
-        assert_eq!((m.as_str(), c.as_str()), ("8e9e05c52164694d", "cdf818194e3a8c32"));
+        assert_eq!(
+            (m.as_str(), c.as_str()),
+            ("8e9e05c52164694d", "cdf818194e3a8c32")
+        );
         // Another token, other ids: what keeps two restore attempts apart.
         let ic = "a=https://10.0.0.1:2380,b=https://10.0.0.2:2380";
         let (m1, c1) = restored_ids(ic, "a", "etcdops-restore-x-1");
@@ -784,7 +787,11 @@ mod tests {
         check_token(&a).unwrap();
         let e = choose_token(None, 3, "0123456789abcdef").unwrap_err();
         assert_eq!(e.exit_code(), 2);
-        assert!(e.one_line().contains("--token is required"), "{}", e.one_line());
+        assert!(
+            e.one_line().contains("--token is required"),
+            "{}",
+            e.one_line()
+        );
         assert!(e.one_line().contains("restore plan"), "{}", e.one_line());
         // One member: nobody else must agree, a fresh token is made.
         assert!(

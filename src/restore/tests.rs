@@ -650,5 +650,10 @@ fn a_peer_that_is_not_fenced_blocks_the_start_and_the_run_rolls_back() {
         .unwrap()
         .run()
         .unwrap();
-    assert_final(&fake, &run_dir, &p, "sibling answering as this restore's cluster");
+    assert_final(
+        &fake,
+        &run_dir,
+        &p,
+        "sibling answering as this restore's cluster",
+    );
 }

@@ -735,7 +735,12 @@ impl Host for RealHost<'_> {
         peer_url: &str,
         tls: Option<&crate::restore::plan::PeerTls>,
     ) -> Result<Option<String>> {
-        crate::etcd::peer::cluster_id(peer_url, tls, self.conn.dial_timeout, self.conn.command_timeout)
+        crate::etcd::peer::cluster_id(
+            peer_url,
+            tls,
+            self.conn.dial_timeout,
+            self.conn.command_timeout,
+        )
     }
 
     fn wait_until(
