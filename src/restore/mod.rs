@@ -144,6 +144,8 @@ fn outcome(engine: &Engine<Restore>, result: Result<()>) -> Outcome {
 /// attempt's token and the bounds of its waits.
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
+    /// `--identity`: the age identity of an encrypted archive.
+    pub identity: Option<PathBuf>,
     pub revision_flags: plan::RevisionFlags,
     /// `--token`; none: a fresh one for a single-member cluster, refused for more.
     pub token: Option<String>,
@@ -158,9 +160,10 @@ pub fn apply_plan(
     state_dir: &Path,
     manifest: &Path,
     from: &Path,
+    identity: Option<&Path>,
     token: Option<&str>,
 ) -> Result<plan::RestorePlan> {
-    let mut restore = plan::plan(manifest, from)?;
+    let mut restore = plan::plan(manifest, from, identity)?;
     let token = plan::choose_token(token, restore.members(), restore.source_id())?;
     if let Some(run) = token_used_by(state_dir, &token)? {
         return Err(Error::Usage(format!(
@@ -212,6 +215,7 @@ fn preflight(
         &opts.state_dir,
         &opts.manifest,
         from,
+        apply.identity.as_deref(),
         apply.token.as_deref(),
     )?;
     revision_flags.check(tool)?;
