@@ -40,6 +40,33 @@ fn backup(lab: &Lab) -> String {
     run.json()["archive"].as_str().unwrap().to_string()
 }
 
+/// `restore plan` on node 1: this attempt's token (fresh on every call) and the plan.
+fn plan_attempt(lab: &Lab, archive: &str) -> (String, serde_json::Value) {
+    plan_on(lab, 1, archive)
+}
+
+fn plan_on(lab: &Lab, node: usize, archive: &str) -> (String, serde_json::Value) {
+    let run = restore(lab, node, &["plan", "--from", archive], &[]);
+    run.code(0);
+    let j = run.json();
+    (j["token"].as_str().unwrap().to_string(), j)
+}
+
+/// The cluster id node `node`'s member answers with (hex, as etcd prints it).
+fn cluster_id(lab: &Lab, node: usize) -> String {
+    let out = lab.etcdctl_node(node, &["endpoint", "status", "-w", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    format!(
+        "{:x}",
+        v[0]["Status"]["header"]["cluster_id"].as_u64().unwrap()
+    )
+}
+
 fn restore(lab: &Lab, node: usize, words: &[&str], extra: &[(&str, &str)]) -> Run {
     let t = tool(lab.version).display().to_string();
     let mut args = vec!["-o", "json", "restore"];
@@ -191,8 +218,14 @@ fn restore_every_node(v: Version, disk: &str) {
     put(&lab, "/before/", 10);
     let archive = backup(&lab);
     put(&lab, "/after/", 5);
+    let (token, _) = plan_attempt(&lab, &archive);
     let runs = on_every_node(&lab, |n| {
-        restore(&lab, n, &["apply", "--from", &archive], &[])
+        restore(
+            &lab,
+            n,
+            &["apply", "--from", &archive, "--token", &token],
+            &[],
+        )
     });
     for r in &runs {
         r.code(0);
@@ -235,11 +268,46 @@ fn assert_back_on_old_data(lab: &Lab, old_member_id: &str, manifest: &[u8], what
     lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
 }
 
-/// One node restored alone (its data dir its own ext4 disk): it waits for quorum, ends
-/// exit 5 with the message, and `rollback` returns it to its old data and old cluster.
+/// Stop etcd on node `node` as an operator fences a peer: its manifest out of the manifests
+/// dir (to a dotfile kubelet ignores), until its client port refuses.
+fn fence(lab: &Lab, node: usize) {
+    let m = lab.manifest(node);
+    std::fs::rename(&m, m.with_file_name(".etcd.yaml.fenced")).unwrap();
+    wait_for(
+        &format!("node {node}'s etcd to stop"),
+        Duration::from_secs(60),
+        || {
+            std::net::TcpStream::connect(lab.client_url(node).trim_start_matches("https://"))
+                .is_err()
+        },
+    );
+}
+
+fn unfence(lab: &Lab, node: usize) {
+    let m = lab.manifest(node);
+    std::fs::rename(m.with_file_name(".etcd.yaml.fenced"), &m).unwrap();
+}
+
+/// Node 3 is back on its old data (nodes 1 and 2 fenced, so it cannot serve): its run
+/// rolled back, the manifest byte for byte, nothing of the run left in or beside the data
+/// dir, its old member's db in place.
+fn assert_rolled_back_alone(lab: &Lab, manifest: &[u8], what: &str) {
+    assert_eq!(std::fs::read(lab.manifest(3)).unwrap(), manifest, "{what}");
+    assert_eq!(leftovers(lab, 3), Vec::<String>::new(), "{what}");
+    assert!(
+        node_test(lab, 3, "-f", &lab.data_dir(3).join("member/snap/db")),
+        "{what}"
+    );
+}
+
+/// One node restored alone (its data dir its own ext4 disk). While the old cluster runs on
+/// the other two, its peers are not fenced: the run waits at fence-peers, fails naming a
+/// peer URL that answers as the archive's cluster, and rolls back — the node back in its
+/// old, healthy cluster. With the other two fenced (etcd stopped there), it restores, waits
+/// for quorum, ends exit 5 with the message, and `rollback` returns it to its old data.
 /// Then `kill -9` right after each step's first record and after its last, and `rollback`
 /// converges every time: alone, the restored member never gets a quorum, so the raft rule
-/// allows going back from every step.
+/// allows going back from every step. Every attempt has a token of its own.
 #[test]
 fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_converges() {
     let lab = Lab::up_systemd(Version::V36, 3, "ext4");
@@ -248,13 +316,50 @@ fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_c
     let archive = backup(&lab);
     put(&lab, "/after/", 5);
     let old_member_id = member_id(&lab, 3);
+    let old_cluster = cluster_id(&lab, 3);
     let manifest = std::fs::read(lab.manifest(3)).unwrap();
-    // Quorum cannot come: the other two nodes are not restored. The bound says how long the
-    // run waits for that, not a guess at how long something takes.
+
+    // The old cluster still runs on nodes 1 and 2: not fenced, so nothing starts.
+    let (token, _) = plan_on(&lab, 3, &archive);
     let run = restore(
         &lab,
         3,
-        &["apply", "--from", &archive, "--quorum-timeout", "15s"],
+        &[
+            "apply",
+            "--from",
+            &archive,
+            "--token",
+            &token,
+            "--fence-timeout",
+            "10s",
+        ],
+        &[],
+    );
+    run.code(1);
+    assert_eq!(run.json()["state"], "rolled-back", "{}", run.dump());
+    run.one_line_error(&format!(
+        "cluster {old_cluster} (the cluster the archive was taken from)"
+    ));
+    assert!(run.stderr.contains(":2380 still answers"), "{}", run.dump());
+    assert_back_on_old_data(&lab, &old_member_id, &manifest, "after the fence refused");
+
+    fence(&lab, 1);
+    fence(&lab, 2);
+    // Quorum cannot come: the other two nodes are not restored. The bound says how long the
+    // run waits for that, not a guess at how long something takes.
+    let (token, _) = plan_on(&lab, 3, &archive);
+    let run = restore(
+        &lab,
+        3,
+        &[
+            "apply",
+            "--from",
+            &archive,
+            "--token",
+            &token,
+            "--quorum-timeout",
+            "15s",
+        ],
         &[],
     );
     run.code(5);
@@ -264,15 +369,35 @@ fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_c
         "{}",
         run.dump()
     );
+    assert!(
+        run.stderr.contains(&format!("--token {token}")),
+        "{}",
+        run.dump()
+    );
     assert_eq!(run.json()["state"], "failed", "{}", run.dump());
     let id = run.json()["id"].as_str().unwrap().to_string();
     assert!(node_test(&lab, 3, "-d", &old_member(&lab, 3, &id)));
     // A new run is refused while this one is unfinished.
-    restore(&lab, 3, &["apply", "--from", &archive], &[]).code(4);
+    let (other, _) = plan_on(&lab, 3, &archive);
+    restore(
+        &lab,
+        3,
+        &["apply", "--from", &archive, "--token", &other],
+        &[],
+    )
+    .code(4);
     let rb = restore(&lab, 3, &["rollback"], &[]);
     rb.code(0);
     assert_eq!(rb.json()["state"], "rolled-back", "{}", rb.dump());
-    assert_back_on_old_data(&lab, &old_member_id, &manifest, "after the wait");
+    assert_rolled_back_alone(&lab, &manifest, "after the wait");
+    // That attempt's token is spent, rolled back or not.
+    restore(
+        &lab,
+        3,
+        &["apply", "--from", &archive, "--token", &token],
+        &[],
+    )
+    .code(2);
 
     // Right after each step's first record (its effect not known to have happened) and
     // after its last (done); alone, wait-quorum never gets to done.
@@ -281,10 +406,19 @@ fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_c
         std::iter::once(format!("{}:begin", s.name())).chain(done)
     });
     for point in points {
+        let (token, _) = plan_on(&lab, 3, &archive);
         let killed = restore(
             &lab,
             3,
-            &["apply", "--from", &archive, "--quorum-timeout", "15s"],
+            &[
+                "apply",
+                "--from",
+                &archive,
+                "--token",
+                &token,
+                "--quorum-timeout",
+                "15s",
+            ],
             &[("ETCDOPS_TEST_KILL_AFTER", &point)],
         );
         assert_eq!(
@@ -297,8 +431,11 @@ fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_c
         let rb = restore(&lab, 3, &["rollback"], &[]);
         rb.code(0);
         assert_eq!(rb.json()["state"], "rolled-back", "{point}: {}", rb.dump());
-        assert_back_on_old_data(&lab, &old_member_id, &manifest, &point);
+        assert_rolled_back_alone(&lab, &manifest, &point);
     }
+    unfence(&lab, 1);
+    unfence(&lab, 2);
+    assert_back_on_old_data(&lab, &old_member_id, &manifest, "after every kill point");
 }
 
 /// `kill -9` right after each step's first and last record, on every node (three points
@@ -310,21 +447,27 @@ fn restore_kill_9_at_every_step_then_resume_converges() {
     put(&lab, "/before/", 10);
     let archive = backup(&lab);
     put(&lab, "/after/", 5);
-    // Every step's first and last record but wait-quorum's last (then the run is over).
-    let points: Vec<String> = RestoreStep::ALL
+    // Every step's first and last record but wait-quorum's last (then the run is over),
+    // and stop-etcd's last again to fill the last round. Not a point before stop-etcd's
+    // last: a node killed there leaves its old member running, and the other nodes'
+    // fence-peers rightly waits for it (then fails) instead of starting theirs.
+    let mut points: Vec<String> = RestoreStep::ALL
         .iter()
         .flat_map(|s| {
             let done = (*s != RestoreStep::WaitQuorum).then(|| format!("{}:done", s.name()));
             std::iter::once(format!("{}:begin", s.name())).chain(done)
         })
         .collect();
-    assert_eq!(points.len(), 15);
+    assert_eq!(points.len(), 17);
+    points.push("stop-etcd:done".to_string());
     for round in points.chunks(3) {
+        // Each round is a restore attempt of its own: a fresh token.
+        let (token, _) = plan_attempt(&lab, &archive);
         let killed = on_every_node(&lab, |n| {
             restore(
                 &lab,
                 n,
-                &["apply", "--from", &archive],
+                &["apply", "--from", &archive, "--token", &token],
                 &[("ETCDOPS_TEST_KILL_AFTER", &round[n - 1])],
             )
         });
@@ -503,6 +646,12 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
             "soon",
         ),
         (
+            apply(&["--from", &archive, "--etcdutl", &t, "--token", "a b"]),
+            &[],
+            2,
+            "--token \"a b\"",
+        ),
+        (
             ["-o", "json", "restore", "resume"]
                 .iter()
                 .map(|s| s.to_string())
@@ -577,5 +726,169 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
         "unfinished",
     );
     assert_eq!(member_id(&lab, 1), before_member);
-    assert_eq!(cases.len() + 1, 14);
+    assert_eq!(cases.len() + 1, 15);
+}
+
+/// The restore cross-talk of issue 21, on a plain 3-node lab. Before, the token came from the
+/// archive id, so a second restore of one archive gave byte-identical member and cluster ids
+/// and a member left from the first attempt passed etcd's only peer check (the cluster-ID
+/// header) and crashed the restored one. Now: every `restore plan` prints a fresh token
+/// whose ids etcd really derives; a token this node used is refused (exit 2, nothing
+/// changed); a second attempt while a member of the first still runs is stopped before its
+/// restored members start — each node's fence-peers names the stale peer's URL and the run
+/// rolls back (exit 1), manifest byte for byte, nothing left over, the first attempt's
+/// cluster healthy again; with every node in it, the second attempt completes as a
+/// cluster with other ids.
+fn restore_twice_from_one_archive(v: Version) {
+    let lab = Lab::up(v, 3);
+    put(&lab, "/before/", 10);
+    let archive = backup(&lab);
+    put(&lab, "/after/", 5);
+    let old_cluster = cluster_id(&lab, 1);
+
+    // Attempt 1, every node with one token.
+    let (t1, p1) = plan_attempt(&lab, &archive);
+    let (t1b, p1b) = plan_attempt(&lab, &archive);
+    assert_ne!(t1, t1b, "two plans of one archive must not share a token");
+    assert_ne!(p1["restored_cluster_id"], p1b["restored_cluster_id"]);
+    assert_eq!(p1["old_cluster_id"].as_str(), Some(old_cluster.as_str()));
+    assert!(
+        p1["apply"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("--token {t1}")),
+        "{p1}"
+    );
+    let runs = on_every_node(&lab, |n| {
+        restore(&lab, n, &["apply", "--from", &archive, "--token", &t1], &[])
+    });
+    for r in &runs {
+        r.code(0);
+    }
+    assert_restored(&lab, &runs);
+    let c1 = cluster_id(&lab, 1);
+    // The ids the plan announced are the ones etcd derived from the token.
+    assert_eq!(p1["restored_cluster_id"].as_str(), Some(c1.as_str()));
+    assert_ne!(c1, old_cluster);
+
+    // The same token again on a node that used it: refused, nothing changed.
+    let manifests: Vec<Vec<u8>> = (1..=3)
+        .map(|n| std::fs::read(lab.manifest(n)).unwrap())
+        .collect();
+    let state = tree_bytes(&lab.state_dir(1));
+    let reused = restore(&lab, 1, &["apply", "--from", &archive, "--token", &t1], &[]);
+    reused.code(2);
+    reused.one_line_error("was used by restore run");
+    assert!(reused.stderr.contains(&t1), "{}", reused.dump());
+    assert_eq!(tree_bytes(&lab.state_dir(1)), state);
+    assert_eq!(std::fs::read(lab.manifest(1)).unwrap(), manifests[0]);
+    // Several members and no token: refused, naming the flag and `restore plan`.
+    let none = restore(&lab, 1, &["apply", "--from", &archive], &[]);
+    none.code(2);
+    none.one_line_error("--token is required");
+    assert!(none.stderr.contains("restore plan"), "{}", none.dump());
+    assert_eq!(tree_bytes(&lab.state_dir(1)), state);
+
+    // Attempt 2 on nodes 1 and 2 while node 3 still runs attempt 1's member: each fence
+    // sees node 3's peer URL answer as cluster c1, waits, fails, and the run rolls back.
+    let (t2, p2) = plan_attempt(&lab, &archive);
+    let c2 = p2["restored_cluster_id"].as_str().unwrap().to_string();
+    assert_ne!(c2, c1);
+    let stale_peer = p2["initial_cluster"]
+        .as_str()
+        .unwrap()
+        .split(',')
+        .find_map(|m| m.strip_prefix("node3="))
+        .unwrap()
+        .to_string();
+    let ids_before: Vec<String> = (1..=3).map(|n| member_id(&lab, n)).collect();
+    let left_before: Vec<Vec<String>> = (1..=3).map(|n| leftovers(&lab, n)).collect();
+    let blocked = std::thread::scope(|s| {
+        let h: Vec<_> = [1, 2]
+            .map(|n| {
+                let (lab, archive, t2) = (&lab, &archive, &t2);
+                s.spawn(move || {
+                    restore(
+                        lab,
+                        n,
+                        &[
+                            "apply",
+                            "--from",
+                            archive,
+                            "--token",
+                            t2,
+                            "--fence-timeout",
+                            "15s",
+                        ],
+                        &[],
+                    )
+                })
+            })
+            .into_iter()
+            .collect();
+        h.into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<Run>>()
+    });
+    for (i, r) in blocked.iter().enumerate() {
+        let n = i + 1;
+        eprintln!("node {n}: {}", r.stderr.trim());
+        r.code(1);
+        assert_eq!(r.json()["state"], "rolled-back", "{}", r.dump());
+        r.one_line_error(&stale_peer);
+        assert!(r.stderr.contains(&format!("cluster {c1}")), "{}", r.dump());
+        assert!(r.stderr.contains("fence"), "{}", r.dump());
+        let steps = r.json()["steps"].to_string();
+        assert!(steps.contains("fence-peers"), "{steps}");
+        assert_eq!(
+            std::fs::read(lab.manifest(n)).unwrap(),
+            manifests[i],
+            "node {n}"
+        );
+        assert_eq!(leftovers(&lab, n), left_before[i], "node {n}");
+    }
+    for n in 1..=3 {
+        wait_for(
+            &format!("node {n} to serve attempt 1's keys again"),
+            Duration::from_secs(90),
+            || lab.count_on(n, "/before/") == Some(10),
+        );
+        assert_eq!(cluster_id(&lab, n), c1, "node {n}");
+        assert_eq!(member_id(&lab, n), ids_before[n - 1], "node {n}");
+    }
+    lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
+
+    // Attempt 2 again, every node in it this time (the token of a rolled-back attempt is
+    // spent too): a cluster with ids of its own.
+    let (t3, p3) = plan_attempt(&lab, &archive);
+    let runs = on_every_node(&lab, |n| {
+        restore(&lab, n, &["apply", "--from", &archive, "--token", &t3], &[])
+    });
+    for r in &runs {
+        r.code(0);
+    }
+    let c3 = cluster_id(&lab, 1);
+    assert_eq!(p3["restored_cluster_id"].as_str(), Some(c3.as_str()));
+    assert_ne!(c3, c1);
+    for n in 1..=3 {
+        assert_ne!(member_id(&lab, n), ids_before[n - 1], "node {n}");
+        assert_eq!(lab.count_on(n, "/before/"), Some(10));
+        assert_eq!(lab.count_on(n, "/after/"), Some(0));
+    }
+    lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
+}
+
+#[test]
+fn restore_twice_from_one_archive_3_5() {
+    restore_twice_from_one_archive(Version::V35);
+}
+
+#[test]
+fn restore_twice_from_one_archive_3_6() {
+    restore_twice_from_one_archive(Version::V36);
+}
+
+#[test]
+fn restore_twice_from_one_archive_3_7() {
+    restore_twice_from_one_archive(Version::V37);
 }

@@ -14,6 +14,7 @@ pub mod health;
 pub mod maintain;
 pub mod member;
 pub mod peer;
+pub mod peer_fence;
 pub mod rule;
 pub mod snapshot;
 

@@ -155,6 +155,31 @@ pub trait Host {
     ) -> Result<()> {
         crate::restore::plan::run_restore(tool, plan, snapshot, dest)
     }
+    /// Which cluster the etcd at `peer_url` serves, asked as etcd's peers ask each other:
+    /// `GET /members` on the peer port (with the peer TLS files) and its `X-Etcd-Cluster-ID`
+    /// header (etcd 3.4 to 3.7). `None` when nothing answers there (refused, or no answer
+    /// within the dial timeout); an error when something answers but its cluster cannot be
+    /// read.
+    fn peer_cluster_id(
+        &self,
+        _peer_url: &str,
+        _tls: Option<&crate::restore::plan::PeerTls>,
+    ) -> Result<Option<String>> {
+        Err(Error::failed(
+            "peer cluster id",
+            "not available on this host",
+        ))
+    }
+    /// Wait, at most `timeout`, until `check` passes; its error says what is still
+    /// missing, in the progress line every 5 s and in the error at the end. Fakes: one look.
+    fn wait_until(
+        &self,
+        what: &str,
+        _timeout: Duration,
+        check: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        check().map_err(|e| Error::failed(format!("wait for {what}"), e.one_line()))
+    }
     /// The local member's serializable status, once.
     fn local_status(&self) -> Result<MemberStatus> {
         Err(Error::failed("local status", "not available on this host"))
@@ -750,6 +775,31 @@ impl Host for RealHost<'_> {
 
     fn client_port_listening(&self) -> Result<bool> {
         Ok(!node::port_refuses(self.local()))
+    }
+
+    fn peer_cluster_id(
+        &self,
+        peer_url: &str,
+        tls: Option<&crate::restore::plan::PeerTls>,
+    ) -> Result<Option<String>> {
+        crate::etcd::peer_fence::cluster_id(
+            peer_url,
+            tls,
+            self.conn.dial_timeout,
+            self.conn.command_timeout,
+        )
+    }
+
+    fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        self.wait(what, timeout, Duration::from_secs(1), |_| {
+            check()?;
+            Ok(Poll::Ready)
+        })
     }
 
     fn wait_listening(&self) -> Result<()> {
