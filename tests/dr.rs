@@ -22,7 +22,7 @@ use common::{Run, Version, tree_bytes};
 fn tool(v: Version) -> PathBuf {
     match v {
         Version::V34 => v.etcdctl(),
-        Version::V35 => v.etcdutl(),
+        Version::V35 | Version::V36 | Version::V37 => v.etcdutl(),
     }
 }
 

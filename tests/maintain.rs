@@ -445,7 +445,7 @@ fn snapshots(cluster: &Cluster, version: Version) {
             .env("ETCDCTL_API", "3")
             .args(["snapshot", "status", f, "-w", "json"])
             .output(),
-        Version::V35 => std::process::Command::new(version.etcdutl())
+        Version::V35 | Version::V36 | Version::V37 => std::process::Command::new(version.etcdutl())
             .args(["snapshot", "status", f, "-w", "json"])
             .output(),
     }

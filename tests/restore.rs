@@ -21,7 +21,7 @@ use etcdops::run::StepKind;
 fn tool(v: Version) -> PathBuf {
     match v {
         Version::V34 => v.etcdctl(),
-        Version::V35 => v.etcdutl(),
+        Version::V35 | Version::V36 | Version::V37 => v.etcdutl(),
     }
 }
 

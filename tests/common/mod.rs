@@ -21,9 +21,18 @@ use etcdops::lab::pki::{Authority, Pki};
 pub enum Version {
     V34,
     V35,
+    /// etcd 3.6.17, built from its Go modules by scripts/install-deps.sh.
+    V36,
+    /// etcd 3.7.4, likewise.
+    V37,
 }
 
 pub const VERSIONS: [Version; 2] = [Version::V34, Version::V35];
+
+/// Where install-deps builds etcd from its Go modules, keyed by version.
+fn deps(version: &str) -> PathBuf {
+    PathBuf::from(format!("/var/cache/etcdops-deps/etcd-{version}"))
+}
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -48,6 +57,8 @@ impl Version {
         let (var, default) = match self {
             Version::V34 => ("ETCD34_DIR", PathBuf::from("/usr/bin")),
             Version::V35 => ("ETCD35_DIR", repo().join(".cache/etcd-3.5.1")),
+            Version::V36 => ("ETCD36_DIR", deps("3.6.17")),
+            Version::V37 => ("ETCD37_DIR", deps("3.7.4")),
         };
         let dir = std::env::var_os(var).map_or(default, PathBuf::from);
         let path = dir.join(name);
@@ -63,6 +74,8 @@ impl Version {
         match self {
             Version::V34 => "3.4.",
             Version::V35 => "3.5.",
+            Version::V36 => "3.6.",
+            Version::V37 => "3.7.",
         }
     }
 }
