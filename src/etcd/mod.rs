@@ -13,8 +13,10 @@ pub mod guard;
 pub mod health;
 pub mod maintain;
 pub mod member;
+pub mod probe;
 pub mod rule;
 pub mod snapshot;
+pub mod version;
 
 use std::path::Path;
 

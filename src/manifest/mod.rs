@@ -60,6 +60,9 @@ pub struct Container {
     /// etcd reads `ETCD_DATA_DIR` and friends when the flag is absent.
     #[serde(default)]
     pub env: Vec<EnvVar>,
+    /// `registry.k8s.io/etcd:3.6.5-0`: the tag says which etcd will run.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -457,6 +460,7 @@ spec:
             args: vec!["--data-dir".into(), "/x".into()],
             volume_mounts: vec![],
             env: vec![],
+            image: None,
         };
         assert_eq!(c.flag("data-dir").as_deref(), Some("/x"));
         assert_eq!(c.flag("data"), None);

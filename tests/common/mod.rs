@@ -70,6 +70,25 @@ impl Version {
         path
     }
 
+    /// The release the binary reports (`etcd --version`: `etcd Version: 3.6.17`), for image
+    /// tags that must match the etcd that runs.
+    pub fn release(self) -> String {
+        let out = Command::new(self.etcd())
+            .arg("--version")
+            .output()
+            .expect("run etcd --version");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("etcd Version: "))
+            .map(|v| v.trim().to_string())
+            .expect("etcd --version prints its version")
+    }
+
+    /// kubeadm's image reference for this release: `registry.k8s.io/etcd:3.6.17-0`.
+    pub fn image(self) -> String {
+        format!("registry.k8s.io/etcd:{}-0", self.release())
+    }
+
     pub fn prefix(self) -> &'static str {
         match self {
             Version::V34 => "3.4.",
@@ -119,6 +138,8 @@ pub struct Member {
     pub name: String,
     pub client_url: String,
     pub peer_url: String,
+    /// `--listen-metrics-urls` (plain HTTP, as kubeadm's): `/livez`, `/readyz`, `/metrics`.
+    pub metrics_url: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
@@ -157,6 +178,7 @@ impl Cluster {
                 Member {
                     client_url: format!("{scheme}://127.0.0.1:{}", free_port()),
                     peer_url: format!("http://127.0.0.1:{}", free_port()),
+                    metrics_url: format!("http://127.0.0.1:{}", free_port()),
                     data_dir: dir.path().join(&name).join("data"),
                     log: dir.path().join(format!("{name}.log")),
                     name,
@@ -177,6 +199,7 @@ impl Cluster {
                 format!("--listen-client-urls={}", m.client_url),
                 format!("--advertise-client-urls={}", m.client_url),
                 format!("--listen-peer-urls={}", m.peer_url),
+                format!("--listen-metrics-urls={}", m.metrics_url),
                 format!("--initial-advertise-peer-urls={}", m.peer_url),
                 format!("--initial-cluster={initial}"),
                 "--initial-cluster-state=new".into(),
@@ -464,8 +487,9 @@ spec:
     - --data-dir=/var/lib/etcd
     - --key-file=/etc/kubernetes/pki/etcd/server.key
     - --listen-client-urls={url},https://10.0.0.5:2379
+    - --listen-metrics-urls={metrics}
 {quota}    - --trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt
-    image: registry.k8s.io/etcd:3.5.12-0
+    image: {image}
     name: etcd
     volumeMounts:
     - mountPath: /var/lib/etcd
@@ -485,6 +509,8 @@ spec:
 status: {{}}
 "#,
                 url = m.client_url,
+                metrics = m.metrics_url,
+                image = self.spec.version.image(),
                 pki = pki.dir.display(),
                 data = m.data_dir.display(),
             ),
