@@ -266,6 +266,8 @@ fn up(
     };
     let etcd = std::fs::canonicalize(&etcd)
         .map_err(|e| Error::input(&etcd, format!("etcd binary: {e}")))?;
+    // Before anything is written: a binary that is not etcd is bad input.
+    let image = etcdops::lab::image_of(&etcd)?;
     if Lab::config_path(&dir).exists() {
         let lab = Lab::open(&dir)?;
         let busy = (1..=lab.config.nodes).any(|n| {
@@ -294,6 +296,7 @@ fn up(
             lab_bin,
             systemd: systemd_disk.is_some(),
             disk: systemd_disk.unwrap_or_default(),
+            image,
         },
     };
     if lab.config.systemd {

@@ -85,11 +85,11 @@ fn request(base: &str, path: &str, timeout: Duration) -> Result<(u16, String), S
     };
     s.set_write_timeout(Some(left()?))
         .map_err(|e| e.to_string())?;
-    write!(
-        s,
+    // One write: a request split over several segments is harder on small servers.
+    let req = format!(
         "GET {path}?verbose HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: etcdops\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -150,8 +150,14 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let t = std::thread::spawn(move || {
             let (mut c, _) = l.accept().unwrap();
-            let mut req = [0u8; 1024];
-            let _ = c.read(&mut req).unwrap();
+            // Read the whole request: closing with unread bytes would reset the connection.
+            let mut req = Vec::new();
+            let mut b = [0u8; 256];
+            while !req.ends_with(b"\r\n\r\n") {
+                let n = c.read(&mut b).unwrap();
+                assert!(n > 0, "request ended early");
+                req.extend_from_slice(&b[..n]);
+            }
             c.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\n[+]serializable_read ok\n[-]non_learner failed: not supported for learner\n").unwrap();
         });
         let p = get(

@@ -72,6 +72,24 @@ impl Version {
     }
 }
 
+/// Why an image must not start on a data dir, or `None` when it may: etcd >= 3.6 refuses a
+/// data dir that a newer minor wrote (CHANGELOG-3.6 "Breaking Changes": "etcd will no
+/// longer start on data dir created by newer versions"), and 3.5 does not start on one
+/// that 3.6 wrote. `storage` is Status `storageVersion` (`3.6.0`); empty (a 3.5 member)
+/// means 3.5 wrote it, which every 3.5+ image reads. The one policy for doctor and the
+/// preflights of migrate, restore and rejoin.
+pub fn image_too_old(image: &str, storage: &str) -> Option<String> {
+    let img = Version::of_image(image)?;
+    let data = Version::parse(storage)?;
+    (img.minor_line() < data.minor_line()).then(|| {
+        format!(
+            "the manifest's image {image} is etcd {img}, older than the data dir's storage version {data}: etcd {}.{} does not start on data that etcd {}.{} wrote; set the image to etcd >= {}.{} (or downgrade the data first: `etcdctl downgrade enable {}.{}` online, or `etcdutl migrate --target-version {}.{}` offline)",
+            img.major, img.minor, data.major, data.minor, data.major, data.minor,
+            img.major, img.minor, img.major, img.minor
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +115,20 @@ mod tests {
         assert_eq!(Version::of_image("registry.k8s.io/etcd:latest"), None);
         assert!(Version::new(3, 5, 26) < Version::new(3, 6, 0));
         assert_eq!(Version::new(3, 6, 17).minor_line(), Version::new(3, 6, 0));
+    }
+
+    #[test]
+    fn an_older_minor_image_may_not_start_on_newer_data() {
+        let r = image_too_old("registry.k8s.io/etcd:3.5.26-0", "3.6.0").unwrap();
+        assert!(
+            r.contains("etcd 3.5.26, older than the data dir's storage version 3.6.0"),
+            "{r}"
+        );
+        assert!(r.contains("etcdutl migrate --target-version 3.5"), "{r}");
+        assert_eq!(image_too_old("registry.k8s.io/etcd:3.6.0-0", "3.6.0"), None);
+        assert_eq!(image_too_old("registry.k8s.io/etcd:3.7.4-0", "3.6.0"), None);
+        // A 3.5 member reports no storage version; an untagged image cannot be judged.
+        assert_eq!(image_too_old("registry.k8s.io/etcd:3.5.26-0", ""), None);
+        assert_eq!(image_too_old("etcd", "3.6.0"), None);
     }
 }

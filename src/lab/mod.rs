@@ -38,6 +38,36 @@ pub struct LabConfig {
     /// What backs the data dirs and new disks (systemd mode).
     #[serde(default)]
     pub disk: systemd::Disk,
+    /// The manifests' image, tagged with the release the etcd binary reports (kubeadm's
+    /// form, `registry.k8s.io/etcd:3.6.17-0`): etcdops judges flags and data by this tag.
+    #[serde(default = "default_image")]
+    pub image: String,
+}
+
+fn default_image() -> String {
+    "registry.k8s.io/etcd:3.5.15-0".into()
+}
+
+/// kubeadm's image reference for the release `etcd --version` prints.
+pub fn image_of(etcd: &Path) -> Result<String> {
+    let out = std::process::Command::new(etcd)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| Error::io("run", etcd, e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd Version: "))
+        .map(str::trim)
+        .filter(|v| crate::etcd::version::Version::parse(v).is_some())
+        .ok_or_else(|| {
+            Error::input(
+                etcd,
+                "`etcd --version` prints no `etcd Version: X.Y.Z` line",
+            )
+        })?;
+    Ok(format!("registry.k8s.io/etcd:{v}-0"))
 }
 
 /// A lab dir and its configuration.

@@ -44,7 +44,7 @@ spec:
     - --peer-trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt
     - --snapshot-count=10000
     - --trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt
-    image: registry.k8s.io/etcd:3.5.15-0
+    image: {image}
     imagePullPolicy: IfNotPresent
     livenessProbe:
       failureThreshold: 8
@@ -84,6 +84,7 @@ spec:
 status: {{}}
 "#,
         initial = initial.join(","),
+        image = lab.config.image,
         pki = lab.pki_dir(node).display(),
         data = lab.data_dir(node).display(),
     )

@@ -20,6 +20,7 @@ use etcdops::lab::pki::{Authority, Pki};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
     V34,
+    /// etcd 3.5.36, built from its Go modules by scripts/install-deps.sh.
     V35,
     /// etcd 3.6.17, built from its Go modules by scripts/install-deps.sh.
     V36,
@@ -32,10 +33,6 @@ pub const VERSIONS: [Version; 2] = [Version::V34, Version::V35];
 /// Where install-deps builds etcd from its Go modules, keyed by version.
 fn deps(version: &str) -> PathBuf {
     PathBuf::from(format!("/var/cache/etcdops-deps/etcd-{version}"))
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 impl Version {
@@ -56,7 +53,7 @@ impl Version {
     fn bin(self, name: &str) -> PathBuf {
         let (var, default) = match self {
             Version::V34 => ("ETCD34_DIR", PathBuf::from("/usr/bin")),
-            Version::V35 => ("ETCD35_DIR", repo().join(".cache/etcd-3.5.1")),
+            Version::V35 => ("ETCD35_DIR", deps("3.5.36")),
             Version::V36 => ("ETCD36_DIR", deps("3.6.17")),
             Version::V37 => ("ETCD37_DIR", deps("3.7.4")),
         };
