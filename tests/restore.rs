@@ -387,6 +387,13 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
     let etcdctl34 = f(&Version::V34.etcdctl());
     let not_exec = f(&garbage);
     let no_path: &[(&str, &str)] = &[("PATH", "/nonexistent-bin")];
+    let etcdctl36 = f(&Version::V36.etcdctl());
+    // A PATH whose only restore tool candidate is etcdctl 3.6.
+    let bin36 = bad_dir.join("bin36");
+    std::fs::create_dir_all(&bin36).unwrap();
+    std::os::unix::fs::symlink(Version::V36.etcdctl(), bin36.join("etcdctl")).unwrap();
+    let path36 = f(&bin36);
+    let only_etcdctl36: &[(&str, &str)] = &[("PATH", &path36)];
     let apply = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = ["-o", "json", "restore", "apply", "--yes"]
             .iter()
@@ -439,21 +446,20 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
             2,
             "not an executable",
         ),
-        // etcd 3.5.1's etcdutl and 3.4's etcdctl have neither flag (3.5.10 added them).
+        // etcdctl 3.6 has no `snapshot restore` (it answers with help and exit 0).
         (
-            apply(&[
-                "--from",
-                &archive,
-                "--etcdutl",
-                &t,
-                "--bump-revision",
-                "1000",
-                "--mark-compacted",
-            ]),
+            apply(&["--from", &archive, "--etcdutl", &etcdctl36]),
             &[],
             2,
-            "does not support them",
+            "this etcdctl has no `snapshot restore`",
         ),
+        (
+            apply(&["--from", &archive]),
+            only_etcdctl36,
+            4,
+            "etcdctl (etcd 3.6+: no snapshot restore)",
+        ),
+        // 3.4's etcdctl has neither flag (etcd 3.5.10 added them).
         (
             apply(&[
                 "--from",
@@ -507,7 +513,7 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
                 "--from",
                 &archive,
                 "--etcdutl",
-                &t,
+                &etcdctl34,
                 "--bump-revision",
                 "7",
                 "--mark-compacted",
@@ -594,5 +600,5 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
         "unfinished",
     );
     assert_eq!(member_id(&lab, 1), before_member);
-    assert_eq!(cases.len() + 1, 16);
+    assert_eq!(cases.len() + 1, 17);
 }
