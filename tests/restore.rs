@@ -670,3 +670,67 @@ fn restore_bumps_revision_and_marks_compacted_3_6() {
 fn restore_bumps_revision_and_marks_compacted_3_7() {
     restore_bumps_revision_and_marks_compacted(Version::V37);
 }
+
+/// Never an older etcd on newer data: with the manifest's image set to 3.5 over a 3.6
+/// member's data (storage version 3.6.0), `migrate plan` and `restore plan` refuse (exit 4)
+/// naming both versions, and change nothing.
+#[test]
+fn older_image_on_newer_data_is_refused_by_migrate_and_restore_3_6() {
+    let lab = Lab::up(Version::V36, 1);
+    put(&lab, "/before/", 3);
+    let archive = backup(&lab);
+    let text = std::fs::read_to_string(lab.manifest(1)).unwrap();
+    let older = text.replace(&Version::V36.image(), &Version::V35.image());
+    assert_ne!(
+        older,
+        text,
+        "the lab's image tag is {}",
+        Version::V36.image()
+    );
+    // A copy outside the manifests dir: kubelet keeps running the real one.
+    let copy = lab.path().join("etcd-older-image.yaml");
+    std::fs::write(&copy, &older).unwrap();
+    let copy = copy.display().to_string();
+    let to = lab.path().join("new-disk").display().to_string();
+    let t = tool(Version::V36).display().to_string();
+    let before = std::fs::read(lab.manifest(1)).unwrap();
+    let member = member_id(&lab, 1);
+    for (args, needle) in [
+        (
+            vec![
+                "--manifest",
+                &copy,
+                "migrate",
+                "plan",
+                "--same-filesystem",
+                "--to",
+                &to,
+            ],
+            "older than the data dir's storage version 3.6.0",
+        ),
+        (
+            vec![
+                "--manifest",
+                &copy,
+                "restore",
+                "plan",
+                "--from",
+                &archive,
+                "--etcdutl",
+                &t,
+            ],
+            "the archive was taken from etcd 3.6.17",
+        ),
+    ] {
+        let run = lab.etcdops(1, &args, &[]);
+        run.code(4);
+        assert!(
+            run.stderr.contains(needle) && run.stderr.contains("3.5.36"),
+            "{}",
+            run.dump()
+        );
+    }
+    assert_eq!(std::fs::read(lab.manifest(1)).unwrap(), before);
+    assert!(!Path::new(&to).exists());
+    assert_eq!(member_id(&lab, 1), member);
+}

@@ -389,6 +389,33 @@ pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
     }
 }
 
+/// The preflight of every run that starts etcd on data (migrate, rejoin): the manifest's
+/// image must not be an older minor than the storage version the members report (Status
+/// `storageVersion`, etcd >= 3.6). Ok with what was compared; refused (exit 4) otherwise.
+/// An untagged image, or members that report no storage version (3.5), pass with a note.
+pub fn check_image_release(manifest: &std::path::Path, report: &HealthReport) -> Result<String> {
+    let image = crate::manifest::StaticPod::load(manifest)
+        .ok()
+        .and_then(|p| p.etcd_container().ok().and_then(|c| c.image.clone()));
+    let Some(image) = image else {
+        return Ok("the manifest names no image: release not compared".into());
+    };
+    let newest = report
+        .endpoints
+        .iter()
+        .filter_map(|e| e.storage_version.as_deref())
+        .max_by_key(|v| Version::parse(v));
+    let Some(storage) = newest else {
+        return Ok(format!(
+            "image {image}; the members report no storage version (etcd 3.5 data)"
+        ));
+    };
+    match version::image_too_old(&image, storage) {
+        Some(reason) => Err(Error::refused("release", reason)),
+        None => Ok(format!("image {image} reads storage version {storage}")),
+    }
+}
+
 /// How a downgrade in progress reads (health warns; maintenance refuses with it).
 pub fn downgrade_warning(target: &str) -> String {
     format!(

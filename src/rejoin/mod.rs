@@ -151,6 +151,9 @@ pub fn preflight(host: &dyn Host, opts: &RunOptions, id: &str) -> Result<Plan> {
     };
     let answers: Vec<plan::Answer> = health.endpoints.iter().map(answer).collect();
     let judged = plan::judge(&me, &members, &answers)?;
+    // The new member receives the cluster's data: never under an older etcd than wrote it.
+    crate::etcd::health::check_image_release(&opts.manifest, &health)
+        .map_err(|e| Error::refused(format!("rejoin member {}", me.name), e.one_line()))?;
     if host.read_file(&opts.manifest)?.is_none() {
         return Err(Error::input(
             &opts.manifest,
