@@ -181,6 +181,16 @@ fn rejoin_seed_scenario_1_35() {
 }
 
 #[test]
+fn rejoin_seed_scenario_1_36() {
+    seed_scenario_1(Version::V36, "ext4");
+}
+
+#[test]
+fn rejoin_seed_scenario_1_37() {
+    seed_scenario_1(Version::V37, "dir");
+}
+
+#[test]
 fn rejoin_seed_scenario_1_34() {
     seed_scenario_1(Version::V34, "dir");
 }
