@@ -228,6 +228,16 @@ fn dr_backup_verify_restore_test_35() {
 }
 
 #[test]
+fn dr_backup_verify_restore_test_36() {
+    backup_verify_and_restore_test(Version::V36);
+}
+
+#[test]
+fn dr_backup_verify_restore_test_37() {
+    backup_verify_and_restore_test(Version::V37);
+}
+
+#[test]
 fn dr_backup_verify_restore_test_34() {
     backup_verify_and_restore_test(Version::V34);
 }
