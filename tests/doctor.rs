@@ -832,6 +832,7 @@ fn doctor_flags_each_release_refuses() {
 fn doctor_image_older_than_storage_version_3_6() {
     let mut cluster = Cluster::start(Spec::new(Version::V36, 1).tls());
     cluster.put("k", "v");
+    cluster.wait_storage_version("3.6.0");
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let manifest = cluster.kubeadm_manifest(dir.path(), None);
@@ -898,7 +899,11 @@ impl Drop for OldEtcd {
 #[test]
 fn doctor_members_below_3_5_26_when_3_6_is_planned() {
     let old = Path::new("/usr/bin/etcd");
-    assert!(old.exists(), "{} (Debian etcd-server 3.4.23) is missing", old.display());
+    assert!(
+        old.exists(),
+        "{} (Debian etcd-server 3.4.23) is missing",
+        old.display()
+    );
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let peer = common::free_port();

@@ -300,6 +300,8 @@ fn manifest_discovery_3_6() {
 fn health_36_fields_and_maintenance_refused_during_downgrade(version: Version) {
     let cluster = Cluster::start(Spec::new(version, 3).tls());
     cluster.put_many("k", 20, 100);
+    let minor = version.prefix().trim_end_matches('.');
+    cluster.wait_storage_version(&format!("{minor}.0"));
     let dir = tempfile::tempdir().unwrap();
     let manifest = cluster.kubeadm_manifest(dir.path(), None);
     let env = [("ETCDOPS_MANIFEST", manifest.to_str().unwrap())];
@@ -312,7 +314,6 @@ fn health_36_fields_and_maintenance_refused_during_downgrade(version: Version) {
     assert_eq!(e["livez"]["url"], format!("{metrics}/livez"));
     assert_eq!(e["readyz"]["ok"], true, "{}", run.dump());
     assert_eq!(e["readyz"]["status"], 200);
-    let minor = version.prefix().trim_end_matches('.');
     assert_eq!(e["storage_version"], format!("{minor}.0"), "{}", run.dump());
     // 3.6.17 >= 3.6.6: the reported quota is etcd's default 2 GiB.
     assert_eq!(e["db_size_quota"], 2147483648u64, "{}", run.dump());

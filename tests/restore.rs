@@ -646,6 +646,16 @@ fn restore_bumps_revision_and_marks_compacted_3_7() {
 fn older_image_on_newer_data_is_refused_by_migrate_and_restore_3_6() {
     let lab = Lab::up(Version::V36, 1);
     put(&lab, "/before/", 3);
+    // 3.6 moves the storage version from 3.5.0 to 3.6.0 shortly after it starts.
+    wait_for(
+        "node 1 to report storage version 3.6.0",
+        Duration::from_secs(30),
+        || {
+            let out = lab.etcdctl(&["endpoint", "status", "-w", "json"]);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|d| d[0]["Status"]["storageVersion"] == "3.6.0")
+        },
+    );
     let archive = backup(&lab);
     let text = std::fs::read_to_string(lab.manifest(1)).unwrap();
     let older = text.replace(&Version::V36.image(), &Version::V35.image());

@@ -30,7 +30,6 @@ pub enum Version {
 
 pub const VERSIONS: [Version; 3] = [Version::V35, Version::V36, Version::V37];
 
-
 /// Where `scripts/build-etcd.sh` caches its builds: `ETCDOPS_DEPS`, else /var/cache/etcdops-deps.
 pub fn deps_dir() -> PathBuf {
     std::env::var_os("ETCDOPS_DEPS")
@@ -285,6 +284,25 @@ impl Cluster {
     }
 
     /// Wait until every running member answers `endpoint health`.
+    /// Wait (30 s) until every member reports `storageVersion` `v` (etcd >= 3.6 moves it
+    /// from 3.5.0 to the cluster version shortly after the cluster version is decided).
+    pub fn wait_storage_version(&self, v: &str) {
+        wait_for(
+            &format!("every member to report storage version {v}"),
+            Duration::from_secs(30),
+            || {
+                let out = self.etcdctl(&["endpoint", "status", "-w", "json"]);
+                let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                    return false;
+                };
+                doc.as_array().is_some_and(|eps| {
+                    eps.len() == self.members.len()
+                        && eps.iter().all(|e| e["Status"]["storageVersion"] == v)
+                })
+            },
+        );
+    }
+
     pub fn wait_healthy(&self, timeout: Duration) {
         let running: Vec<String> = self
             .members
