@@ -797,7 +797,7 @@ fn doctor_flags_each_release_refuses() {
         assert_eq!(c["status"], "fail", "{}", run.dump());
         let ev = c["evidence"].as_str().unwrap();
         assert!(ev.contains(&format!("{named} (")), "{version:?}: {ev}");
-        assert!(ev.contains(&version.release()), "{ev}");
+        assert!(ev.contains(version.release()), "{ev}");
         // The fix: drop the flag.
         let manifest = flags_fixture(dir.path(), &version.image(), &[]);
         let (run, doc) = doctor_on(&manifest, &state, &["--check", "flags.refused"]);
