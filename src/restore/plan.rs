@@ -16,8 +16,15 @@ use crate::manifest::StaticPod;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum Source {
-    /// An `etcdops backup` archive: member list and id from its `contents.json`.
-    Archive { path: PathBuf, id: String },
+    /// An `etcdops backup` archive: member list and id from its `contents.json`. An
+    /// encrypted one names the identity file that opens it (the path only: the key stays
+    /// where the operator keeps it, and a resume reads it there again).
+    Archive {
+        path: PathBuf,
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity: Option<PathBuf>,
+    },
     /// A bare snapshot: members from this manifest's `--initial-cluster`, id from its blake3.
     Snapshot { path: PathBuf, id: String },
 }
@@ -156,6 +163,71 @@ pub fn initial_cluster(contents: &Contents) -> Result<String> {
     Ok(parts.join(","))
 }
 
+/// Refuse the `--initial-cluster` and `--initial-advertise-peer-urls` that etcd's own restore
+/// code would refuse (etcd `types.NewURLsMap`, `types.NewURLs`): every item `name=URL`, the
+/// list parsed as a query string (so a name may not hold `,` `=` `&` `;` `%` `+` or blanks),
+/// every URL `http|https|unix|unixs://host:port` without a path. A bare snapshot's member list
+/// comes from the manifest an operator may have edited; the restore step would otherwise
+/// find out after etcd was stopped. Bad input (exit 2) naming where the list came from
+/// (`source`) or the manifest.
+pub fn check_as_etcd_parses(
+    source: &Path,
+    manifest: &Path,
+    initial_cluster: &str,
+    peer_url: &str,
+) -> Result<()> {
+    let refuse = |why: String| Err(Error::input(source, format!("member list: {why}")));
+    let url_ok = |u: &str| -> std::result::Result<(), String> {
+        let Some((scheme, rest)) = u.split_once("://") else {
+            return Err(format!("{u:?} is not a URL (scheme://host:port)"));
+        };
+        if !matches!(scheme, "http" | "https" | "unix" | "unixs") {
+            return Err(format!(
+                "{u:?}: the URL scheme must be http, https, unix or unixs"
+            ));
+        }
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if !path.is_empty() || rest.contains(['?', '#']) {
+            return Err(format!("{u:?}: the URL must not contain a path"));
+        }
+        let ok_port = authority
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !ok_port {
+            return Err(format!(
+                "{u:?}: the URL address does not have the form host:port"
+            ));
+        }
+        Ok(())
+    };
+    for item in initial_cluster.split(',') {
+        let Some((name, url)) = item.split_once('=') else {
+            return refuse(format!("--initial-cluster item {item:?} is not name=URL"));
+        };
+        if name.is_empty()
+            || name.contains(['=', '&', ';', '%', '+', '#'])
+            || name.contains(char::is_whitespace)
+        {
+            return refuse(format!(
+                "member name {name:?} cannot be written in --initial-cluster (etcd parses \
+                 it as a query string)"
+            ));
+        }
+        if let Err(why) = url_ok(url) {
+            return refuse(format!("--initial-cluster: {why}"));
+        }
+    }
+    for url in peer_url.split(',') {
+        if let Err(why) = url_ok(url) {
+            return Err(Error::input(
+                manifest,
+                format!("--initial-advertise-peer-urls: {why}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Build this node's plan from a verified archive's contents and the manifest.
 pub fn plan_from_contents(
     manifest: &Path,
@@ -221,6 +293,11 @@ pub fn plan_from_contents(
             format!("the archive was taken from etcd {v}: {reason}"),
         ));
     }
+    // What the restore tool would refuse once etcd is stopped, refused now (issue 21).
+    let from = match &source {
+        Source::Archive { path, .. } | Source::Snapshot { path, .. } => path.clone(),
+    };
+    check_as_etcd_parses(&from, manifest, &initial, &peer_url)?;
     let data_dir = pod.data_volume()?.data_host_path;
     let id = match &source {
         Source::Archive { id, .. } | Source::Snapshot { id, .. } => id.clone(),
@@ -270,9 +347,11 @@ fn beside(dir: &Path, suffix: &str) -> Result<PathBuf> {
 }
 
 /// Read and verify an archive; refuse (exit 4) when any sum or the trailer fails. Leaves no
-/// stamp: planning changes nothing.
-pub fn read_archive(archive: &Path) -> Result<(Contents, Source)> {
-    let (contents, problems) = crate::backup::verify::check(archive)?;
+/// stamp: planning changes nothing. An encrypted archive needs `identity` (exit 2 without
+/// one, or with one that does not open it); a plain one ignores it.
+pub fn read_archive(archive: &Path, identity: Option<&Path>) -> Result<(Contents, Source)> {
+    let key = crate::backup::verify::identity_for(archive, identity)?;
+    let (contents, problems) = crate::backup::verify::check(archive, key.as_ref())?;
     let what = format!("restore from {}", archive.display());
     if !problems.is_empty() {
         return Err(Error::refused(
@@ -288,6 +367,8 @@ pub fn read_archive(archive: &Path) -> Result<(Contents, Source)> {
     let source = Source::Archive {
         path: archive.to_path_buf(),
         id: contents.id.clone(),
+        // Absolute: a resume may run from another working dir.
+        identity: key.map(|k| std::path::absolute(&k.path).unwrap_or(k.path)),
     };
     Ok((contents, source))
 }
@@ -362,12 +443,12 @@ pub fn read_snapshot(snapshot: &Path, manifest: &Path) -> Result<(Contents, Sour
 }
 
 /// The plan for `--from FILE`: an archive or a bare snapshot, told apart by its first bytes.
-pub fn plan(manifest: &Path, from: &Path) -> Result<RestorePlan> {
+pub fn plan(manifest: &Path, from: &Path, identity: Option<&Path>) -> Result<RestorePlan> {
     if !from.is_file() {
         return Err(Error::input(from, "no such archive or snapshot file"));
     }
     let (contents, source) = if crate::backup::verify::looks_like_archive(from) {
-        read_archive(from)?
+        read_archive(from, identity)?
     } else {
         read_snapshot(from, manifest)?
     };
@@ -469,11 +550,19 @@ impl PlanReport {
     pub fn new(plan: RestorePlan, tool: &RestoreTool) -> Self {
         let (snapshot, extract) = match &plan.source {
             Source::Snapshot { path, .. } => (path.clone(), None),
-            Source::Archive { path, .. } => {
+            Source::Archive { path, identity, .. } => {
                 let snap = PathBuf::from(format!("{}.snapshot.db", plan.restore_dir.display()));
+                let archive = quote(&path.display().to_string());
                 let extract = format!(
-                    "zstd -dc {} | tar xOf - snapshot.db > {}",
-                    quote(&path.display().to_string()),
+                    "{} | tar xOf - snapshot.db > {}",
+                    match identity {
+                        // The reference age tool opens our archives.
+                        Some(key) => format!(
+                            "age -d -i {} {archive} | zstd -dc",
+                            quote(&key.display().to_string())
+                        ),
+                        None => format!("zstd -dc {archive}"),
+                    },
                     quote(&snap.display().to_string()),
                 );
                 (snap, Some(extract))
@@ -544,6 +633,7 @@ mod tests {
     fn source() -> Source {
         Source::Archive {
             path: "/b/a.tar.zst".into(),
+            identity: None,
             id: "0123456789abcdef".into(),
         }
     }
@@ -666,5 +756,43 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.exit_code(), 4);
+    }
+
+    /// Issue 21, hole 2: what etcd's restore code refuses (`types.NewURLsMap`) is refused by
+    /// the plan, exit 2, before a run stops etcd; the restore step used to find out after.
+    #[test]
+    fn plan_refuses_what_the_restore_tool_would_refuse() {
+        let (_d, m) = manifest();
+        for (other, needle) in [
+            ("https://10.10.0.22:2380/etcd", "must not contain a path"),
+            ("ftp://10.10.0.22:2380", "scheme must be"),
+            ("https://10.10.0.22", "host:port"),
+            ("10.10.0.22:2380", "is not a URL"),
+        ] {
+            let c = contents(&[
+                ("cp-a", "https://10.10.0.21:2380", false),
+                ("cp-b", other, false),
+            ]);
+            let e = plan_from_contents(&m, source(), &c).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{other}: {}", e.one_line());
+            assert!(e.one_line().contains(needle), "{other}: {}", e.one_line());
+            assert!(e.one_line().contains("/b/a.tar.zst"), "{}", e.one_line());
+        }
+        for name in ["cp b", "cp&b", "cp%b"] {
+            let c = contents(&[
+                ("cp-a", "https://10.10.0.21:2380", false),
+                (name, "https://10.10.0.22:2380", false),
+            ]);
+            let e = plan_from_contents(&m, source(), &c).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{name}: {}", e.one_line());
+            assert!(e.one_line().contains("query string"), "{}", e.one_line());
+        }
+        // The URLs etcd accepts pass: IPv6, http, a trailing-slash-free host:port.
+        let c = contents(&[
+            ("cp-a", "https://10.10.0.21:2380", false),
+            ("cp-b", "https://[fd00::22]:2380", false),
+            ("cp-c", "http://cp-c.example:2380", false),
+        ]);
+        plan_from_contents(&m, source(), &c).unwrap();
     }
 }

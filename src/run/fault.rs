@@ -148,8 +148,8 @@ impl Host for FaultHost<'_> {
     fn remove_tree(&self, path: &Path) -> Result<()> {
         self.wrap("remove_tree", || self.inner.remove_tree(path))
     }
-    fn hold_guard(&self, kind: &str, run_id: &str) -> Result<()> {
-        self.wrap("hold_guard", || self.inner.hold_guard(kind, run_id))
+    fn hold_guard(&self, kind: &str, run_id: &str, reach: &[String]) -> Result<()> {
+        self.wrap("hold_guard", || self.inner.hold_guard(kind, run_id, reach))
     }
     fn release_guard(&self) {
         self.inner.release_guard()
@@ -160,9 +160,9 @@ impl Host for FaultHost<'_> {
     fn guard_holder(&self) -> Result<Option<String>> {
         self.wrap("guard_holder", || self.inner.guard_holder())
     }
-    fn extract_snapshot(&self, archive: &Path, dest: &Path) -> Result<()> {
+    fn extract_snapshot(&self, archive: &Path, identity: Option<&Path>, dest: &Path) -> Result<()> {
         self.wrap("extract_snapshot", || {
-            self.inner.extract_snapshot(archive, dest)
+            self.inner.extract_snapshot(archive, identity, dest)
         })
     }
     fn restore_snapshot(
