@@ -695,7 +695,8 @@ fn older_image_on_newer_data_is_refused_by_migrate_and_restore_3_6() {
         Version::V36.image()
     );
     // A copy outside the manifests dir: kubelet keeps running the real one.
-    let copy = lab.path().join("etcd-older-image.yaml");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let copy = elsewhere.path().join("etcd.yaml");
     std::fs::write(&copy, &older).unwrap();
     let copy = copy.display().to_string();
     let to = lab.path().join("new-disk").display().to_string();
