@@ -228,6 +228,11 @@ fn dr_backup_verify_restore_test_3_6() {
 }
 
 #[test]
+fn dr_backup_verify_restore_test_3_7() {
+    backup_verify_and_restore_test(Version::V37);
+}
+
+#[test]
 fn dr_backup_verify_restore_test_3_5() {
     backup_verify_and_restore_test(Version::V35);
 }

@@ -555,6 +555,13 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
     let t = f(&tool(Version::V36));
     let not_exec = f(&garbage);
     let no_path: &[(&str, &str)] = &[("PATH", "/nonexistent-bin")];
+    let etcdctl36 = f(&Version::V36.etcdctl());
+    // A PATH whose only restore tool candidate is etcdctl 3.6.
+    let bin36 = bad_dir.join("bin36");
+    std::fs::create_dir_all(&bin36).unwrap();
+    std::os::unix::fs::symlink(Version::V36.etcdctl(), bin36.join("etcdctl")).unwrap();
+    let path36 = f(&bin36);
+    let only_etcdctl36: &[(&str, &str)] = &[("PATH", &path36)];
     let apply = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = ["-o", "json", "restore", "apply", "--yes"]
             .iter()
@@ -612,6 +619,19 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
             &[],
             2,
             "not an executable",
+        ),
+        // etcdctl 3.6 has no `snapshot restore` (it answers with help and exit 0).
+        (
+            apply(&["--from", &archive, "--etcdutl", &etcdctl36]),
+            &[],
+            2,
+            "this etcdctl has no `snapshot restore`",
+        ),
+        (
+            apply(&["--from", &archive]),
+            only_etcdctl36,
+            4,
+            "etcdctl (etcd 3.6+: no snapshot restore)",
         ),
         (
             apply(&[
@@ -726,7 +746,7 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
         "unfinished",
     );
     assert_eq!(member_id(&lab, 1), before_member);
-    assert_eq!(cases.len() + 1, 15);
+    assert_eq!(cases.len() + 1, 17);
 }
 
 /// The restore cross-talk of issue 21, on a plain 3-node lab. Before, the token came from the
@@ -891,4 +911,147 @@ fn restore_twice_from_one_archive_3_6() {
 #[test]
 fn restore_twice_from_one_archive_3_7() {
     restore_twice_from_one_archive(Version::V37);
+}
+
+/// The revision node 1 reports (`health -o json`).
+fn revision(lab: &Lab) -> i64 {
+    let run = lab.etcdops(1, &["-o", "json", "health"], &[]);
+    run.code(0);
+    run.json()["endpoints"][0]["revision"].as_i64().unwrap()
+}
+
+/// `--bump-revision N --mark-compacted` for real on etcd 3.6 (etcdutl 3.6.17): the restored
+/// member's revision is the snapshot's plus N, and a read at a revision a client saw
+/// before the restore fails "required revision has been compacted" (so informers re-list
+/// instead of missing changes); the backup's keys are all there.
+fn restore_bumps_revision_and_marks_compacted(v: Version) {
+    let lab = Lab::up(v, 1);
+    put(&lab, "/before/", 10);
+    let archive = backup(&lab);
+    let at_backup = revision(&lab);
+    put(&lab, "/after/", 5);
+    let seen = revision(&lab);
+    assert_eq!(seen, at_backup + 5);
+    let run = restore(
+        &lab,
+        1,
+        &[
+            "apply",
+            "--from",
+            &archive,
+            "--bump-revision",
+            "1000000",
+            "--mark-compacted",
+        ],
+        &[],
+    );
+    run.code(0);
+    assert_eq!(run.json()["state"], "completed", "{}", run.dump());
+    wait_for(
+        "node 1 to serve the backup's 10 keys",
+        Duration::from_secs(60),
+        || lab.count_on(1, "/before/") == Some(10),
+    );
+    assert_eq!(lab.count_on(1, "/after/"), Some(0));
+    let now = revision(&lab);
+    assert!(
+        now >= at_backup + 1_000_000,
+        "revision {now} after a restore of revision {at_backup} with --bump-revision 1000000"
+    );
+    for rev in [seen, at_backup, 2] {
+        let out = lab.etcdctl(&["get", "/before/", "--prefix", &format!("--rev={rev}")]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("required revision has been compacted"),
+            "get at revision {rev} after the restore: {out:?}"
+        );
+    }
+    // The bumped revision itself is readable: compaction is at it, not beyond.
+    let out = lab.etcdctl(&["get", "/before/0", &format!("--rev={now}")]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn restore_bumps_revision_and_marks_compacted_3_6() {
+    restore_bumps_revision_and_marks_compacted(Version::V36);
+}
+
+#[test]
+fn restore_bumps_revision_and_marks_compacted_3_7() {
+    restore_bumps_revision_and_marks_compacted(Version::V37);
+}
+
+/// Never an older etcd on newer data: with the manifest's image set to 3.5 over a 3.6
+/// member's data (storage version 3.6.0), `migrate plan` and `restore plan` refuse (exit 4)
+/// naming both versions, and change nothing.
+#[test]
+fn older_image_on_newer_data_is_refused_by_migrate_and_restore_3_6() {
+    let lab = Lab::up(Version::V36, 1);
+    put(&lab, "/before/", 3);
+    // 3.6 moves the storage version from 3.5.0 to 3.6.0 shortly after it starts.
+    wait_for(
+        "node 1 to report storage version 3.6.0",
+        Duration::from_secs(30),
+        || {
+            let out = lab.etcdctl(&["endpoint", "status", "-w", "json"]);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|d| d[0]["Status"]["storageVersion"] == "3.6.0")
+        },
+    );
+    let archive = backup(&lab);
+    let text = std::fs::read_to_string(lab.manifest(1)).unwrap();
+    let older = text.replace(&Version::V36.image(), &Version::V35.image());
+    assert_ne!(
+        older,
+        text,
+        "the lab's image tag is {}",
+        Version::V36.image()
+    );
+    // A copy outside the manifests dir: kubelet keeps running the real one.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let copy = elsewhere.path().join("etcd.yaml");
+    std::fs::write(&copy, &older).unwrap();
+    let copy = copy.display().to_string();
+    let to = lab.path().join("new-disk").display().to_string();
+    let t = tool(Version::V36).display().to_string();
+    let before = std::fs::read(lab.manifest(1)).unwrap();
+    let member = member_id(&lab, 1);
+    for (args, needle) in [
+        (
+            vec![
+                "--manifest",
+                &copy,
+                "migrate",
+                "plan",
+                "--same-filesystem",
+                "--to",
+                &to,
+            ],
+            "older than the data dir's storage version 3.6.0",
+        ),
+        (
+            vec![
+                "--manifest",
+                &copy,
+                "restore",
+                "plan",
+                "--from",
+                &archive,
+                "--etcdutl",
+                &t,
+            ],
+            "the archive was taken from etcd 3.6.17",
+        ),
+    ] {
+        let run = lab.etcdops(1, &args, &[]);
+        run.code(4);
+        assert!(
+            run.stderr.contains(needle) && run.stderr.contains("3.5.36"),
+            "{}",
+            run.dump()
+        );
+    }
+    assert_eq!(std::fs::read(lab.manifest(1)).unwrap(), before);
+    assert!(!Path::new(&to).exists());
+    assert_eq!(member_id(&lab, 1), member);
 }

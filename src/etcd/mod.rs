@@ -15,8 +15,10 @@ pub mod maintain;
 pub mod member;
 pub mod peer;
 pub mod peer_fence;
+pub mod probe;
 pub mod rule;
 pub mod snapshot;
+pub mod version;
 
 use std::path::Path;
 

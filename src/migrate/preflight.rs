@@ -218,11 +218,13 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
             None => Ok(()),
         }
     };
+    let mut release: Option<Result<String>> = None;
     check(
         "cluster",
         (|| {
             held_by()?;
             let h = host.health(true)?;
+            release = Some(crate::etcd::health::check_image_release(input.manifest, &h));
             if !h.healthy {
                 held_by()?;
                 return Err(Error::refused(
@@ -246,6 +248,10 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
             ))
         })(),
     );
+    if let Some(r) = release {
+        // Never start an older etcd on newer data (3.5 on a data dir that 3.6 wrote).
+        check("release", r);
+    }
     check(
         "member",
         host.check_member()

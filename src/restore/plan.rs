@@ -413,6 +413,18 @@ pub fn plan_from_contents(
         }
         Some(_) => {}
     }
+    // Never start an older etcd on newer data: the restored data is what the archive's
+    // etcd wrote (its storage version is at most that release's minor).
+    if let Some(image) = pod.etcd_container()?.image.as_deref()
+        && let Some(v) = crate::etcd::version::Version::parse(&contents.etcd_version)
+        && let Some(reason) =
+            crate::etcd::version::image_too_old(image, &v.minor_line().to_string())
+    {
+        return Err(Error::refused(
+            &what,
+            format!("the archive was taken from etcd {v}: {reason}"),
+        ));
+    }
     // What the restore tool would refuse once etcd is stopped, refused now (issue 21).
     let from = match &source {
         Source::Archive { path, .. } | Source::Snapshot { path, .. } => path.clone(),
