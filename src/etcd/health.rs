@@ -6,7 +6,9 @@
 //! learner, which refuses linearizable reads by design, is healthy on a clean `Status`.
 //! The verdict is healthy when every endpoint is healthy, no alarm is active, and, with
 //! `--cluster`, every member has a client URL and answers, all agree on one leader, and
-//! HashKV agrees across members at a common revision.
+//! HashKV agrees across members at a common revision. HashKV runs under its own deadline,
+//! scaled by each member's db size (`hashkv`): one that answers after the command timeout is
+//! reported slow (`cluster.hash_kv`, a warning), not unhealthy.
 
 use std::time::Instant;
 
@@ -14,6 +16,7 @@ use serde::Serialize;
 
 use super::client::{Alarm, Endpoint, HashKv, Member, RpcErrorKind, Status};
 use super::connect::Connection;
+use super::hashkv::{self, Timing, Watch};
 use crate::error::{Error, Result};
 use crate::mounts::Location;
 use crate::output::hex_id;
@@ -66,6 +69,9 @@ pub struct ClusterHealth {
     pub raft_index_spread: Option<u64>,
     pub hash_revision: Option<i64>,
     pub hashes_agree: Option<bool>,
+    /// Every HashKV made for the agreement, with its time and deadline (`slow` when it took
+    /// longer than the command timeout).
+    pub hash_kv: Vec<Timing>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -239,6 +245,16 @@ pub async fn check_endpoint(conn: &Connection, url: &str) -> EndpointHealth {
 
 /// Check the given endpoints (or, with `cluster`, every member) and judge.
 pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
+    check_watched(conn, opts, Watch::QUIET).await
+}
+
+/// [`check`], telling the watch what a long HashKV is doing while it waits (and stopping
+/// it when the watch is interrupted).
+pub async fn check_watched(
+    conn: &Connection,
+    opts: &HealthOptions,
+    watch: Watch<'_>,
+) -> HealthReport {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     let mut members: Option<Vec<Member>> = None;
@@ -332,7 +348,7 @@ pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
 
     let cluster = match members {
         Some(list) if opts.cluster => {
-            Some(cluster_checks(conn, &list, &endpoints, &mut problems, &mut warnings).await)
+            Some(cluster_checks(conn, &list, &endpoints, &mut problems, &mut warnings, watch).await)
         }
         _ => None,
     };
@@ -395,6 +411,7 @@ async fn cluster_checks(
     endpoints: &[EndpointHealth],
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
+    watch: Watch<'_>,
 ) -> ClusterHealth {
     let answered: Vec<&Status> = endpoints.iter().filter_map(|e| e.status.as_ref()).collect();
     let cluster_id = answered.first().map(|s| hex_id(s.cluster_id));
@@ -443,7 +460,10 @@ async fn cluster_checks(
         ));
     }
 
-    let (hash_revision, hashes_agree) = hash_agreement(conn, endpoints, problems).await;
+    let mut hash_kv = Vec::new();
+    let (hash_revision, hashes_agree) =
+        hash_agreement(conn, endpoints, problems, &mut hash_kv, watch).await;
+    warnings.extend(hash_kv.iter().filter(|t| t.slow).map(Timing::note));
 
     ClusterHealth {
         cluster_id,
@@ -453,6 +473,7 @@ async fn cluster_checks(
         raft_index_spread,
         hash_revision,
         hashes_agree,
+        hash_kv,
     }
 }
 
@@ -462,10 +483,14 @@ async fn cluster_checks(
 /// etcd refuses HashKV at the compaction revision itself, so right after `compact` to the
 /// current revision (no write since) no explicit revision can be hashed: then hash the
 /// current state (revision 0) and compare only when every member reports the same revision.
+///
+/// Each HashKV gets its own deadline from the member's db size; `timings` gets every one.
 async fn hash_agreement(
     conn: &Connection,
     endpoints: &[EndpointHealth],
     problems: &mut Vec<String>,
+    timings: &mut Vec<Timing>,
+    watch: Watch<'_>,
 ) -> (Option<i64>, Option<bool>) {
     // Learners refuse HashKV ("rpc not supported for learner"): compare voting members.
     let healthy: Vec<&EndpointHealth> = endpoints
@@ -480,11 +505,13 @@ async fn hash_agreement(
         let mut hashes: Vec<(String, HashKv)> = Vec::new();
         let mut compacted = false;
         for e in &healthy {
-            let result = async {
-                let mut ep = Endpoint::connect(conn, &e.endpoint).await?;
-                ep.hash_kv(at).await
-            }
-            .await;
+            let target = hashkv::Target {
+                url: &e.endpoint,
+                name: e.name.as_deref(),
+                db_size: e.db_size.unwrap_or(0),
+            };
+            let (result, timing) = hashkv::hash_kv(conn, &target, at, watch).await;
+            timings.push(timing);
             match result {
                 Ok(h) => hashes.push((e.endpoint.clone(), h)),
                 Err(err) if at != 0 && err.is(RpcErrorKind::Compacted) => {
