@@ -19,7 +19,7 @@
 #
 # Usage: scripts/bench-migrate.sh    BENCH_DIR (default a temp dir under /var/tmp, on disk),
 #        BENCH_SIZES_MB ("200 2048"), BENCH_VALUE (102400), BENCH_WRITES_PER_S (5),
-#        ETCD_DIR (etcd + etcdctl; default the 3.6 build in /var/cache/etcdops-deps),
+#        ETCD_DIR (etcd + etcdctl; default scripts/etcd-versions.sh's ETCD_DEFAULT build),
 #        BENCH_BIN (dir with etcdops and etcdops-lab; default: a release build made here).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,7 +27,9 @@ cd "$root"
 sizes=${BENCH_SIZES_MB:-"200 2048"}
 value_size=${BENCH_VALUE:-102400}
 rate=${BENCH_WRITES_PER_S:-5}
-etcd_dir=${ETCD_DIR:-/var/cache/etcdops-deps/etcd-3.6.17}
+# shellcheck source=scripts/etcd-versions.sh
+. "$root/scripts/etcd-versions.sh"
+etcd_dir=${ETCD_DIR:-$(etcd_dir "$ETCD_DEFAULT")}
 
 if [ -n "${BENCH_BIN:-}" ]; then
   bin=$BENCH_BIN

@@ -264,13 +264,18 @@ fn end_to_end(version: Version, disk: &str, precopy: bool) {
 }
 
 #[test]
-fn end_to_end_3_5_xfs() {
-    end_to_end(Version::V35, "xfs", true);
+fn end_to_end_3_6_xfs() {
+    end_to_end(Version::V36, "xfs", true);
 }
 
 #[test]
-fn end_to_end_3_4_ext4() {
-    end_to_end(Version::V34, "ext4", false);
+fn end_to_end_3_5_ext4() {
+    end_to_end(Version::V35, "ext4", false);
+}
+
+#[test]
+fn end_to_end_3_7_dir() {
+    end_to_end(Version::V37, "dir", true);
 }
 
 fn quiet(_: &str) {}
@@ -317,7 +322,7 @@ fn real_host(lab: &Lab, node: usize) -> RealHost<'static> {
 /// multi-threaded process may not `setns` into the node's), so the data must be there.
 #[test]
 fn a_fault_at_every_step_rolls_back_or_stops_safely() {
-    let lab = Lab::up_systemd(Version::V35, 3, "dir");
+    let lab = Lab::up_systemd(Version::V36, 3, "dir");
     put_keys(&lab, "/fault/", 20);
     let manifest = lab.manifest(1);
     let identity = real_host(&lab, 1).identity().unwrap();
@@ -413,12 +418,12 @@ fn a_fault_at_every_step_rolls_back_or_stops_safely() {
 /// `--precopy`, so a kill after the pre-copy is covered: rollback removes its staging dir.
 ///
 /// On the systemd lab (a kill can leave `systemctl stop kubelet` running, and recovery then
-/// races systemd's job queue), on etcd 3.4, with `dir` disks: each resumed run keeps its
+/// races systemd's job queue), on etcd 3.5, with `dir` disks: each resumed run keeps its
 /// copy (the old data stays until finalize), a dozen copies that a 512 MiB loop disk cannot
 /// hold.
 #[test]
 fn kill_9_after_every_step_then_resume_or_rollback() {
-    let lab = Lab::up_systemd(Version::V34, 3, "dir");
+    let lab = Lab::up_systemd(Version::V35, 3, "dir");
     put_keys(&lab, "/crash/", 30);
     let mut current = lab.data_dir(1);
     let steps: Vec<&str> = MigrateStep::ALL.iter().map(|s| s.name()).collect();
@@ -517,7 +522,7 @@ fn kill_9_after_every_step_then_resume_or_rollback() {
 /// Preflight refusals: exit code, one line, nothing changed.
 #[test]
 fn preflight_refusals_change_nothing() {
-    let lab = Lab::up(Version::V35, 3);
+    let lab = Lab::up(Version::V36, 3);
     let manifest = lab.manifest(1);
     let before_manifest = std::fs::read(&manifest).unwrap();
     let before_data = tree_bytes(&lab.data_dir(1));
@@ -640,11 +645,11 @@ fn preflight_refusals_change_nothing() {
 
 /// Every node migrated in turn, each gated by `health --cluster`, while a client writes
 /// through all endpoints: no acknowledged write is lost. Prints the downtime per node and
-/// the client-visible failures. On the systemd lab, etcd 3.4, each node's data moving
+/// the client-visible failures. On the systemd lab, etcd 3.5, each node's data moving
 /// from its xfs data disk onto its xfs new disk.
 #[test]
 fn rolling_migration_under_writes_loses_nothing() {
-    let lab = Lab::up_systemd(Version::V34, 3, "xfs");
+    let lab = Lab::up_systemd(Version::V35, 3, "xfs");
     let endpoints: Vec<String> = (1..=3).map(|n| lab.client_url(n)).collect();
     let pki = lab.pki(1);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -744,11 +749,11 @@ fn rolling_migration_under_writes_loses_nothing() {
 
 /// kill -9 right after a step's `begin` record (the step itself never ran or was cut short):
 /// `resume` re-runs that step and finishes; after a copy killed mid-way, `rollback` also
-/// removes the staging dir it left beside the target. On the systemd lab, etcd 3.5, the
+/// removes the staging dir it left beside the target. On the systemd lab, etcd 3.6, the
 /// targets on node 1's ext4 new disk.
 #[test]
 fn kill_9_inside_a_step_then_resume_or_rollback() {
-    let lab = Lab::up_systemd(Version::V35, 3, "ext4");
+    let lab = Lab::up_systemd(Version::V36, 3, "ext4");
     put_keys(&lab, "/inside/", 10);
     for (i, point) in ["stop-etcd:begin", "copy:begin", "start-kubelet:begin"]
         .into_iter()
@@ -802,10 +807,10 @@ fn kill_9_inside_a_step_then_resume_or_rollback() {
 /// SIGTERM (an operator's Ctrl-C or `kill`) during the run: before etcd runs on the copy, the
 /// step in progress stops (a copy removes its staging dir) and the run rolls back, exit 1;
 /// from start-kubelet on it finishes, since going back would be unsafe. On the systemd lab,
-/// etcd 3.5, the targets on node 1's xfs new disk.
+/// etcd 3.6, the targets on node 1's xfs new disk.
 #[test]
 fn sigterm_rolls_back_before_start_and_finishes_after() {
-    let lab = Lab::up_systemd(Version::V35, 3, "xfs");
+    let lab = Lab::up_systemd(Version::V36, 3, "xfs");
     put_keys(&lab, "/term/", 10);
     let manifest_before = std::fs::read(lab.manifest(1)).unwrap();
     for point in ["stop-kubelet:done", "copy:begin"] {
@@ -852,7 +857,7 @@ fn sigterm_rolls_back_before_start_and_finishes_after() {
 /// nothing was written since, else by agreement across members.
 #[test]
 fn a_fully_compacted_idle_cluster_migrates() {
-    let lab = Lab::up(Version::V35, 3);
+    let lab = Lab::up(Version::V36, 3);
     put_keys(&lab, "/compacted/", 20);
     // Compacted to the current revision, through node 2: nothing older is left.
     lab.etcdops(2, &["compact"], &[]).code(0);
@@ -906,10 +911,10 @@ fn a_fully_compacted_idle_cluster_migrates() {
     assert_eq!(count_keys(&lab, "/compacted-more/"), 1);
 }
 
-/// Write `revisions` revisions of 100-byte values over 10,000 keys, in transactions of 100
-/// puts (under etcd's default `--max-txn-ops` 128) from 4 clients at once: HashKV reads every
-/// revision since the last compaction, so its time grows with this history.
-fn write_history(lab: &Lab, round: usize, revisions: usize) {
+/// Write `puts` 100-byte values over 10,000 keys, in transactions of 100 puts (under etcd's
+/// default `--max-txn-ops` 128) from 4 clients at once: HashKV reads every version of every
+/// key since the last compaction, so its time grows with this history.
+fn write_history(lab: &Lab, round: usize, puts: usize) {
     let endpoints: Vec<String> = (1..=lab.nodes).map(|i| lab.client_url(i)).collect();
     let pki = lab.pki(1);
     let read = |f: &str| std::fs::read(pki.join(f)).expect("read lab pki");
@@ -932,7 +937,7 @@ fn write_history(lab: &Lab, round: usize, revisions: usize) {
                     .ca_certificate(etcd_client::Certificate::from_pem(ca))
                     .identity(etcd_client::Identity::from_pem(cert, key)),
             );
-        let txns = revisions / 100;
+        let txns = puts / 100;
         let mut tasks = Vec::new();
         for w in 0..4usize {
             let (endpoints, opts) = (endpoints.clone(), opts.clone());
@@ -989,7 +994,7 @@ fn hash_timings(doc: &serde_json::Value) -> Vec<(String, u64, u64, bool)> {
 /// times that they really were.
 #[test]
 fn a_hashkv_slower_than_the_command_timeout_is_slow_not_unhealthy() {
-    let lab = Lab::up(Version::V34, 3);
+    let lab = Lab::up(Version::V36, 3);
     let mut fastest = 0;
     for round in 0..6 {
         write_history(&lab, round, 600_000);
@@ -1089,4 +1094,99 @@ fn a_hashkv_slower_than_the_command_timeout_is_slow_not_unhealthy() {
     assert!(notes.contains("slow, not unhealthy"), "{}", run.dump());
     assert_eq!(data_host_path(&lab.manifest(1)), to);
     lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
+}
+
+/// The image of node `node`'s manifest becomes etcd `to` (tag and binary), as `kubeadm upgrade`
+/// rewrites it: the new manifest written outside the manifests dir, then renamed into place.
+/// Waits, bounded, until the member answers with the new version.
+fn upgrade_node(lab: &Lab, node: usize, to: Version) {
+    let manifest = lab.manifest(node);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let mut out = String::new();
+    let mut image = false;
+    let mut command = false;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        if trimmed.starts_with("image: ") && trimmed.contains("etcd:") {
+            out.push_str(&format!(
+                "{indent}image: registry.k8s.io/etcd:{}-0\n",
+                to.release()
+            ));
+            image = true;
+        } else if trimmed == "- etcd" && !command {
+            // The stand-in runs the lab's etcd for a command named `etcd`, and any other
+            // program as named: the new release's binary under a name of its own.
+            let bin = lab.path().join(format!("etcd-{}", to.release()));
+            if !bin.exists() {
+                std::os::unix::fs::symlink(to.etcd(), &bin).unwrap();
+            }
+            out.push_str(&format!("{indent}- {}\n", bin.display()));
+            command = true;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(image && command, "no etcd image or command in {text}");
+    let staged = lab.path().join(format!("etcd.yaml.upgrade-{node}"));
+    std::fs::write(&staged, out).unwrap();
+    std::fs::rename(&staged, &manifest).unwrap();
+    common::wait_for(
+        &format!("node {node} to answer as etcd {}", to.release()),
+        Duration::from_secs(90),
+        || {
+            let h = lab.etcdops(node, &["health", "-o", "json"], &[]);
+            h.code == 0 && h.json()["endpoints"][0]["version"] == to.release()
+        },
+    );
+}
+
+/// A migration in the middle of a real 3.5 -> 3.6 rolling upgrade: node 1 already runs
+/// 3.6.17, nodes 2 and 3 still 3.5.36 (the floor for that upgrade is 3.5.26). The member on
+/// 3.6 moves to its new disk and comes back with the same identity and data; the cluster
+/// stays mixed and healthy, and health names each member's version.
+#[test]
+fn migration_during_a_rolling_upgrade_3_5_to_3_6() {
+    let lab = Lab::up(Version::V35, 3);
+    put_keys(&lab, "/upgrade/", 40);
+    upgrade_node(&lab, 1, Version::V36);
+
+    let versions = |lab: &Lab| -> HashMap<String, String> {
+        let h = lab.etcdops(1, &["health", "--cluster", "-o", "json"], &[]);
+        h.code(0);
+        h.json()["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    e["version"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let mixed: HashMap<String, String> = [
+        ("node1", Version::V36.release()),
+        ("node2", Version::V35.release()),
+        ("node3", Version::V35.release()),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(versions(&lab), mixed);
+
+    let to = target(&lab, 1, "disk2");
+    let run = apply(&lab, to.to_str().unwrap(), true, &[]);
+    run.code(0);
+    let doc = run.json();
+    assert_eq!(doc["state"], "completed", "{}", run.dump());
+    assert_eq!(data_host_path(&lab.manifest(1)), to);
+    // Still the 3.6 image on the new disk, the others untouched, every key there.
+    assert_eq!(versions(&lab), mixed);
+    assert_eq!(count_keys(&lab, "/upgrade/"), 40);
+    let h = lab.etcdops(1, &["health", "--cluster", "-o", "json"], &[]);
+    h.code(0);
+    assert_eq!(h.json()["cluster"]["hashes_agree"], true, "{}", h.dump());
 }
