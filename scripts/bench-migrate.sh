@@ -61,7 +61,6 @@ tls=(--cacert="$pki/ca.crt" --cert="$pki/healthcheck-client.crt" --key="$pki/hea
 ctl=("$etcd_dir/etcdctl" --endpoints="https://$prefix.11:2379" "${tls[@]}" --command-timeout=30s)
 others=("$etcd_dir/etcdctl" --endpoints="https://$prefix.12:2379,https://$prefix.13:2379" "${tls[@]}" --command-timeout=30s)
 health_url="http://$prefix.11:2381/health"
-manifests=$(dirname "$ETCDOPS_MANIFEST")
 
 now_ms() { local t=$EPOCHREALTIME; echo $(( ${t%.*} * 1000 + 10#${t#*.} / 1000 )); }
 host_path() { "$bin/etcdops" -o json manifest show | python3 -c 'import json, sys; print(json.load(sys.stdin)["host_path"])'; }
@@ -183,9 +182,12 @@ for r in rows:
           f"{r['bytes_after_stop']/1e6:.1f} MB ({pct:.1f} %) | {r['rss_kib']//1024} MiB |")
 for r in rows:
     mb = f"{r['size']/1e6:.0f} MB"
-    diff = r["downtime_ms"] - r["restart"]["downtime_ms"]
+    # Against the faster of the two restarts: a restart right after the data was grown
+    # replays a WAL the later one does not (etcd snapshots only every 10,000 entries).
+    best = min(r["restart"]["downtime_ms"], r["restart2"]["downtime_ms"])
+    diff = r["downtime_ms"] - best
     pct = 100 * r["bytes_after_stop"] / r["size"] if r["size"] else 0
-    print(f"{mb}: migration - restart = {r['downtime_ms']} - {r['restart']['downtime_ms']} = {diff} ms")
+    print(f"{mb}: migration - fastest restart = {r['downtime_ms']} - {best} = {diff} ms")
     if r["size"] >= 2e9:
         met = diff <= 1500
         ok &= met
