@@ -461,8 +461,8 @@ fn bad_inputs_change_nothing() {
         ),
         (
             vec!["copy", p(&src), p(&below_missing)],
-            2,
-            format!("{}: does not exist", missing.display()),
+            4,
+            format!("parent {} does not exist", missing.display()),
         ),
         (
             vec!["check", p(&not_data)],

@@ -274,8 +274,8 @@ fn end_to_end_3_5_ext4() {
 }
 
 #[test]
-fn end_to_end_3_7_dir() {
-    end_to_end(Version::V37, "dir", true);
+fn end_to_end_3_7_ext4() {
+    end_to_end(Version::V37, "ext4", true);
 }
 
 fn quiet(_: &str) {}
@@ -519,6 +519,34 @@ fn kill_9_after_every_step_then_resume_or_rollback() {
     }
 }
 
+/// The pid of the etcd that runs node `node`'s member (its `--name=node<N>` and this lab's
+/// own client URL in the command line), found through /proc.
+fn etcd_pid(lab: &Lab, node: usize) -> u32 {
+    let name = format!("--name=node{node}");
+    let url = lab.client_url(node);
+    let found: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let words: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect();
+            words.first().is_some_and(|w| w.ends_with("etcd"))
+                && words.contains(&name)
+                && words
+                    .iter()
+                    .any(|w| w.starts_with("--advertise-client-urls=") && w.contains(&url))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "etcd processes of node {node}: {found:?}");
+    found[0]
+}
+
 /// Preflight refusals: exit code, one line, nothing changed.
 #[test]
 fn preflight_refusals_change_nothing() {
@@ -625,6 +653,47 @@ fn preflight_refusals_change_nothing() {
     );
     assert!(String::from_utf8_lossy(&r.stderr).contains("root"));
     assert_unchanged("not root");
+
+    // Issue 21, hole 2: a target the rewrite step would refuse passed preflight, etcd and
+    // kubelet were stopped, the data copied, and only then did the rewrite refuse it (a
+    // rollback, two restarts, for a typo). Now preflight runs the rewrite on the manifest's
+    // bytes in memory with the exact path: exit 2 before anything stops, one line, nothing
+    // changed (manifests dir and state dir byte for byte), etcd never restarted.
+    let node1 = lab.node_dir(1);
+    std::fs::create_dir_all(node1.join("mnt/disk")).unwrap();
+    let dotdot = format!(
+        "{}/../../../mnt/disk/etcd",
+        manifest.parent().unwrap().display()
+    );
+    let trailing_space = format!("{}/mnt/disk/etcd ", node1.display());
+    for (to, needle) in [
+        (dotdot.as_str(), "contains '..'"),
+        (trailing_space.as_str(), "ends with whitespace"),
+    ] {
+        let pid = etcd_pid(&lab, 1);
+        let manifests_before = tree_bytes(manifest.parent().unwrap());
+        let state_before = tree_bytes(&state);
+        for cmd in ["plan", "apply"] {
+            let mut a = vec!["migrate", cmd, "--same-filesystem", "--to", to];
+            if cmd == "apply" {
+                a.push("--yes");
+            }
+            lab.etcdops(1, &a, &[]).code(2).one_line_error(needle);
+        }
+        assert_eq!(
+            tree_bytes(manifest.parent().unwrap()),
+            manifests_before,
+            "{to}"
+        );
+        assert_eq!(tree_bytes(&state), state_before, "{to}");
+        assert_eq!(
+            std::fs::read_dir(node1.join("mnt/disk")).unwrap().count(),
+            0,
+            "{to}: something was created on the target disk"
+        );
+        assert_eq!(etcd_pid(&lab, 1), pid, "{to}: etcd was restarted");
+        assert_unchanged(to);
+    }
 
     // Cluster unhealthy: node 3's etcd stopped (manifest moved out of its manifests dir).
     let m3 = lab.manifest(3);
@@ -1094,6 +1163,151 @@ fn a_hashkv_slower_than_the_command_timeout_is_slow_not_unhealthy() {
     assert!(notes.contains("slow, not unhealthy"), "{}", run.dump());
     assert_eq!(data_host_path(&lab.manifest(1)), to);
     lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
+}
+
+/// The guard key's holder, read through node `node` (None when the key is absent).
+fn guard_on(lab: &Lab, node: usize) -> Option<etcdops::etcd::guard::Holder> {
+    let out = lab.etcdctl_node(
+        node,
+        &["get", etcdops::etcd::guard::KEY, "--print-value-only"],
+    );
+    assert!(
+        out.status.success(),
+        "read the guard: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let text = text.trim();
+    (!text.is_empty()).then(|| serde_json::from_str(text).expect("the guard holds JSON"))
+}
+
+/// A recovery run whose kubelet start waits for `gate`: if the test fails first, the gate
+/// opens and the run is killed, so that nothing of it outlives the test.
+struct Gated {
+    gate: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Drop for Gated {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.gate, b"go");
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Issue 21, hole 1: a `migrate apply` killed (-9) while stop-kubelet runs left the
+/// cluster-wide guard to the dead process, and the `rollback` (or `resume`) that brought the
+/// member back never took it over: with this member down, the guard could not be reached
+/// through the member's own endpoint. Now the recovery holds the guard, under its own pid,
+/// for as long as the member may be down (reached through the other members the run
+/// recorded), and gives it back when it ends: right after it exits 0, another node's
+/// `migrate plan` is not refused by a stale guard. The recovery's kubelet start waits for a
+/// gate file, so the test looks at the guard while the member is certainly still down.
+#[test]
+fn a_recovery_after_a_kill_holds_the_guard_and_releases_it() {
+    let lab = Lab::up(Version::V36, 3);
+    put_keys(&lab, "/guard/", 10);
+    let manifest_before = std::fs::read(lab.manifest(1)).unwrap();
+    let start_cmd = lab
+        .env(1)
+        .into_iter()
+        .find(|(k, _)| k == "ETCDOPS_KUBELET_START_CMD")
+        .expect("the lab sets a kubelet start command")
+        .1;
+    let node2_to = lab.path().join("node2-disk/etcd");
+    std::fs::create_dir_all(node2_to.parent().unwrap()).unwrap();
+    for (i, recovery) in ["rollback", "resume"].into_iter().enumerate() {
+        let to = lab.path().join(format!("guard-{recovery}/etcd"));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        let killed = apply(
+            &lab,
+            to.to_str().unwrap(),
+            false,
+            &[("ETCDOPS_TEST_KILL_AFTER", "stop-kubelet:begin")],
+        );
+        assert_eq!(killed.code, -1, "expected SIGKILL\n{}", killed.dump());
+        let dead = guard_on(&lab, 2).expect("the killed apply held the guard");
+        let run_id = dead.run_id.clone();
+        let gate = lab.path().join(format!("gate-{i}"));
+        let gated = format!(
+            "while [ ! -e '{}' ]; do sleep 0.1; done; {start_cmd}",
+            gate.display()
+        );
+        let mut run = Gated {
+            gate: gate.clone(),
+            child: None,
+        };
+        let child = lab
+            .etcdops_cmd(
+                1,
+                &["migrate", recovery, "-o", "json"],
+                &[("ETCDOPS_KUBELET_START_CMD", &gated)],
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the recovery");
+        let pid = child.id();
+        run.child = Some(child);
+        // While the recovery waits for kubelet, the member is down: the guard must name
+        // the recovery (same member and run, its own pid), not the dead apply.
+        let held = common::wait_for_some(
+            &format!("the guard to name the {recovery} (pid {pid})"),
+            Duration::from_secs(60),
+            || guard_on(&lab, 2).filter(|h| h.pid == pid),
+        );
+        assert_eq!(held.member, "node1", "{held:?}");
+        assert_eq!(held.run_id, run_id, "{held:?}");
+        assert!(
+            etcdops::etcd::guard::Holder::same_member(&held, &dead),
+            "{held:?} vs {dead:?}"
+        );
+        std::fs::write(&gate, b"go").unwrap();
+        let out = run
+            .child
+            .take()
+            .unwrap()
+            .wait_with_output()
+            .expect("wait for the recovery");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{recovery}: {stderr}\n{stdout}\n{}",
+            lab.logs()
+        );
+        assert!(
+            !stderr.contains("could not be taken"),
+            "{recovery} went on without the guard: {stderr}"
+        );
+        // Right after the recovery: no stale guard, and another node may plan its own run.
+        assert_eq!(guard_on(&lab, 2), None, "{recovery} left the guard behind");
+        let plan = lab.etcdops(
+            2,
+            &[
+                "migrate",
+                "plan",
+                "--same-filesystem",
+                "--to",
+                node2_to.to_str().unwrap(),
+            ],
+            &[],
+        );
+        plan.code(0);
+        if recovery == "rollback" {
+            assert_eq!(std::fs::read(lab.manifest(1)).unwrap(), manifest_before);
+            assert!(!to.exists(), "rollback left {}", to.display());
+        } else {
+            assert_eq!(data_host_path(&lab.manifest(1)), to);
+        }
+        assert_eq!(count_keys(&lab, "/guard/"), 10, "{recovery}");
+        lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
+    }
 }
 
 /// The image of node `node`'s manifest becomes etcd `to` (tag and binary), as `kubeadm upgrade`

@@ -452,8 +452,9 @@ fn precopy_source_untouched_and_bad_inputs_change_nothing() {
     run(&["datadir", "precopy", p(&src), p(&src.join("member/inside"))])
         .code(2)
         .one_line_error("inside the source");
+    // A missing parent is refused as `migrate` preflight refuses it (one target policy).
     run(&["datadir", "precopy", p(&src), "/nonexistent-parent/etcd"])
-        .code(2)
+        .code(4)
         .one_line_error("/nonexistent-parent");
     assert_eq!(
         tree_bytes(scratch.path()),

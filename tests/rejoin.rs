@@ -344,6 +344,21 @@ fn rejoin_bad_inputs_are_refused_and_change_nothing() {
     assert_ne!(ghost_text, text);
     std::fs::write(&ghost, &ghost_text).unwrap();
     let g = ghost.display().to_string();
+    // Issue 21, hole 2: the follower's own manifest with `--initial-cluster` written as a
+    // double-quoted item, which the rewrite step cannot edit surgically. That step used to
+    // refuse it after etcd was stopped and the member removed; preflight now makes the same
+    // edit in memory first.
+    let quoted = ghost_dir.join("quoted.yaml");
+    let quoted_text: String = text
+        .lines()
+        .map(|l| match l.split_once("- --initial-cluster=") {
+            Some((indent, value)) => format!("{indent}- \"--initial-cluster={value}\"\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    assert_ne!(quoted_text, text);
+    std::fs::write(&quoted, &quoted_text).unwrap();
+    let q = quoted.display().to_string();
 
     struct Case<'a> {
         node: usize,
@@ -366,6 +381,13 @@ fn rejoin_bad_inputs_are_refused_and_change_nothing() {
             extra: vec![("ETCDOPS_MANIFEST", g.as_str())],
             code: 4,
             needle: "adding a new member is out of scope",
+        },
+        Case {
+            node: follower,
+            words: vec!["--yes"],
+            extra: vec![("ETCDOPS_MANIFEST", q.as_str())],
+            code: 2,
+            needle: "edit it by hand",
         },
         Case {
             node: follower,
@@ -408,6 +430,7 @@ fn rejoin_bad_inputs_are_refused_and_change_nothing() {
         );
     }
     assert_eq!(std::fs::read_to_string(&ghost).unwrap(), ghost_text);
+    assert_eq!(std::fs::read_to_string(&quoted).unwrap(), quoted_text);
 
     // Without --yes: the plan, exit 0, nothing changed.
     let before = node_bytes(&lab, follower);

@@ -384,8 +384,31 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
     let other = other_dir.join("etcd.yaml");
     let text = std::fs::read_to_string(lab.manifest(1)).unwrap();
     std::fs::write(&other, text.replace("--name=node1", "--name=node9")).unwrap();
+    // Issue 21, hole 2: a bare snapshot's member list is the manifest's --initial-cluster; one
+    // that etcd's restore code refuses (a peer URL with a path) used to pass the plan, and
+    // the restore step found out after etcd was stopped. A good snapshot, and this node's
+    // manifest (outside the manifests dir) with such a member added.
+    let good = bad_dir.join("good.db");
+    lab.etcdops(1, &["snapshot", "save", good.to_str().unwrap()], &[])
+        .code(0);
+    let path_url_dir = bad_dir.join("path-url");
+    std::fs::create_dir_all(&path_url_dir).unwrap();
+    let path_url = path_url_dir.join("etcd.yaml");
+    let with_path: String = text
+        .lines()
+        .map(|l| {
+            if l.contains("- --initial-cluster=") {
+                format!("{l},node9=https://127.0.0.1:2390/etcd\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    assert_ne!(with_path, text);
+    std::fs::write(&path_url, &with_path).unwrap();
     let f = |p: &Path| p.display().to_string();
     let (fl, ga, mi, sn, ot) = (f(&flipped), f(&garbage), f(&missing), f(&snap), f(&other));
+    let (go, pu) = (f(&good), f(&path_url));
     let t = f(&tool(Version::V36));
     let not_exec = f(&garbage);
     let no_path: &[(&str, &str)] = &[("PATH", "/nonexistent-bin")];
@@ -428,6 +451,12 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
             &[],
             4,
             "does not contain this node's --name node9",
+        ),
+        (
+            apply(&["--from", &go, "--etcdutl", &t, "--manifest", &pu]),
+            &[],
+            2,
+            "must not contain a path",
         ),
         (
             apply(&["--from", &archive]),
@@ -548,5 +577,5 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
         "unfinished",
     );
     assert_eq!(member_id(&lab, 1), before_member);
-    assert_eq!(cases.len() + 1, 13);
+    assert_eq!(cases.len() + 1, 14);
 }
