@@ -328,6 +328,7 @@ mod tests {
                 raft_index_spread: Some(0),
                 hash_revision: Some(42),
                 hashes_agree: Some(false),
+                hash_kv: vec![],
             }),
             alarms: vec![AlarmReport {
                 member_id: "8e9e05c52164694d".into(),

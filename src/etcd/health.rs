@@ -6,7 +6,9 @@
 //! learner, which refuses linearizable reads by design, is healthy on a clean `Status`.
 //! The verdict is healthy when every endpoint is healthy, no alarm is active, and, with
 //! `--cluster`, every member has a client URL and answers, all agree on one leader, and
-//! HashKV agrees across members at a common revision, and no member is a *stranger*: an
+//! HashKV agrees across members at a common revision (HashKV under its own deadline, scaled
+//! by each member's db size (`hashkv`): one that answers after the command timeout is
+//! reported slow, `cluster.hash_kv`, a warning, not unhealthy), and no member is a *stranger*: an
 //! endpoint of the member list that answers for another cluster id, or as a member the
 //! list does not have (a wiped member that bootstrapped a cluster of its own). Such a
 //! member serves no client request when its own cluster has no quorum: then its peer port
@@ -21,6 +23,7 @@ use serde::Serialize;
 
 use super::client::{Alarm, Endpoint, HashKv, Member, RpcErrorKind, Status, within};
 use super::connect::Connection;
+use super::hashkv::{self, Timing, Watch};
 use super::probe::Probe;
 use super::version::{self, Version};
 use crate::error::{Error, Result};
@@ -95,6 +98,9 @@ pub struct ClusterHealth {
     pub raft_index_spread: Option<u64>,
     pub hash_revision: Option<i64>,
     pub hashes_agree: Option<bool>,
+    /// Every HashKV made for the agreement, with its time and deadline (`slow` when it took
+    /// longer than the command timeout).
+    pub hash_kv: Vec<Timing>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -283,6 +289,16 @@ pub async fn check_endpoint(conn: &Connection, url: &str) -> EndpointHealth {
 
 /// Check the given endpoints (or, with `cluster`, every member) and judge.
 pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
+    check_watched(conn, opts, Watch::QUIET).await
+}
+
+/// [`check`], telling the watch what a long HashKV is doing while it waits (and stopping
+/// it when the watch is interrupted).
+pub async fn check_watched(
+    conn: &Connection,
+    opts: &HealthOptions,
+    watch: Watch<'_>,
+) -> HealthReport {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     let mut members: Option<Vec<Member>> = None;
@@ -385,9 +401,17 @@ pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
     }
 
     let cluster = match members {
-        Some(list) if opts.cluster => {
-            Some(cluster_checks(conn, &list, &mut endpoints, &mut problems, &mut warnings).await)
-        }
+        Some(list) if opts.cluster => Some(
+            cluster_checks(
+                conn,
+                &list,
+                &mut endpoints,
+                &mut problems,
+                &mut warnings,
+                watch,
+            )
+            .await,
+        ),
         _ => None,
     };
 
@@ -589,6 +613,7 @@ async fn cluster_checks(
     endpoints: &mut [EndpointHealth],
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
+    watch: Watch<'_>,
 ) -> ClusterHealth {
     let reference = strangers(conn, members, endpoints, problems, warnings).await;
     let cluster_id = reference.map(hex_id);
@@ -638,7 +663,10 @@ async fn cluster_checks(
         ));
     }
 
-    let (hash_revision, hashes_agree) = hash_agreement(conn, endpoints, problems).await;
+    let mut hash_kv = Vec::new();
+    let (hash_revision, hashes_agree) =
+        hash_agreement(conn, endpoints, problems, &mut hash_kv, watch).await;
+    warnings.extend(hash_kv.iter().filter(|t| t.slow).map(Timing::note));
 
     ClusterHealth {
         cluster_id,
@@ -648,6 +676,7 @@ async fn cluster_checks(
         raft_index_spread,
         hash_revision,
         hashes_agree,
+        hash_kv,
     }
 }
 
@@ -657,10 +686,14 @@ async fn cluster_checks(
 /// etcd refuses HashKV at the compaction revision itself, so right after `compact` to the
 /// current revision (no write since) no explicit revision can be hashed: then hash the
 /// current state (revision 0) and compare only when every member reports the same revision.
+///
+/// Each HashKV gets its own deadline from the member's db size; `timings` gets every one.
 async fn hash_agreement(
     conn: &Connection,
     endpoints: &[EndpointHealth],
     problems: &mut Vec<String>,
+    timings: &mut Vec<Timing>,
+    watch: Watch<'_>,
 ) -> (Option<i64>, Option<bool>) {
     // Learners refuse HashKV ("rpc not supported for learner"): compare voting members.
     let healthy: Vec<&EndpointHealth> = endpoints
@@ -675,11 +708,13 @@ async fn hash_agreement(
         let mut hashes: Vec<(String, HashKv)> = Vec::new();
         let mut compacted = false;
         for e in &healthy {
-            let result = async {
-                let mut ep = Endpoint::connect(conn, &e.endpoint).await?;
-                within(conn.command_timeout, "hashkv", ep.hash_kv(at)).await
-            }
-            .await;
+            let target = hashkv::Target {
+                url: &e.endpoint,
+                name: e.name.as_deref(),
+                db_size: e.db_size.unwrap_or(0),
+            };
+            let (result, timing) = hashkv::hash_kv(conn, &target, at, watch).await;
+            timings.push(timing);
             match result {
                 Ok(h) => hashes.push((e.endpoint.clone(), h)),
                 Err(err) if at != 0 && err.is(RpcErrorKind::Compacted) => {

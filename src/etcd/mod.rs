@@ -10,6 +10,7 @@ pub mod compact;
 pub mod connect;
 pub mod defrag;
 pub mod guard;
+pub mod hashkv;
 pub mod health;
 pub mod maintain;
 pub mod member;

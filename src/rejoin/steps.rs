@@ -276,7 +276,7 @@ impl Saga for Rejoin<'_> {
                         ),
                     ));
                 }
-                Ok(serde_json::json!({
+                let data = serde_json::json!({
                     "old_member_id": plan.old_member_id,
                     "new_member_id": hex_id(id),
                     "hash_revision": at,
@@ -285,7 +285,13 @@ impl Saga for Rejoin<'_> {
                          members at revision {}; old data kept at {}",
                         plan.me.name, plan.old_member_id, hex_id(id), members,
                         at.unwrap_or(0), plan.aside.display())
-                }))
+                });
+                // Each HashKV ran under its own deadline (scaled by the member's db size),
+                // not the command timeout; the slow ones are noted.
+                Ok(crate::etcd::hashkv::annotate(
+                    data,
+                    cluster.iter().flat_map(|c| c.hash_kv.iter()),
+                ))
             }
         }
     }

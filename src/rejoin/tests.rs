@@ -95,6 +95,7 @@ impl Host for Fake {
                 raft_index_spread: Some(0),
                 hash_revision: Some(7),
                 hashes_agree: Some(true),
+                hash_kv: vec![],
             }),
             alarms: vec![],
             problems: vec![],
@@ -107,7 +108,7 @@ impl Host for Fake {
     fn identity(&self) -> Result<Identity> {
         nope("identity")
     }
-    fn hash_at(&self, _revision: i64) -> Result<Option<u32>> {
+    fn hash_at(&self, _revision: i64) -> Result<crate::run::host::HashAt> {
         nope("hash_at")
     }
     fn snapshot(&self, _dest: &Path) -> Result<()> {

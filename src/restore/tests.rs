@@ -136,7 +136,7 @@ impl Host for FakeNode {
     fn identity(&self) -> Result<Identity> {
         Err(unused("identity"))
     }
-    fn hash_at(&self, _: i64) -> Result<Option<u32>> {
+    fn hash_at(&self, _: i64) -> Result<crate::run::host::HashAt> {
         Err(unused("hash_at"))
     }
     fn snapshot(&self, _: &Path) -> Result<()> {

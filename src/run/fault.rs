@@ -69,7 +69,7 @@ impl Host for FaultHost<'_> {
     fn identity(&self) -> Result<Identity> {
         self.wrap("identity", || self.inner.identity())
     }
-    fn hash_at(&self, revision: i64) -> Result<Option<u32>> {
+    fn hash_at(&self, revision: i64) -> Result<crate::run::host::HashAt> {
         self.wrap("hash_at", || self.inner.hash_at(revision))
     }
     fn snapshot(&self, dest: &Path) -> Result<()> {
