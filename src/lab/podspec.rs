@@ -44,7 +44,7 @@ spec:
     - --peer-trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt
     - --snapshot-count=10000
     - --trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt
-    image: registry.k8s.io/etcd:3.5.15-0
+    image: {image}
     imagePullPolicy: IfNotPresent
     livenessProbe:
       failureThreshold: 8
@@ -84,6 +84,13 @@ spec:
 status: {{}}
 "#,
         initial = initial.join(","),
+        // The stand-in runs lab.config.etcd whatever the tag; the real kubelet runs the
+        // image imported into containerd under the tag kubeadm writes.
+        image = lab
+            .config
+            .real
+            .as_ref()
+            .map_or("registry.k8s.io/etcd:3.5.15-0", |s| s.etcd_image.as_str()),
         pki = lab.pki_dir(node).display(),
         data = lab.data_dir(node).display(),
     )

@@ -65,7 +65,22 @@ impl Lab {
         Self::up_with(version, nodes, &["--systemd", "--disk", disk])
     }
 
+    /// A lab whose nodes run the real kubelet and containerd (`up --kubelet real`) on etcd
+    /// 3.6.17 from the deps cache, whose image `scripts/build-lab-images.sh 3.6.17` built.
+    /// `version` is the etcdctl the test uses as a client.
+    pub fn up_real(version: Version, nodes: usize) -> Lab {
+        let deps = std::env::var_os("ETCDOPS_DEPS")
+            .map_or_else(|| PathBuf::from("/var/cache/etcdops-deps"), PathBuf::from);
+        let etcd = deps.join("etcd-3.6.17/etcd");
+        let etcd = etcd.to_str().expect("a UTF-8 deps path").to_string();
+        Self::up_with_etcd(version, Some(&etcd), nodes, &["--kubelet", "real", "--timeout", "180s"])
+    }
+
     fn up_with(version: Version, nodes: usize, extra: &[&str]) -> Lab {
+        Self::up_with_etcd(version, None, nodes, extra)
+    }
+
+    fn up_with_etcd(version: Version, etcd: Option<&str>, nodes: usize, extra: &[&str]) -> Lab {
         let dir = tempfile::Builder::new()
             .prefix("etcdops-lab-")
             .tempdir()
@@ -82,7 +97,7 @@ impl Lab {
                 &prefix,
                 "--etcd",
             ])
-            .arg(version.etcd())
+            .arg(etcd.map_or_else(|| version.etcd(), PathBuf::from))
             .args(extra)
             .output()
             .expect("run etcdops-lab up");
@@ -269,7 +284,7 @@ impl Lab {
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for n in 1..=self.nodes {
-            for f in ["kubelet.log", "etcd.log"] {
+            for f in ["kubelet.log", "etcd.log", "containerd.log"] {
                 let p = self.node_dir(n).join(f);
                 let text = std::fs::read_to_string(&p).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();
