@@ -146,6 +146,12 @@ pub fn cgroup_name(lab: &Lab, node: usize) -> String {
 
 /// Mount points of the cgroup v1 hierarchies, with their options (controllers).
 fn cgroup_hierarchies() -> Vec<(PathBuf, String)> {
+    cgroup_mounts(false)
+}
+
+/// Mount points of every cgroup hierarchy; with `v2`, the hybrid layout's cgroup2 one too
+/// (kubelet's cgroupfs manager creates the node's dirs there as well).
+fn cgroup_mounts(v2: bool) -> Vec<(PathBuf, String)> {
     let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
@@ -153,8 +159,10 @@ fn cgroup_hierarchies() -> Vec<(PathBuf, String)> {
         .filter_map(|line| {
             let (pre, post) = line.split_once(" - ")?;
             let mut post = post.split_whitespace();
-            if post.next()? != "cgroup" {
-                return None;
+            match post.next()? {
+                "cgroup" => {}
+                "cgroup2" if v2 => {}
+                _ => return None,
             }
             let opts = post.nth(1)?.to_string();
             let at = pre.split_whitespace().nth(4)?;
@@ -280,6 +288,11 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
     [plugins.'io.containerd.cri.v1.images'.pinned_images]
       sandbox = "{PAUSE_IMAGE}"
   [plugins.'io.containerd.cri.v1.runtime']
+    # kubelet asks for oom_score_adj -998 (sandbox) and -997 (critical pod); lowering it
+    # needs CAP_SYS_RESOURCE, which these machines' root does not have (CapBnd lacks bit
+    # 24): runc then fails "failed to update /proc/self/oom_score_adj: Permission denied".
+    # Clamp to containerd's own score, as containerd does for rootless setups.
+    restrict_oom_score_adj = true
     [plugins.'io.containerd.cri.v1.runtime'.containerd]
       default_runtime_name = "runc"
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
@@ -324,6 +337,16 @@ readOnlyPort: 0
 healthzBindAddress: {ip}
 healthzPort: 10248
 podLogsDir: {pods}
+# The shared disk of these machines runs above kubelet's default thresholds (imagefs
+# available < 15 %): kubelet would garbage-collect the unused etcd image, which it cannot
+# pull back here, and report disk pressure. The lab does not test eviction.
+evictionHard:
+  memory.available: 100Mi
+  nodefs.available: 1%
+  nodefs.inodesFree: 1%
+  imagefs.available: 1%
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
 "#,
         manifests = lab.manifests_dir(node).display(),
         sock = socket(lab, node).display(),
@@ -455,6 +478,13 @@ pub fn start_node(lab: &Lab, node: usize) -> Result<()> {
     for image in &stack.images {
         ctr_ok(lab, node, &["images", "import", &image.to_string_lossy()])?;
     }
+    // Pinned, as containerd pins the sandbox image: kubelet's image GC never removes it
+    // (a real node pulls it back; this one cannot).
+    ctr_ok(
+        lab,
+        node,
+        &["images", "label", &stack.etcd_image, "io.cri-containerd.pinned=pinned"],
+    )?;
     start_kubelet(lab, node)
 }
 
@@ -638,7 +668,7 @@ fn unmount_under(dir: &Path) -> Result<usize> {
 pub fn cgroup_dirs(lab: &Lab, node: usize) -> Vec<PathBuf> {
     let name = cgroup_name(lab, node);
     let mut out = Vec::new();
-    for (at, _) in cgroup_hierarchies() {
+    for (at, _) in cgroup_mounts(true) {
         let mut stack = vec![at.join(&name)];
         while let Some(dir) = stack.pop() {
             if !dir.is_dir() {
