@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measures `etcdops backup` on a large db (>= 400 MB by default) against `etcdctl snapshot
-# save` of the same member in the same run: a 1-node lab (etcd 3.5, release build),
+# save` of the same member in the same run: a 1-node lab (etcd 3.6, release build),
 # BENCH_KEYS keys of BENCH_VALUE bytes written in transactions, then
 #   etcdctl snapshot save (before), etcdops backup, etcdctl snapshot save (after),
 #   etcdops backup verify, etcdops backup verify --restore-test,
@@ -19,7 +19,9 @@ level=${BENCH_LEVEL:-3}
 scripts/install-deps.sh >/dev/null
 cargo build --release --quiet --bins
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
-etcd35="$root/.cache/etcd-3.5.1"
+# shellcheck source=scripts/etcd-versions.sh
+. "$root/scripts/etcd-versions.sh"
+etcdv=$(etcd_dir "$ETCD_DEFAULT")
 
 mkdir -p /var/tmp
 work=${BENCH_DIR:-$(mktemp -d /var/tmp/etcdops-bench-backup.XXXXXX)}
@@ -27,10 +29,10 @@ lab="$work/lab"
 cleanup() { "$bin/etcdops-lab" down --dir "$lab" >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-"$bin/etcdops-lab" up --dir "$lab" --nodes 1 --etcd "$etcd35/etcd" --ip-prefix 127.0.7 >/dev/null
+"$bin/etcdops-lab" up --dir "$lab" --nodes 1 --etcd "$etcdv/etcd" --ip-prefix 127.0.7 >/dev/null
 eval "$("$bin/etcdops-lab" env --dir "$lab" --node 1)"
 pki="$lab/node1/etc/kubernetes/pki/etcd"
-ctl=("$etcd35/etcdctl" --endpoints=https://127.0.7.11:2379 --cacert="$pki/ca.crt"
+ctl=("$etcdv/etcdctl" --endpoints=https://127.0.7.11:2379 --cacert="$pki/ca.crt"
      --cert="$pki/healthcheck-client.crt" --key="$pki/healthcheck-client.key"
      --command-timeout=60s)
 
@@ -85,7 +87,7 @@ measure "etcdctl-snapshot-save-2" "${ctl[@]}" snapshot save "$work/snap2.db"
 archive=$(ls "$dir"/etcd-backup-*.tar.zst)
 measure "etcdops-backup-verify" "$bin/etcdops" backup verify "$archive"
 measure "etcdops-backup-verify-restore-test" "$bin/etcdops" backup verify --restore-test \
-  --etcdutl "$etcd35/etcdutl" "$archive"
+  --etcdutl "$etcdv/etcdutl" "$archive"
 size=$(stat -c %s "$archive")
 
 python3 - "$results" "$db" "$size" "$level" <<'PY'

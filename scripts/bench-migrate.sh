@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measures a migration's downtime on the lab at several data dir sizes (~200 MB and >= 2 GB
-# by default) in one run, on one lab: a 3-node lab (etcd 3.5, release build), node 1's data
+# by default) in one run, on one lab: a 3-node lab (etcd 3.6, release build), node 1's data
 # grown by real etcd (BENCH_VALUE-byte values written in transactions) to each size in turn;
 # at each size two `etcdops migrate apply` of node 1 to a dir on disk: without and with
 # --precopy (a light writer putting BENCH_WRITES_PER_S keys/s meanwhile). Prints every step's
@@ -21,7 +21,9 @@ value_size=${BENCH_VALUE:-102400}
 scripts/install-deps.sh >/dev/null
 cargo build --release --quiet
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
-etcd35="$root/.cache/etcd-3.5.1"
+# shellcheck source=scripts/etcd-versions.sh
+. "$root/scripts/etcd-versions.sh"
+etcdv=$(etcd_dir "$ETCD_DEFAULT")
 
 mkdir -p /var/tmp
 work=${BENCH_DIR:-$(mktemp -d /var/tmp/etcdops-bench-migrate.XXXXXX)}
@@ -30,10 +32,10 @@ lab="$work/lab"
 cleanup() { "$bin/etcdops-lab" down --dir "$lab" >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-"$bin/etcdops-lab" up --dir "$lab" --nodes 3 --etcd "$etcd35/etcd" --ip-prefix 127.0.8 >/dev/null
+"$bin/etcdops-lab" up --dir "$lab" --nodes 3 --etcd "$etcdv/etcd" --ip-prefix 127.0.8 >/dev/null
 eval "$("$bin/etcdops-lab" env --dir "$lab" --node 1)"
 pki="$lab/node1/etc/kubernetes/pki/etcd"
-ctl=("$etcd35/etcdctl" --endpoints=https://127.0.8.11:2379 --cacert="$pki/ca.crt"
+ctl=("$etcdv/etcdctl" --endpoints=https://127.0.8.11:2379 --cacert="$pki/ca.crt"
      --cert="$pki/healthcheck-client.crt" --key="$pki/healthcheck-client.key"
      --command-timeout=30s)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measures the pre-copy at the datadir level (until the migration's precopy step exists):
-# for each size (default ~200 MB and ~2 GB of values), a real etcd 3.5 data dir is made by
+# for each size (default ~200 MB and ~2 GB of values), a real etcd 3.6 data dir is made by
 # writing BENCH_VALUE-byte values in transactions; then, with etcd still running and a light
 # writer putting a few keys per second, `etcdops datadir precopy`; then etcd is stopped and
 # `datadir copy --update` + `datadir verify` (from the device) run — the part that is
@@ -16,7 +16,9 @@ cd "$root"
 sizes=${BENCH_SIZES_MB:-"200 2048"}
 value_size=${BENCH_VALUE:-102400}
 rate=${BENCH_WRITES_PER_S:-5}
-etcd35="$root/.cache/etcd-3.5.1"
+# shellcheck source=scripts/etcd-versions.sh
+. "$root/scripts/etcd-versions.sh"
+etcdv=$(etcd_dir "$ETCD_DEFAULT")
 
 scripts/install-deps.sh >/dev/null
 if [ ! -x /usr/bin/time ]; then
@@ -56,14 +58,14 @@ start_etcd() {
   local dir=$1
   cport=$(free_port); pport=$(free_port)
   url="http://127.0.0.1:$cport"
-  "$etcd35/etcd" --name bench --data-dir "$dir" \
+  "$etcdv/etcd" --name bench --data-dir "$dir" \
     --listen-client-urls "$url" --advertise-client-urls "$url" \
     --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
     --initial-cluster "bench=http://127.0.0.1:$pport" \
     --quota-backend-bytes=$((8 * 1024 * 1024 * 1024)) --log-level=error >"$work/etcd.log" 2>&1 &
   etcd_pid=$!
   for _ in $(seq 100); do
-    ETCDCTL_API=3 "$etcd35/etcdctl" --endpoints "$url" endpoint health >/dev/null 2>&1 && return 0
+    ETCDCTL_API=3 "$etcdv/etcdctl" --endpoints "$url" endpoint health >/dev/null 2>&1 && return 0
     sleep 0.1
   done
   echo "bench: etcd did not become healthy in 10 s" >&2; exit 1
@@ -74,7 +76,7 @@ for mb in $sizes; do
   src="$work/src-$mb"; dst="$work/dst-$mb"; sums="$work/sums-$mb.b3"
   keys=$(( mb * 1024 * 1024 / value_size ))
   start_etcd "$src"
-  echo "bench: writing $keys values of $value_size B to etcd 3.5 (~$mb MB)" >&2
+  echo "bench: writing $keys values of $value_size B to etcd 3.6 (~$mb MB)" >&2
   mkdir -p "$work/txn"
   # 10 puts (~1 MiB) per transaction file; values are slices of a random pool.
   awk -v n="$keys" -v size="$value_size" -v dir="$work/txn" 'BEGIN {
@@ -88,14 +90,14 @@ for mb in $sizes; do
   }'
   # shellcheck disable=SC2016 # $1..$3 are the inner shell's arguments, expanded there
   find "$work/txn" -type f -print0 | sort -z |
-    xargs -0 -P 4 -I{} sh -c 'ETCDCTL_API=3 "$1" --endpoints "$2" txn <"$3" >/dev/null' _ "$etcd35/etcdctl" "$url" {}
+    xargs -0 -P 4 -I{} sh -c 'ETCDCTL_API=3 "$1" --endpoints "$2" txn <"$3" >/dev/null' _ "$etcdv/etcdctl" "$url" {}
   rm -rf "$work/txn"
 
   # A light load during the pre-copy: BENCH_WRITES_PER_S puts of 1 KiB per second.
   (
     i=0; v=$(head -c 768 /dev/urandom | base64 -w0)
     while :; do
-      ETCDCTL_API=3 "$etcd35/etcdctl" --endpoints "$url" put "light/$i" "$v" >/dev/null 2>&1 || true
+      ETCDCTL_API=3 "$etcdv/etcdctl" --endpoints "$url" put "light/$i" "$v" >/dev/null 2>&1 || true
       i=$((i + 1)); sleep "$(awk -v r="$rate" 'BEGIN { print 1 / r }')"
     done
   ) &
@@ -139,7 +141,7 @@ for mb in $sizes; do
 done
 
 cat <<EOF
-real etcd 3.5 data dirs, values of $value_size B, $rate writes/s during the pre-copy; times in ms, one run each
+real etcd 3.6 data dirs, values of $value_size B, $rate writes/s during the pre-copy; times in ms, one run each
 machine: $(nproc) cores, load average $(cut -d' ' -f1 /proc/loadavg) at the end (other work on the machine slows every line)
 | data dir | pre-copy (etcd running) | after the stop: written | copy --update | verify | stopped: update + verify | stopped without pre-copy: copy + verify | read-back cache / device / dd iflag=direct | peak RSS |
 |---|---|---|---|---|---|---|---|---|

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks `etcdops datadir copy` + `datadir verify` against the manual ways of moving an
-# etcd data dir, on a real etcd 3.5 data dir of at least 450 MB:
+# etcd data dir, on a real etcd 3.6 data dir of at least 450 MB:
 #   ours   etcdops datadir copy --sums F SRC DST && etcdops datadir verify --verify-from-cache --sums F SRC DST
 #   plain  etcdops datadir copy SRC DST && etcdops datadir verify --verify-from-cache SRC DST (reads both trees)
 #   device etcdops datadir copy --sums F SRC DST && etcdops datadir verify --sums F SRC DST
@@ -23,7 +23,9 @@ cd "$root"
 keys=${BENCH_KEYS:-200000}
 value_size=${BENCH_VALUE:-1024}
 runs=${RUNS:-3}
-etcd35="$root/.cache/etcd-3.5.1"
+# shellcheck source=scripts/etcd-versions.sh
+. "$root/scripts/etcd-versions.sh"
+etcdv=$(etcd_dir "$ETCD_DEFAULT")
 keep=false
 [ "${1:-}" = "--keep" ] && keep=true
 
@@ -54,13 +56,13 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# --- the data set: keys written to a real etcd 3.5 in parallel transactions, then stopped.
+# --- the data set: keys written to a real etcd 3.6 in parallel transactions, then stopped.
 if [ ! -d "$src" ]; then
   gen="$work/gen"
   rm -rf "$gen"
   cport=$(free_port); pport=$(free_port)
   url="http://127.0.0.1:$cport"
-  "$etcd35/etcd" --name bench --data-dir "$gen" \
+  "$etcdv/etcd" --name bench --data-dir "$gen" \
     --listen-client-urls "$url" --advertise-client-urls "$url" \
     --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
     --initial-cluster "bench=http://127.0.0.1:$pport" \
@@ -68,10 +70,10 @@ if [ ! -d "$src" ]; then
     --log-level=error >"$work/etcd.log" 2>&1 &
   etcd_pid=$!
   for _ in $(seq 100); do
-    ETCDCTL_API=3 "$etcd35/etcdctl" --endpoints "$url" endpoint health >/dev/null 2>&1 && break
+    ETCDCTL_API=3 "$etcdv/etcdctl" --endpoints "$url" endpoint health >/dev/null 2>&1 && break
     sleep 0.1
   done
-  echo "bench: writing $keys keys of $value_size bytes to etcd 3.5 ($url)" >&2
+  echo "bench: writing $keys keys of $value_size bytes to etcd 3.6 ($url)" >&2
   mkdir -p "$work/txn"
   # 1000 puts per transaction (~1 MiB, under --max-request-bytes), one file per transaction.
   awk -v n="$keys" -v size="$value_size" -v dir="$work/txn" 'BEGIN {
@@ -86,8 +88,8 @@ if [ ! -d "$src" ]; then
   }'
   # shellcheck disable=SC2016 # $1..$3 are the inner shell's arguments, expanded there
   find "$work/txn" -type f -print0 | sort -z |
-    xargs -0 -P 4 -I{} sh -c 'ETCDCTL_API=3 "$1" --endpoints "$2" txn <"$3" >/dev/null' _ "$etcd35/etcdctl" "$url" {}
-  count=$(ETCDCTL_API=3 "$etcd35/etcdctl" --endpoints "$url" get bench/ --prefix --count-only -w fields |
+    xargs -0 -P 4 -I{} sh -c 'ETCDCTL_API=3 "$1" --endpoints "$2" txn <"$3" >/dev/null' _ "$etcdv/etcdctl" "$url" {}
+  count=$(ETCDCTL_API=3 "$etcdv/etcdctl" --endpoints "$url" get bench/ --prefix --count-only -w fields |
     sed -n 's/^"Count" : //p')
   [ "$count" = "$keys" ] || { echo "bench: wrote $count keys, expected $keys" >&2; exit 1; }
   kill "$etcd_pid"; wait "$etcd_pid" 2>/dev/null || true; etcd_pid=""
@@ -199,7 +201,7 @@ m_rsync=$(echo "${times[rsync]}" | median)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 
 cat <<EOF
-data: real etcd 3.5 data dir, $keys keys x $value_size B, $files files, $size bytes ($(numfmt --to=iec "$size")); $runs runs each, warm page cache, median wall time
+data: real etcd 3.6 data dir, $keys keys x $value_size B, $files files, $size bytes ($(numfmt --to=iec "$size")); $runs runs each, warm page cache, median wall time
 machine: $(nproc) cores, load average $load_before before and $(cut -d' ' -f1 /proc/loadavg) after (other work on the machine slows every line)
 | line | runs (ms) | median (ms) | ours / line | ours without --sums / line |
 |---|---|---|---|---|

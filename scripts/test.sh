@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every check CI runs: dependencies, formatting, lints, then every test (unit and
-# integration, against real etcd 3.4 and 3.5 processes), then the Debian package.
+# integration, against real etcd 3.5, 3.6 and 3.7 processes), then the Debian package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

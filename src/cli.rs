@@ -15,12 +15,12 @@ const EXIT_CODES: &str = "Exit codes: 0 success, healthy; 1 an operation ran and
 
 /// `etcdops --version`: what an operator needs in a bug report — the build's git commit
 /// (build.rs; "unknown" from a tarball without .git) and the etcd releases CI tests against
-/// (scripts/install-deps.sh installs exactly these).
+/// (scripts/etcd-versions.sh; scripts/install-deps.sh builds exactly these).
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("ETCDOPS_GIT_COMMIT"),
-    "; tested against etcd 3.4.23 and 3.5.1)"
+    "; tested against etcd 3.5.36, 3.6.17 and 3.7.4; 3.4 and 3.5 before 3.5.26 are not supported)"
 );
 
 #[derive(Debug, Parser)]

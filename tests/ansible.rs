@@ -192,7 +192,7 @@ fn keys(lab: &Lab) -> String {
 
 #[test]
 fn rolling_migration_playbook_on_a_lab_stops_at_a_failing_node_then_finishes() {
-    let lab = Lab::up(Version::V35, 3);
+    let lab = Lab::up(Version::V36, 3);
     for i in 0..40 {
         let out = lab.etcdctl(&["put", &format!("ansible/{i:03}"), &format!("value {i}")]);
         assert!(out.status.success(), "{out:?}");
@@ -286,14 +286,14 @@ fn rolling_migration_playbook_on_a_lab_stops_at_a_failing_node_then_finishes() {
     }
 }
 
-/// contrib/ansible/restore-etcd.yml on a real 3-node lab (3.5): first with an archive that
+/// contrib/ansible/restore-etcd.yml on a real 3-node lab (3.6): first with an archive that
 /// does not exist — `restore plan` refuses on every node and the play stops before any
 /// node is touched (manifests and state dirs byte for byte); then with a real backup: every
 /// node restored at once, `health --cluster` healthy, the keys of the backup back and the
 /// keys written after it gone.
 #[test]
 fn whole_cluster_restore_playbook_on_a_lab() {
-    let lab = Lab::up(Version::V35, 3);
+    let lab = Lab::up(Version::V36, 3);
     for i in 0..20 {
         let out = lab.etcdctl(&["put", &format!("ansible/{i:03}"), "before"]);
         assert!(out.status.success(), "{out:?}");
@@ -309,7 +309,7 @@ fn whole_cluster_restore_playbook_on_a_lab() {
     let targets: Vec<PathBuf> = (1..=3).map(|n| lab.data_dir(n)).collect();
     let inv = write_inventory(&lab, work.path(), &targets);
     // The restore tool of the lab's etcd, for every node.
-    let etcdutl = Version::V35.etcdutl().display().to_string();
+    let etcdutl = Version::V36.etcdutl().display().to_string();
     for n in 1..=3 {
         let path = inv.join(format!("host_vars/node{n}.yml"));
         let mut vars: serde_json::Value =

@@ -1,4 +1,4 @@
-//! `etcdops datadir check | copy | verify | sums` on data dirs written by real etcd 3.4 and
+//! `etcdops datadir check | copy | verify | sums` on data dirs written by real etcd 3.5 and
 //! 3.5: quiesce detection against a running etcd, owner/mode/mtime preservation, the source
 //! left byte-identical, every kind of difference found, b3sum compatibility, refusals that
 //! change nothing, a full filesystem (a tiny tmpfs, unmounted even on panic), ENOSPC and
@@ -387,19 +387,19 @@ fn lifecycle(version: Version) {
 }
 
 #[test]
-fn lifecycle_3_4() {
-    lifecycle(Version::V34);
+fn lifecycle_3_5() {
+    lifecycle(Version::V35);
 }
 
 #[test]
-fn lifecycle_3_5() {
-    lifecycle(Version::V35);
+fn lifecycle_3_6() {
+    lifecycle(Version::V36);
 }
 
 /// Every bad input: one clear line, the right exit code, nothing changed anywhere.
 #[test]
 fn bad_inputs_change_nothing() {
-    let cluster = stopped_cluster(Version::V35);
+    let cluster = stopped_cluster(Version::V36);
     let src = cluster.members[0].data_dir.clone();
     let scratch = tempfile::tempdir().unwrap();
     let full = scratch.path().join("full");
@@ -461,8 +461,8 @@ fn bad_inputs_change_nothing() {
         ),
         (
             vec!["copy", p(&src), p(&below_missing)],
-            2,
-            format!("{}: does not exist", missing.display()),
+            4,
+            format!("parent {} does not exist", missing.display()),
         ),
         (
             vec!["check", p(&not_data)],
@@ -584,7 +584,7 @@ impl Drop for Tmpfs {
 /// A target filesystem too small for the data: refused up front, nothing written on it.
 #[test]
 fn tiny_tmpfs_is_refused_and_left_empty() {
-    let cluster = stopped_cluster(Version::V34);
+    let cluster = stopped_cluster(Version::V35);
     let src = cluster.members[0].data_dir.clone();
     let fs_ = Tmpfs::mount("size=1m");
     let dst = fs_.path().join("etcd");
@@ -612,7 +612,7 @@ impl<F: Fn()> Progress for OnFirstChunk<F> {
 /// a failure (exit 1 class) that names the cause, and the staging dir removed.
 #[test]
 fn disk_full_mid_copy_leaves_nothing() {
-    let cluster = stopped_cluster(Version::V34);
+    let cluster = stopped_cluster(Version::V35);
     let src = cluster.members[0].data_dir.clone();
     let data: u64 = tree_bytes(&src).iter().map(|(_, b)| b.len() as u64).sum();
     let mib = data.div_ceil(1 << 20) * 12 / 10 + 2;
@@ -655,7 +655,7 @@ fn disk_full_mid_copy_leaves_nothing() {
 /// A cancel request in the middle of a copy: stopped, staging removed, no target.
 #[test]
 fn cancel_mid_copy_leaves_nothing() {
-    let cluster = stopped_cluster(Version::V35);
+    let cluster = stopped_cluster(Version::V36);
     let src = cluster.members[0].data_dir.clone();
     let scratch = tempfile::tempdir().unwrap();
     let dst = scratch.path().join("etcd");
@@ -747,7 +747,7 @@ fn sigterm_mid_copy_leaves_nothing() {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
 
-    let cluster = stopped_cluster(Version::V35);
+    let cluster = stopped_cluster(Version::V36);
     let src = cluster.members[0].data_dir.clone();
     let scratch = tempfile::tempdir().unwrap();
     for attempt in 0..10 {

@@ -153,7 +153,7 @@ fn writes_during_a_rolling_defrag() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    let cluster = Cluster::start(Spec::new(Version::V35, 3).tls());
+    let cluster = Cluster::start(Spec::new(Version::V36, 3).tls());
     println!("~{mib} MiB live per member, as much garbage; writer timeout {WRITE_TIMEOUT:?}");
 
     for extra in [&[][..], &["--move-leader"][..]] {

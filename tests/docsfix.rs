@@ -46,7 +46,7 @@ fn as_nobody(lab: &Lab, node: usize, args: &[&str]) -> common::Run {
 /// `unfinished: false`. A run named by `--id` that does not exist stays a usage error.
 #[test]
 fn docsfix_status_on_a_node_that_never_migrated_is_0() {
-    let lab = Lab::up(Version::V35, 1);
+    let lab = Lab::up(Version::V36, 1);
     let runs = lab.state_dir(1).join("runs");
     assert!(!runs.exists(), "a fresh lab has no runs dir");
 
@@ -79,7 +79,7 @@ fn docsfix_status_on_a_node_that_never_migrated_is_0() {
 /// Before: exit 1 "read .../runs: Permission denied", or exit 2 "cannot read manifest".
 #[test]
 fn docsfix_non_root_plan_exits_4_with_a_root_row() {
-    let lab = Lab::up(Version::V35, 1);
+    let lab = Lab::up(Version::V36, 1);
     let runs = lab.state_dir(1).join("runs");
     std::fs::create_dir(&runs).unwrap();
     std::fs::set_permissions(&runs, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -131,7 +131,7 @@ fn docsfix_non_root_plan_exits_4_with_a_root_row() {
 /// does not exist is refused naming it (the runbooks now create it first).
 #[test]
 fn docsfix_snapshot_verify_accepts_several_files() {
-    let lab = Lab::up(Version::V35, 1);
+    let lab = Lab::up(Version::V36, 1);
     lab.put_many("/docsfix/", 50, 64);
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("etcd-a.db");
@@ -210,7 +210,7 @@ fn docsfix_snapshot_verify_accepts_several_files() {
 /// "text whatever -o says"); the table prints the state, JSON the `kubelet` field.
 #[test]
 fn docsfix_kubelet_status_follows_output_format() {
-    let lab = Lab::up(Version::V35, 1);
+    let lab = Lab::up(Version::V36, 1);
     let r = lab.etcdops(1, &["kubelet", "status"], &[]);
     r.code(0);
     assert_eq!(r.stdout.trim(), "active", "{}", r.dump());
@@ -337,7 +337,7 @@ fn runbook_blocks(lab: &Lab, run: &Path, from: &Path, to: &Path) -> Vec<String> 
 /// (the target was gone) and `b3sum --check` ran after etcd wrote to the old dir (FAILED).
 #[test]
 fn docsfix_rollback_by_hand_runbook_works_as_written() {
-    let lab = Lab::up(Version::V35, 3);
+    let lab = Lab::up(Version::V36, 3);
     lab.put_many("/docsfix/", 50, 64);
     let from = lab.data_dir(1);
     let to = lab.path().join("disk2/etcd");

@@ -1,4 +1,4 @@
-//! `etcdops doctor` against real etcd 3.4 and 3.5: a healthy lab node passes; then each
+//! `etcdops doctor` against real etcd 3.5 and 3.6: a healthy lab node passes; then each
 //! problem of the runbook's troubleshooting part is provoked for real, one at a time, found
 //! with the right check id and status, and the fix doctor prints — run as printed when it
 //! is a command, applied as written when it is an edit — makes that check ok again. Every
@@ -297,10 +297,24 @@ fn lab_ip(lab: &Lab, node: usize) -> String {
         .to_string()
 }
 
-/// Problems of the node itself, one at a time on one lab (etcd 3.5).
+/// Problems of the node itself, one at a time on one lab, on each release of the matrix.
+#[test]
+fn doctor_healthy_node_then_each_problem_3_6() {
+    healthy_node_then_each_problem(Version::V36);
+}
+
 #[test]
 fn doctor_healthy_node_then_each_problem_3_5() {
-    let lab = Lab::up(Version::V35, 3);
+    healthy_node_then_each_problem(Version::V35);
+}
+
+#[test]
+fn doctor_healthy_node_then_each_problem_3_7() {
+    healthy_node_then_each_problem(Version::V37);
+}
+
+fn healthy_node_then_each_problem(version: Version) {
+    let lab = Lab::up(version, 3);
     healthy(&lab, true);
     let manifest = lab.manifest(1);
     let data = lab.data_dir(1);
@@ -431,12 +445,12 @@ fn doctor_healthy_node_then_each_problem_3_5() {
     assert_eq!(doc["ok"], true, "{}", run.dump());
 }
 
-/// An interrupted migration (etcd 3.4): found, resumed by the printed fix; then finalized
+/// An interrupted migration (etcd 3.5): found, resumed by the printed fix; then finalized
 /// and the manifest reverted to the old path (as `kubeadm upgrade` does): the fence is
 /// explained and the printed fix points the manifest back at the data.
 #[test]
-fn doctor_interrupted_migration_and_fence_3_4() {
-    let lab = Lab::up(Version::V34, 3);
+fn doctor_interrupted_migration_and_fence_3_5() {
+    let lab = Lab::up(Version::V35, 3);
     healthy(&lab, false);
     let old = lab.data_dir(1);
     let new = lab.path().join("disk2/etcd");
@@ -551,9 +565,9 @@ fn sh_fix(fix: &str, manifest: &Path, state: &Path) {
 
 /// NOSPACE raised for real: alarms and space.quota fail; `etcdops maintain` clears both.
 #[test]
-fn doctor_nospace_alarm_3_5() {
+fn doctor_nospace_alarm_3_6() {
     const QUOTA: u64 = 8 * 1024 * 1024;
-    let cluster = Cluster::start(Spec::new(Version::V35, 1).tls().quota(QUOTA));
+    let cluster = Cluster::start(Spec::new(Version::V36, 1).tls().quota(QUOTA));
     let dir = tempfile::tempdir().unwrap();
     let manifest = cluster.kubeadm_manifest(dir.path(), Some(QUOTA));
     let state = dir.path().join("state");
@@ -604,8 +618,8 @@ impl Drop for Tmpfs {
 
 /// The data dir on a nearly full tmpfs: space.free fails; the printed remount fixes it.
 #[test]
-fn doctor_nearly_full_tmpfs_3_4() {
-    let cluster = Cluster::start(Spec::new(Version::V34, 1).tls());
+fn doctor_nearly_full_tmpfs_3_5() {
+    let cluster = Cluster::start(Spec::new(Version::V35, 1).tls());
     cluster.put("k", "v");
     let dir = tempfile::tempdir().unwrap();
     let manifest = cluster.kubeadm_manifest(dir.path(), None);
@@ -624,8 +638,7 @@ fn doctor_nearly_full_tmpfs_3_4() {
     let tmpfs = Tmpfs::mount(&mnt, "100m");
     let data = tmpfs.0.join("etcd");
     // A real data dir, restored by etcd's own code onto the tmpfs.
-    let out = Command::new(Version::V34.etcdctl())
-        .env("ETCDCTL_API", "3")
+    let out = Command::new(Version::V35.etcdutl())
         .args(["snapshot", "restore", snap.to_str().unwrap(), "--data-dir"])
         .arg(&data)
         .output()

@@ -1,4 +1,4 @@
-//! Disaster recovery on the lab (real etcd 3.4 and 3.5, real TLS, real files): `backup`
+//! Disaster recovery on the lab (real etcd 3.5 and 3.6, real TLS, real files): `backup`
 //! writes a verified archive, `backup verify --restore-test` restores it with etcd's own tool
 //! into a throwaway etcd and finds the recorded data; tampered archives (flipped byte,
 //! truncated snapshot, missing pki file, contents that lie about the data, a cut archive)
@@ -18,12 +18,9 @@ use std::time::Duration;
 use common::lab::Lab;
 use common::{Run, Version, tree_bytes};
 
-/// The restore tool for a version: etcdutl from 3.5, etcdctl on 3.4.
+/// The restore tool: etcdutl (3.6 removed `etcdctl snapshot restore`).
 fn tool(v: Version) -> PathBuf {
-    match v {
-        Version::V34 => v.etcdctl(),
-        Version::V35 => v.etcdutl(),
-    }
+    v.etcdutl()
 }
 
 fn put_keys(lab: &Lab, n: usize) {
@@ -223,18 +220,18 @@ fn backup_verify_and_restore_test(v: Version) {
 }
 
 #[test]
-fn dr_backup_verify_restore_test_35() {
+fn dr_backup_verify_restore_test_3_6() {
+    backup_verify_and_restore_test(Version::V36);
+}
+
+#[test]
+fn dr_backup_verify_restore_test_3_5() {
     backup_verify_and_restore_test(Version::V35);
 }
 
 #[test]
-fn dr_backup_verify_restore_test_34() {
-    backup_verify_and_restore_test(Version::V34);
-}
-
-#[test]
 fn dr_tampered_archives_fail_with_exit_1_naming_the_problem() {
-    let (lab, good, _) = lab_with_archive(Version::V35);
+    let (lab, good, _) = lab_with_archive(Version::V36);
     let dir = good.parent().unwrap().to_path_buf();
     let original = read_entries(&good);
     let case = |name: &str, f: &dyn Fn(&mut Entries)| -> PathBuf {
@@ -319,7 +316,7 @@ fn dr_tampered_archives_fail_with_exit_1_naming_the_problem() {
 
 #[test]
 fn dr_ctrl_c_during_restore_test_removes_work_dir_and_processes() {
-    let (lab, archive, _) = lab_with_archive(Version::V35);
+    let (lab, archive, _) = lab_with_archive(Version::V36);
     let dir = archive.parent().unwrap().to_path_buf();
     // Fault: an "etcd" that never answers, so the trial restore is surely running when the
     // signal comes.
@@ -337,7 +334,7 @@ fn dr_ctrl_c_during_restore_test_removes_work_dir_and_processes() {
         ])
         .arg(&archive)
         .arg("--etcdutl")
-        .arg(tool(Version::V35))
+        .arg(tool(Version::V36))
         .arg("--etcd")
         .arg(&hung)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -372,7 +369,7 @@ fn dr_ctrl_c_during_restore_test_removes_work_dir_and_processes() {
 
 #[test]
 fn dr_keep_prunes_only_this_nodes_older_archives() {
-    let (lab, first, _) = lab_with_archive(Version::V35);
+    let (lab, first, _) = lab_with_archive(Version::V36);
     let dir = lab.path().join("kept");
     fs::create_dir(&dir).unwrap();
     // Real archives under older names, and another node's, which is never touched.
@@ -408,7 +405,7 @@ fn dr_keep_prunes_only_this_nodes_older_archives() {
 
 #[test]
 fn dr_bad_inputs_are_refused_and_change_nothing() {
-    let (lab, archive, _) = lab_with_archive(Version::V35);
+    let (lab, archive, _) = lab_with_archive(Version::V36);
     let kube = lab.node_dir(1).join("etc");
     let state = lab.state_dir(1);
     let before = (tree_bytes(&kube), tree_bytes(&state));
@@ -568,13 +565,13 @@ fn restore_plan_and_tool(v: Version) {
 }
 
 #[test]
-fn dr_restore_plan_and_tool_35() {
-    restore_plan_and_tool(Version::V35);
+fn dr_restore_plan_and_tool_3_6() {
+    restore_plan_and_tool(Version::V36);
 }
 
 #[test]
-fn dr_restore_plan_and_tool_34() {
-    restore_plan_and_tool(Version::V34);
+fn dr_restore_plan_and_tool_3_5() {
+    restore_plan_and_tool(Version::V35);
 }
 
 /// `restore plan` on a 3-node lab: the plan names this member and every member of the
@@ -582,12 +579,12 @@ fn dr_restore_plan_and_tool_34() {
 /// (no stamp, no file).
 #[test]
 fn dr_restore_plan_prints_commands_that_work_and_refuses_bad_sources() {
-    let lab = Lab::up(Version::V35, 3);
+    let lab = Lab::up(Version::V36, 3);
     put_keys(&lab, 5);
     let run = lab.etcdops(2, &["-o", "json", "backup"], &[]);
     run.code(0);
     let archive = run.json()["archive"].as_str().unwrap().to_string();
-    let t = tool(Version::V35).display().to_string();
+    let t = tool(Version::V36).display().to_string();
     let run = lab.etcdops(
         3,
         &[

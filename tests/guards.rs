@@ -1,6 +1,6 @@
 //! Guards that cannot be fooled (issue 11), driven through the real binary: usage errors keep
 //! the error contract, the rule parser has a depth limit, malformed endpoints are usage
-//! errors, one node at a time through a guard key in etcd (real 3.4 and 3.5 clusters), and the
+//! errors, one node at a time through a guard key in etcd (real 3.5 and 3.6 clusters), and the
 //! migration judges the member whose manifest it changes. Every test name starts with
 //! `guards_` so that `cargo test --test guards -- guards_` runs them all.
 
@@ -399,7 +399,7 @@ impl Drop for Writer {
 /// and no write fails for longer than the winner's downtime (one member's restart).
 #[test]
 fn guards_two_nodes_migrating_at_once_one_is_refused() {
-    let lab = common::lab::Lab::up(common::Version::V35, 3);
+    let lab = common::lab::Lab::up(common::Version::V36, 3);
     let writer = Writer::start(&lab, 2);
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
     let runs: Vec<_> = [1usize, 3]
@@ -496,7 +496,7 @@ impl Drop for Tmpfs {
 /// said only "not a directory", a parent that is a file said "does not exist".
 #[test]
 fn guards_volatile_and_same_filesystem_targets_are_refused() {
-    let lab = common::lab::Lab::up(common::Version::V34, 3);
+    let lab = common::lab::Lab::up(common::Version::V35, 3);
     let manifest = lab.manifest(1);
     let before = std::fs::read(&manifest).unwrap();
     let runs = lab.state_dir(1).join("runs");
@@ -580,7 +580,7 @@ fn guards_volatile_and_same_filesystem_targets_are_refused() {
 /// includes this member judges this member.
 #[test]
 fn guards_migrate_judges_the_member_of_its_manifest() {
-    let lab = common::lab::Lab::up(common::Version::V35, 3);
+    let lab = common::lab::Lab::up(common::Version::V36, 3);
     let to = lab.path().join("disk2/etcd");
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
     let to = to.to_str().unwrap();

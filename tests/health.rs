@@ -1,4 +1,4 @@
-//! `etcdops health` against real etcd 3.4 and 3.5 clusters: TLS with client-cert auth, a
+//! `etcdops health` against real etcd 3.5 and 3.6 clusters: TLS with client-cert auth, a
 //! foreign CA, a killed member, nothing reachable, NOSPACE, and discovery from a
 //! kubeadm-format manifest whose paths are container paths.
 
@@ -151,13 +151,13 @@ fn tls_cluster_scenarios(version: Version) {
 }
 
 #[test]
-fn tls_cluster_3_4() {
-    tls_cluster_scenarios(Version::V34);
+fn tls_cluster_3_5() {
+    tls_cluster_scenarios(Version::V35);
 }
 
 #[test]
-fn tls_cluster_3_5() {
-    tls_cluster_scenarios(Version::V35);
+fn tls_cluster_3_6() {
+    tls_cluster_scenarios(Version::V36);
 }
 
 fn nospace_scenario(version: Version) {
@@ -181,13 +181,13 @@ fn nospace_scenario(version: Version) {
 }
 
 #[test]
-fn nospace_alarm_3_4() {
-    nospace_scenario(Version::V34);
+fn nospace_alarm_3_5() {
+    nospace_scenario(Version::V35);
 }
 
 #[test]
-fn nospace_alarm_3_5() {
-    nospace_scenario(Version::V35);
+fn nospace_alarm_3_6() {
+    nospace_scenario(Version::V36);
 }
 
 #[test]
@@ -283,11 +283,11 @@ fn manifest_discovery(version: Version) {
 }
 
 #[test]
-fn manifest_discovery_3_4() {
-    manifest_discovery(Version::V34);
+fn manifest_discovery_3_5() {
+    manifest_discovery(Version::V35);
 }
 
 #[test]
-fn manifest_discovery_3_5() {
-    manifest_discovery(Version::V35);
+fn manifest_discovery_3_6() {
+    manifest_discovery(Version::V36);
 }

@@ -1,4 +1,4 @@
-//! Kill anywhere: `migrate apply` on the lab (etcd 3.5) interrupted at instants picked by
+//! Kill anywhere: `migrate apply` on the lab (etcd 3.6) interrupted at instants picked by
 //! *time* across a whole run, not at journal records — by SIGKILL, by one SIGTERM/SIGINT
 //! (graceful) and by two (the second kills) — and `resume`/`rollback` themselves killed
 //! mid-way. After each interruption the recovery (alternately `resume` and `rollback`, each
@@ -472,12 +472,12 @@ fn baseline(node: &mut Node) -> (Duration, Duration) {
 /// On the systemd lab: kubelet is a real systemd unit in each node, so the kills land in a
 /// real `systemctl stop|start kubelet` with systemd's job queue.
 #[test]
-fn kill_anywhere_3_5() {
+fn kill_anywhere_3_6() {
     let started = Instant::now();
     let n = env_count("ETCDOPS_KILL_INSTANTS", 40);
     let m = env_count("ETCDOPS_KILL_RECOVERY_INSTANTS", 8);
     let k = env_count("ETCDOPS_KILL_SIGNAL_INSTANTS", 4);
-    let lab = Lab::up_systemd(Version::V35, 3, "dir");
+    let lab = Lab::up_systemd(Version::V36, 3, "dir");
     lab.put_many(PREFIX, KEYS, VALUE_BYTES);
     // WAL beyond its first preallocated segment (64 MB of churn, then deleted and
     // compacted away so the db and the snapshot stay small): the copy and the verify get
@@ -636,13 +636,13 @@ fn kill_anywhere_3_5() {
 /// `systemctl stop` would; it touches a second file when the real stop is over.
 #[test]
 fn kill_9_during_stop_kubelet_child_then_rollback_converges_within_60s() {
-    kill_9_during_stop_kubelet_child(Lab::up(Version::V35, 3));
+    kill_9_during_stop_kubelet_child(Lab::up(Version::V36, 3));
 }
 
 /// The same under real systemd: the orphan is a real `systemctl stop kubelet`.
 #[test]
 fn kill_9_during_systemctl_stop_then_rollback_converges_within_60s() {
-    kill_9_during_stop_kubelet_child(Lab::up_systemd(Version::V35, 3, "dir"));
+    kill_9_during_stop_kubelet_child(Lab::up_systemd(Version::V36, 3, "dir"));
 }
 
 fn kill_9_during_stop_kubelet_child(lab: Lab) {

@@ -30,7 +30,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn stand_in_behaves_like_kubelet() {
-    let lab = Lab::up(Version::V35, 1);
+    let lab = Lab::up(Version::V36, 1);
     let status = lab.lab(&["status"]);
     status.code(0);
     assert!(status.stdout.contains("running"), "{}", status.dump());
@@ -104,7 +104,7 @@ fn stand_in_behaves_like_kubelet() {
     let third = etcd_pid(&lab, 1).unwrap();
 
     // `up` again on the same dir is refused; `down` stops the stand-in and etcd.
-    let again = lab.lab(&["up", "--etcd", Version::V35.etcd().to_str().unwrap()]);
+    let again = lab.lab(&["up", "--etcd", Version::V36.etcd().to_str().unwrap()]);
     again.code(4);
     lab.lab(&["down"]).code(0);
     assert!(!alive(third));
@@ -116,7 +116,7 @@ fn stand_in_behaves_like_kubelet() {
 /// systemctl's words, and the stand-in ends running.
 #[test]
 fn start_cancels_running_stop() {
-    let lab = Lab::up(Version::V35, 1);
+    let lab = Lab::up(Version::V36, 1);
     let first = std::fs::read_to_string(lab.node_dir(1).join("kubelet.pid")).unwrap();
     let gate = lab.node_dir(1).join("kubelet.stop-gate");
     std::fs::write(&gate, "").unwrap();
@@ -163,7 +163,7 @@ fn start_cancels_running_stop() {
 /// a running one: it waits for it and the stand-in ends running.
 #[test]
 fn start_after_killed_stop_ends_running() {
-    let lab = Lab::up(Version::V35, 1);
+    let lab = Lab::up(Version::V36, 1);
     let first = std::fs::read_to_string(lab.node_dir(1).join("kubelet.pid")).unwrap();
     let gate = lab.node_dir(1).join("kubelet.stop-gate");
     std::fs::write(&gate, "").unwrap();
@@ -209,7 +209,7 @@ fn start_after_killed_stop_ends_running() {
 
 #[test]
 fn env_points_etcdops_at_a_node() {
-    let lab = Lab::up(Version::V34, 1);
+    let lab = Lab::up(Version::V35, 1);
     let env = lab.env(1);
     let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
     for k in [

@@ -190,21 +190,21 @@ fn start_cancels_running_stop(version: Version) {
 }
 
 #[test]
-fn systemd_start_cancels_running_stop_3_5() {
-    start_cancels_running_stop(Version::V35);
+fn systemd_start_cancels_running_stop_3_6() {
+    start_cancels_running_stop(Version::V36);
 }
 
 #[test]
-fn systemd_start_cancels_running_stop_3_4() {
-    start_cancels_running_stop(Version::V34);
+fn systemd_start_cancels_running_stop_3_5() {
+    start_cancels_running_stop(Version::V35);
 }
 
 /// Under real systemd a killed `systemctl stop kubelet` does not stop the stop job: the unit
 /// stays "deactivating", and a later start waits for it and ends active — the behaviour the
 /// stand-in copies (tests/lab.rs, start_after_killed_stop_ends_running).
 #[test]
-fn systemd_start_after_killed_stop_ends_active_3_5() {
-    let lab = Lab::up_systemd(Version::V35, 1, "dir");
+fn systemd_start_after_killed_stop_ends_active_3_6() {
+    let lab = Lab::up_systemd(Version::V36, 1, "dir");
     let gate = lab.node_dir(1).join("kubelet.stop-gate");
     std::fs::write(&gate, "").unwrap();
     let mut stop = lab
@@ -341,13 +341,13 @@ fn migrate_onto_disk(version: Version, disk: &str) {
 }
 
 #[test]
-fn systemd_migrate_onto_ext4_3_5() {
-    migrate_onto_disk(Version::V35, "ext4");
+fn systemd_migrate_onto_ext4_3_6() {
+    migrate_onto_disk(Version::V36, "ext4");
 }
 
 #[test]
-fn systemd_migrate_onto_xfs_3_4() {
-    migrate_onto_disk(Version::V34, "xfs");
+fn systemd_migrate_onto_xfs_3_5() {
+    migrate_onto_disk(Version::V35, "xfs");
 }
 
 /// `up` killed with SIGKILL half-way (all nodes booted, disks attached, the cluster not yet
@@ -366,7 +366,7 @@ fn systemd_down_after_killed_up() {
         .args(["up", "--dir"])
         .arg(dir.path())
         .args(["--nodes", "3", "--ip-prefix", prefix, "--etcd"])
-        .arg(Version::V35.etcd())
+        .arg(Version::V36.etcd())
         .args(["--systemd", "--disk", "ext4"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -376,7 +376,7 @@ fn systemd_down_after_killed_up() {
     let lab = Lab {
         dir,
         nodes: 3,
-        version: Version::V35,
+        version: Version::V36,
         systemd: true,
     };
     wait_for(
@@ -413,7 +413,7 @@ fn systemd_down_after_killed_up() {
 /// all succeed.
 #[test]
 fn systemd_kubelet_starts_are_not_rate_limited() {
-    let lab = Lab::up_systemd(Version::V35, 1, "dir");
+    let lab = Lab::up_systemd(Version::V36, 1, "dir");
     for i in 0..8 {
         for cmd in ["ETCDOPS_KUBELET_STOP_CMD", "ETCDOPS_KUBELET_START_CMD"] {
             let out = lab.env_command(1, cmd).output().unwrap();
@@ -432,7 +432,7 @@ fn systemd_kubelet_starts_are_not_rate_limited() {
 /// container through its PID 1 and still detaches every loop device.
 #[test]
 fn systemd_down_after_nspawn_killed() {
-    let lab = Lab::up_systemd(Version::V35, 1, "ext4");
+    let lab = Lab::up_systemd(Version::V36, 1, "ext4");
     let before = created(&lab);
     assert_eq!(
         before.pids.len(),
@@ -477,7 +477,7 @@ fn systemd_up_bad_flags_change_nothing() {
             .args(["up", "--dir"])
             .arg(dir.path())
             .args(["--etcd"])
-            .arg(Version::V35.etcd())
+            .arg(Version::V36.etcd())
             .args(&flags)
             .output()
             .unwrap();
@@ -503,14 +503,14 @@ fn systemd_failed_up_undoes_itself() {
         .arg(dir.path())
         .args(["--nodes", "3", "--ip-prefix", prefix, "--timeout", "10s"])
         .arg("--etcd")
-        .arg(Version::V35.etcd())
+        .arg(Version::V36.etcd())
         .args(["--systemd", "--disk", "xfs"])
         .output()
         .unwrap();
     let lab = Lab {
         dir,
         nodes: 3,
-        version: Version::V35,
+        version: Version::V36,
         systemd: true,
     };
     let err = String::from_utf8_lossy(&out.stderr);

@@ -1,4 +1,4 @@
-//! Maintenance against real 3-member TLS clusters of etcd 3.4 and 3.5: compaction, the
+//! Maintenance against real 3-member TLS clusters of etcd 3.5 and 3.6: compaction, the
 //! rolling defrag (dry run, rules, leader last, --move-leader, the health gate), snapshots
 //! (accepted by etcd's own tools, corruption caught), alarms, and `maintain` clearing a
 //! NOSPACE alarm built from history. One cluster serves many checks to keep the suite short.
@@ -42,7 +42,7 @@ fn fragment(cluster: &Cluster, tag: &str) {
 /// each member wait for its compactions to finish — a physical Compact at the member's own
 /// compacted revision is refused (compacted) only after the member's compaction queue has
 /// drained, and it force-commits — and make it commit its batch (the maintenance Hash RPC
-/// calls the backend's ForceCommit first, in 3.4 and 3.5); read the sizes after that.
+/// calls the backend's ForceCommit first, in 3.5 and 3.6); read the sizes after that.
 fn db_sizes(cluster: &Cluster) -> BTreeMap<String, u64> {
     let mut last = String::new();
     // The endpoints of the members that answer status (a killed one does not).
@@ -440,16 +440,10 @@ fn snapshots(cluster: &Cluster, version: Version) {
     assert!(!dir.path().join("snap.db.part").exists());
 
     // etcd's own tools accept it.
-    let status = match version {
-        Version::V34 => std::process::Command::new(version.etcdctl())
-            .env("ETCDCTL_API", "3")
-            .args(["snapshot", "status", f, "-w", "json"])
-            .output(),
-        Version::V35 => std::process::Command::new(version.etcdutl())
-            .args(["snapshot", "status", f, "-w", "json"])
-            .output(),
-    }
-    .unwrap();
+    let status = std::process::Command::new(version.etcdutl())
+        .args(["snapshot", "status", f, "-w", "json"])
+        .output()
+        .unwrap();
     assert!(status.status.success(), "snapshot status: {status:?}");
     let st: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert!(st["totalKey"].as_u64().unwrap() > 0, "{st}");
@@ -495,13 +489,13 @@ fn snapshots(cluster: &Cluster, version: Version) {
 }
 
 #[test]
-fn defrag_compact_snapshot_3_4() {
-    defrag_scenarios(Version::V34);
+fn defrag_compact_snapshot_3_5() {
+    defrag_scenarios(Version::V35);
 }
 
 #[test]
-fn defrag_compact_snapshot_3_5() {
-    defrag_scenarios(Version::V35);
+fn defrag_compact_snapshot_3_6() {
+    defrag_scenarios(Version::V36);
 }
 
 /// NOSPACE built from history: `maintain` compacts, defragments every member (whatever the
@@ -565,19 +559,19 @@ fn nospace_scenario(version: Version) {
 }
 
 #[test]
-fn maintain_clears_nospace_3_4() {
-    nospace_scenario(Version::V34);
+fn maintain_clears_nospace_3_5() {
+    nospace_scenario(Version::V35);
 }
 
 #[test]
-fn maintain_clears_nospace_3_5() {
-    nospace_scenario(Version::V35);
+fn maintain_clears_nospace_3_6() {
+    nospace_scenario(Version::V36);
 }
 
 /// Ctrl-C in the middle of a save: exit 1, and neither FILE nor FILE.part is left.
 #[test]
 fn interrupted_snapshot_leaves_nothing() {
-    let cluster = Cluster::start(Spec::new(Version::V35, 1));
+    let cluster = Cluster::start(Spec::new(Version::V36, 1));
     // 48 MiB of distinct values: streaming takes long enough to be caught in the act.
     cluster.put_many("big-", 384, 128 * 1024);
     let dir = tempfile::tempdir().unwrap();
@@ -621,7 +615,7 @@ fn interrupted_snapshot_leaves_nothing() {
 /// skipped: etcd rejects defragment on learners.
 #[test]
 fn learners_are_skipped() {
-    let cluster = Cluster::start(Spec::new(Version::V35, 3));
+    let cluster = Cluster::start(Spec::new(Version::V36, 3));
     let peer = format!("http://127.0.0.1:{}", common::free_port());
     let client = format!("http://127.0.0.1:{}", common::free_port());
     // etcd refuses reconfiguration until every member has been connected for a few seconds.
@@ -659,7 +653,7 @@ fn learners_are_skipped() {
         }
     }
     let _learner = Kill(
-        std::process::Command::new(Version::V35.etcd())
+        std::process::Command::new(Version::V36.etcd())
             .args([
                 "--name=learner".to_string(),
                 format!("--data-dir={}", data.display()),

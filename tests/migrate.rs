@@ -264,13 +264,18 @@ fn end_to_end(version: Version, disk: &str, precopy: bool) {
 }
 
 #[test]
-fn end_to_end_3_5_xfs() {
-    end_to_end(Version::V35, "xfs", true);
+fn end_to_end_3_6_xfs() {
+    end_to_end(Version::V36, "xfs", true);
 }
 
 #[test]
-fn end_to_end_3_4_ext4() {
-    end_to_end(Version::V34, "ext4", false);
+fn end_to_end_3_5_ext4() {
+    end_to_end(Version::V35, "ext4", false);
+}
+
+#[test]
+fn end_to_end_3_7_ext4() {
+    end_to_end(Version::V37, "ext4", true);
 }
 
 fn quiet(_: &str) {}
@@ -317,7 +322,7 @@ fn real_host(lab: &Lab, node: usize) -> RealHost<'static> {
 /// multi-threaded process may not `setns` into the node's), so the data must be there.
 #[test]
 fn a_fault_at_every_step_rolls_back_or_stops_safely() {
-    let lab = Lab::up_systemd(Version::V35, 3, "dir");
+    let lab = Lab::up_systemd(Version::V36, 3, "dir");
     put_keys(&lab, "/fault/", 20);
     let manifest = lab.manifest(1);
     let identity = real_host(&lab, 1).identity().unwrap();
@@ -413,12 +418,12 @@ fn a_fault_at_every_step_rolls_back_or_stops_safely() {
 /// `--precopy`, so a kill after the pre-copy is covered: rollback removes its staging dir.
 ///
 /// On the systemd lab (a kill can leave `systemctl stop kubelet` running, and recovery then
-/// races systemd's job queue), on etcd 3.4, with `dir` disks: each resumed run keeps its
+/// races systemd's job queue), on etcd 3.5, with `dir` disks: each resumed run keeps its
 /// copy (the old data stays until finalize), a dozen copies that a 512 MiB loop disk cannot
 /// hold.
 #[test]
 fn kill_9_after_every_step_then_resume_or_rollback() {
-    let lab = Lab::up_systemd(Version::V34, 3, "dir");
+    let lab = Lab::up_systemd(Version::V35, 3, "dir");
     put_keys(&lab, "/crash/", 30);
     let mut current = lab.data_dir(1);
     let steps: Vec<&str> = MigrateStep::ALL.iter().map(|s| s.name()).collect();
@@ -514,10 +519,38 @@ fn kill_9_after_every_step_then_resume_or_rollback() {
     }
 }
 
+/// The pid of the etcd that runs node `node`'s member (its `--name=node<N>` and this lab's
+/// own client URL in the command line), found through /proc.
+fn etcd_pid(lab: &Lab, node: usize) -> u32 {
+    let name = format!("--name=node{node}");
+    let url = lab.client_url(node);
+    let found: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let words: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect();
+            words.first().is_some_and(|w| w.ends_with("etcd"))
+                && words.contains(&name)
+                && words
+                    .iter()
+                    .any(|w| w.starts_with("--advertise-client-urls=") && w.contains(&url))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "etcd processes of node {node}: {found:?}");
+    found[0]
+}
+
 /// Preflight refusals: exit code, one line, nothing changed.
 #[test]
 fn preflight_refusals_change_nothing() {
-    let lab = Lab::up(Version::V35, 3);
+    let lab = Lab::up(Version::V36, 3);
     let manifest = lab.manifest(1);
     let before_manifest = std::fs::read(&manifest).unwrap();
     let before_data = tree_bytes(&lab.data_dir(1));
@@ -621,6 +654,47 @@ fn preflight_refusals_change_nothing() {
     assert!(String::from_utf8_lossy(&r.stderr).contains("root"));
     assert_unchanged("not root");
 
+    // Issue 21, hole 2: a target the rewrite step would refuse passed preflight, etcd and
+    // kubelet were stopped, the data copied, and only then did the rewrite refuse it (a
+    // rollback, two restarts, for a typo). Now preflight runs the rewrite on the manifest's
+    // bytes in memory with the exact path: exit 2 before anything stops, one line, nothing
+    // changed (manifests dir and state dir byte for byte), etcd never restarted.
+    let node1 = lab.node_dir(1);
+    std::fs::create_dir_all(node1.join("mnt/disk")).unwrap();
+    let dotdot = format!(
+        "{}/../../../mnt/disk/etcd",
+        manifest.parent().unwrap().display()
+    );
+    let trailing_space = format!("{}/mnt/disk/etcd ", node1.display());
+    for (to, needle) in [
+        (dotdot.as_str(), "contains '..'"),
+        (trailing_space.as_str(), "ends with whitespace"),
+    ] {
+        let pid = etcd_pid(&lab, 1);
+        let manifests_before = tree_bytes(manifest.parent().unwrap());
+        let state_before = tree_bytes(&state);
+        for cmd in ["plan", "apply"] {
+            let mut a = vec!["migrate", cmd, "--same-filesystem", "--to", to];
+            if cmd == "apply" {
+                a.push("--yes");
+            }
+            lab.etcdops(1, &a, &[]).code(2).one_line_error(needle);
+        }
+        assert_eq!(
+            tree_bytes(manifest.parent().unwrap()),
+            manifests_before,
+            "{to}"
+        );
+        assert_eq!(tree_bytes(&state), state_before, "{to}");
+        assert_eq!(
+            std::fs::read_dir(node1.join("mnt/disk")).unwrap().count(),
+            0,
+            "{to}: something was created on the target disk"
+        );
+        assert_eq!(etcd_pid(&lab, 1), pid, "{to}: etcd was restarted");
+        assert_unchanged(to);
+    }
+
     // Cluster unhealthy: node 3's etcd stopped (manifest moved out of its manifests dir).
     let m3 = lab.manifest(3);
     let aside = lab.path().join("node3-etcd.yaml");
@@ -640,11 +714,11 @@ fn preflight_refusals_change_nothing() {
 
 /// Every node migrated in turn, each gated by `health --cluster`, while a client writes
 /// through all endpoints: no acknowledged write is lost. Prints the downtime per node and
-/// the client-visible failures. On the systemd lab, etcd 3.4, each node's data moving
+/// the client-visible failures. On the systemd lab, etcd 3.5, each node's data moving
 /// from its xfs data disk onto its xfs new disk.
 #[test]
 fn rolling_migration_under_writes_loses_nothing() {
-    let lab = Lab::up_systemd(Version::V34, 3, "xfs");
+    let lab = Lab::up_systemd(Version::V35, 3, "xfs");
     let endpoints: Vec<String> = (1..=3).map(|n| lab.client_url(n)).collect();
     let pki = lab.pki(1);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -744,11 +818,11 @@ fn rolling_migration_under_writes_loses_nothing() {
 
 /// kill -9 right after a step's `begin` record (the step itself never ran or was cut short):
 /// `resume` re-runs that step and finishes; after a copy killed mid-way, `rollback` also
-/// removes the staging dir it left beside the target. On the systemd lab, etcd 3.5, the
+/// removes the staging dir it left beside the target. On the systemd lab, etcd 3.6, the
 /// targets on node 1's ext4 new disk.
 #[test]
 fn kill_9_inside_a_step_then_resume_or_rollback() {
-    let lab = Lab::up_systemd(Version::V35, 3, "ext4");
+    let lab = Lab::up_systemd(Version::V36, 3, "ext4");
     put_keys(&lab, "/inside/", 10);
     for (i, point) in ["stop-etcd:begin", "copy:begin", "start-kubelet:begin"]
         .into_iter()
@@ -802,10 +876,10 @@ fn kill_9_inside_a_step_then_resume_or_rollback() {
 /// SIGTERM (an operator's Ctrl-C or `kill`) during the run: before etcd runs on the copy, the
 /// step in progress stops (a copy removes its staging dir) and the run rolls back, exit 1;
 /// from start-kubelet on it finishes, since going back would be unsafe. On the systemd lab,
-/// etcd 3.5, the targets on node 1's xfs new disk.
+/// etcd 3.6, the targets on node 1's xfs new disk.
 #[test]
 fn sigterm_rolls_back_before_start_and_finishes_after() {
-    let lab = Lab::up_systemd(Version::V35, 3, "xfs");
+    let lab = Lab::up_systemd(Version::V36, 3, "xfs");
     put_keys(&lab, "/term/", 10);
     let manifest_before = std::fs::read(lab.manifest(1)).unwrap();
     for point in ["stop-kubelet:done", "copy:begin"] {
@@ -852,7 +926,7 @@ fn sigterm_rolls_back_before_start_and_finishes_after() {
 /// nothing was written since, else by agreement across members.
 #[test]
 fn a_fully_compacted_idle_cluster_migrates() {
-    let lab = Lab::up(Version::V35, 3);
+    let lab = Lab::up(Version::V36, 3);
     put_keys(&lab, "/compacted/", 20);
     // Compacted to the current revision, through node 2: nothing older is left.
     lab.etcdops(2, &["compact"], &[]).code(0);
@@ -904,4 +978,244 @@ fn a_fully_compacted_idle_cluster_migrates() {
     let notes = doc["notes"].to_string();
     assert!(notes.contains("compacted"), "{}", run.dump());
     assert_eq!(count_keys(&lab, "/compacted-more/"), 1);
+}
+
+/// The guard key's holder, read through node `node` (None when the key is absent).
+fn guard_on(lab: &Lab, node: usize) -> Option<etcdops::etcd::guard::Holder> {
+    let out = lab.etcdctl_node(
+        node,
+        &["get", etcdops::etcd::guard::KEY, "--print-value-only"],
+    );
+    assert!(
+        out.status.success(),
+        "read the guard: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let text = text.trim();
+    (!text.is_empty()).then(|| serde_json::from_str(text).expect("the guard holds JSON"))
+}
+
+/// A recovery run whose kubelet start waits for `gate`: if the test fails first, the gate
+/// opens and the run is killed, so that nothing of it outlives the test.
+struct Gated {
+    gate: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Drop for Gated {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.gate, b"go");
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Issue 21, hole 1: a `migrate apply` killed (-9) while stop-kubelet runs left the
+/// cluster-wide guard to the dead process, and the `rollback` (or `resume`) that brought the
+/// member back never took it over: with this member down, the guard could not be reached
+/// through the member's own endpoint. Now the recovery holds the guard, under its own pid,
+/// for as long as the member may be down (reached through the other members the run
+/// recorded), and gives it back when it ends: right after it exits 0, another node's
+/// `migrate plan` is not refused by a stale guard. The recovery's kubelet start waits for a
+/// gate file, so the test looks at the guard while the member is certainly still down.
+#[test]
+fn a_recovery_after_a_kill_holds_the_guard_and_releases_it() {
+    let lab = Lab::up(Version::V36, 3);
+    put_keys(&lab, "/guard/", 10);
+    let manifest_before = std::fs::read(lab.manifest(1)).unwrap();
+    let start_cmd = lab
+        .env(1)
+        .into_iter()
+        .find(|(k, _)| k == "ETCDOPS_KUBELET_START_CMD")
+        .expect("the lab sets a kubelet start command")
+        .1;
+    let node2_to = lab.path().join("node2-disk/etcd");
+    std::fs::create_dir_all(node2_to.parent().unwrap()).unwrap();
+    for (i, recovery) in ["rollback", "resume"].into_iter().enumerate() {
+        let to = lab.path().join(format!("guard-{recovery}/etcd"));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        let killed = apply(
+            &lab,
+            to.to_str().unwrap(),
+            false,
+            &[("ETCDOPS_TEST_KILL_AFTER", "stop-kubelet:begin")],
+        );
+        assert_eq!(killed.code, -1, "expected SIGKILL\n{}", killed.dump());
+        let dead = guard_on(&lab, 2).expect("the killed apply held the guard");
+        let run_id = dead.run_id.clone();
+        let gate = lab.path().join(format!("gate-{i}"));
+        let gated = format!(
+            "while [ ! -e '{}' ]; do sleep 0.1; done; {start_cmd}",
+            gate.display()
+        );
+        let mut run = Gated {
+            gate: gate.clone(),
+            child: None,
+        };
+        let child = lab
+            .etcdops_cmd(
+                1,
+                &["migrate", recovery, "-o", "json"],
+                &[("ETCDOPS_KUBELET_START_CMD", &gated)],
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the recovery");
+        let pid = child.id();
+        run.child = Some(child);
+        // While the recovery waits for kubelet, the member is down: the guard must name
+        // the recovery (same member and run, its own pid), not the dead apply.
+        let held = common::wait_for_some(
+            &format!("the guard to name the {recovery} (pid {pid})"),
+            Duration::from_secs(60),
+            || guard_on(&lab, 2).filter(|h| h.pid == pid),
+        );
+        assert_eq!(held.member, "node1", "{held:?}");
+        assert_eq!(held.run_id, run_id, "{held:?}");
+        assert!(
+            etcdops::etcd::guard::Holder::same_member(&held, &dead),
+            "{held:?} vs {dead:?}"
+        );
+        std::fs::write(&gate, b"go").unwrap();
+        let out = run
+            .child
+            .take()
+            .unwrap()
+            .wait_with_output()
+            .expect("wait for the recovery");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{recovery}: {stderr}\n{stdout}\n{}",
+            lab.logs()
+        );
+        assert!(
+            !stderr.contains("could not be taken"),
+            "{recovery} went on without the guard: {stderr}"
+        );
+        // Right after the recovery: no stale guard, and another node may plan its own run.
+        assert_eq!(guard_on(&lab, 2), None, "{recovery} left the guard behind");
+        let plan = lab.etcdops(
+            2,
+            &[
+                "migrate",
+                "plan",
+                "--same-filesystem",
+                "--to",
+                node2_to.to_str().unwrap(),
+            ],
+            &[],
+        );
+        plan.code(0);
+        if recovery == "rollback" {
+            assert_eq!(std::fs::read(lab.manifest(1)).unwrap(), manifest_before);
+            assert!(!to.exists(), "rollback left {}", to.display());
+        } else {
+            assert_eq!(data_host_path(&lab.manifest(1)), to);
+        }
+        assert_eq!(count_keys(&lab, "/guard/"), 10, "{recovery}");
+        lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
+    }
+}
+
+/// The image of node `node`'s manifest becomes etcd `to` (tag and binary), as `kubeadm upgrade`
+/// rewrites it: the new manifest written outside the manifests dir, then renamed into place.
+/// Waits, bounded, until the member answers with the new version.
+fn upgrade_node(lab: &Lab, node: usize, to: Version) {
+    let manifest = lab.manifest(node);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let mut out = String::new();
+    let mut image = false;
+    let mut command = false;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        if trimmed.starts_with("image: ") && trimmed.contains("etcd:") {
+            out.push_str(&format!(
+                "{indent}image: registry.k8s.io/etcd:{}-0\n",
+                to.release()
+            ));
+            image = true;
+        } else if trimmed == "- etcd" && !command {
+            // The stand-in runs the lab's etcd for a command named `etcd`, and any other
+            // program as named: the new release's binary under a name of its own.
+            let bin = lab.path().join(format!("etcd-{}", to.release()));
+            if !bin.exists() {
+                std::os::unix::fs::symlink(to.etcd(), &bin).unwrap();
+            }
+            out.push_str(&format!("{indent}- {}\n", bin.display()));
+            command = true;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(image && command, "no etcd image or command in {text}");
+    let staged = lab.path().join(format!("etcd.yaml.upgrade-{node}"));
+    std::fs::write(&staged, out).unwrap();
+    std::fs::rename(&staged, &manifest).unwrap();
+    common::wait_for(
+        &format!("node {node} to answer as etcd {}", to.release()),
+        Duration::from_secs(90),
+        || {
+            let h = lab.etcdops(node, &["health", "-o", "json"], &[]);
+            h.code == 0 && h.json()["endpoints"][0]["version"] == to.release()
+        },
+    );
+}
+
+/// A migration in the middle of a real 3.5 -> 3.6 rolling upgrade: node 1 already runs
+/// 3.6.17, nodes 2 and 3 still 3.5.36 (the floor for that upgrade is 3.5.26). The member on
+/// 3.6 moves to its new disk and comes back with the same identity and data; the cluster
+/// stays mixed and healthy, and health names each member's version.
+#[test]
+fn migration_during_a_rolling_upgrade_3_5_to_3_6() {
+    let lab = Lab::up(Version::V35, 3);
+    put_keys(&lab, "/upgrade/", 40);
+    upgrade_node(&lab, 1, Version::V36);
+
+    let versions = |lab: &Lab| -> HashMap<String, String> {
+        let h = lab.etcdops(1, &["health", "--cluster", "-o", "json"], &[]);
+        h.code(0);
+        h.json()["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    e["version"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let mixed: HashMap<String, String> = [
+        ("node1", Version::V36.release()),
+        ("node2", Version::V35.release()),
+        ("node3", Version::V35.release()),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(versions(&lab), mixed);
+
+    let to = target(&lab, 1, "disk2");
+    let run = apply(&lab, to.to_str().unwrap(), true, &[]);
+    run.code(0);
+    let doc = run.json();
+    assert_eq!(doc["state"], "completed", "{}", run.dump());
+    assert_eq!(data_host_path(&lab.manifest(1)), to);
+    // Still the 3.6 image on the new disk, the others untouched, every key there.
+    assert_eq!(versions(&lab), mixed);
+    assert_eq!(count_keys(&lab, "/upgrade/"), 40);
+    let h = lab.etcdops(1, &["health", "--cluster", "-o", "json"], &[]);
+    h.code(0);
+    assert_eq!(h.json()["cluster"]["hashes_agree"], true, "{}", h.dump());
 }

@@ -55,7 +55,7 @@ fn healthy_and_agreeing(lab: &Lab) {
 fn migrate_onto(fstype: &'static str) {
     // Declared before the lab: the lab (and etcd, which holds the fs) goes down first.
     let disk = LoopFs::new(fstype, 512 << 20);
-    let lab = Lab::up(Version::V35, 3);
+    let lab = Lab::up(Version::V36, 3);
     lab.put_many(PREFIX, KEYS, 1024);
     assert_eq!(disk.mounted_type().as_deref(), Some(fstype));
     let to = disk.path().join("etcd");
@@ -111,12 +111,12 @@ fn migrate_onto_xfs_loop_device() {
 fn target_filling_up_mid_copy_rolls_back() {
     let source_bytes = {
         // Sized from the lab's data dir, so the disk passes preflight but not a second copy.
-        let probe = Lab::up(Version::V35, 1);
+        let probe = Lab::up(Version::V36, 1);
         probe.put_many(PREFIX, KEYS, 1024);
         tree_size(&probe.data_dir(1))
     };
     let disk = LoopFs::new("ext4", source_bytes * 3 / 2 + (48 << 20));
-    let lab = Lab::up(Version::V35, 3);
+    let lab = Lab::up(Version::V36, 3);
     lab.put_many(PREFIX, KEYS, 1024);
     let source = tree_size(&lab.data_dir(1));
     assert!(

@@ -66,7 +66,7 @@ fn generated_text_into_a_closed_pipe_ends_quietly() {
 /// the closed pipe.
 #[test]
 fn reports_and_errors_into_a_closed_pipe_end_quietly() {
-    let cluster = Cluster::start(Spec::new(Version::V35, 1).tls());
+    let cluster = Cluster::start(Spec::new(Version::V36, 1).tls());
     for format in ["table", "json", "prometheus"] {
         let mut a = cluster.client_args();
         a.extend(args(["health", "--cluster", "-o", format]));

@@ -1,4 +1,4 @@
-//! `etcdops datadir precopy` + `datadir copy --update` on data dirs of real etcd 3.4 and 3.5
+//! `etcdops datadir precopy` + `datadir copy --update` on data dirs of real etcd 3.5 and 3.6
 //! with writes between the two phases, a source whose shape changed (files truncated,
 //! removed, renamed, added), a pre-copy killed mid-way, bad inputs; and `datadir verify`
 //! reading the target from its device (ext4 here) or honestly saying it could not (tmpfs).
@@ -158,13 +158,13 @@ fn writes_between_phases(version: Version) {
 }
 
 #[test]
-fn precopy_writes_between_phases_3_4() {
-    writes_between_phases(Version::V34);
+fn precopy_writes_between_phases_3_5() {
+    writes_between_phases(Version::V35);
 }
 
 #[test]
-fn precopy_writes_between_phases_3_5() {
-    writes_between_phases(Version::V35);
+fn precopy_writes_between_phases_3_6() {
+    writes_between_phases(Version::V36);
 }
 
 /// Between the phases the source changes shape: a file truncated, one removed, the WAL's
@@ -172,7 +172,7 @@ fn precopy_writes_between_phases_3_5() {
 /// new file and a new directory. All handled without a full copy; the rename is reused.
 #[test]
 fn precopy_shape_changes_are_handled() {
-    let cluster = stopped_cluster(Version::V35);
+    let cluster = stopped_cluster(Version::V36);
     let src = cluster.members[0].data_dir.clone();
     let scratch = tempfile::tempdir_in("/var/tmp").unwrap();
     let dst = scratch.path().join("etcd");
@@ -225,7 +225,7 @@ fn precopy_shape_changes_are_handled() {
 /// every byte of the target with the quiesced source.
 #[test]
 fn precopy_is_never_evidence() {
-    let cluster = stopped_cluster(Version::V34);
+    let cluster = stopped_cluster(Version::V35);
     let src = cluster.members[0].data_dir.clone();
     let scratch = tempfile::tempdir_in("/var/tmp").unwrap();
     let dst = scratch.path().join("etcd");
@@ -260,8 +260,8 @@ fn precopy_is_never_evidence() {
 /// A pre-copy made from another data dir is not used: everything is copied.
 #[test]
 fn precopy_of_another_source_falls_back() {
-    let a = stopped_cluster(Version::V35);
-    let b = stopped_cluster(Version::V35);
+    let a = stopped_cluster(Version::V36);
+    let b = stopped_cluster(Version::V36);
     let (src_a, src_b) = (a.members[0].data_dir.clone(), b.members[0].data_dir.clone());
     let scratch = tempfile::tempdir_in("/var/tmp").unwrap();
     let dst = scratch.path().join("etcd");
@@ -318,7 +318,7 @@ fn precopy_killed_leaves_only_staging_which_is_replaced() {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
 
-    let cluster = stopped_cluster(Version::V35);
+    let cluster = stopped_cluster(Version::V36);
     let src = cluster.members[0].data_dir.clone();
     let scratch = tempfile::tempdir_in("/var/tmp").unwrap();
     let dst = scratch.path().join("etcd");
@@ -399,7 +399,7 @@ fn precopy_killed_leaves_only_staging_which_is_replaced() {
 /// refuses a running etcd and leaves the pre-copy as it was.
 #[test]
 fn precopy_source_untouched_and_bad_inputs_change_nothing() {
-    let mut cluster = Cluster::start(Spec::new(Version::V34, 1));
+    let mut cluster = Cluster::start(Spec::new(Version::V35, 1));
     cluster.put_many("key", 200, 1024);
     let src = cluster.members[0].data_dir.clone();
     let scratch = tempfile::tempdir_in("/var/tmp").unwrap();
@@ -452,8 +452,9 @@ fn precopy_source_untouched_and_bad_inputs_change_nothing() {
     run(&["datadir", "precopy", p(&src), p(&src.join("member/inside"))])
         .code(2)
         .one_line_error("inside the source");
+    // A missing parent is refused as `migrate` preflight refuses it (one target policy).
     run(&["datadir", "precopy", p(&src), "/nonexistent-parent/etcd"])
-        .code(2)
+        .code(4)
         .one_line_error("/nonexistent-parent");
     assert_eq!(
         tree_bytes(scratch.path()),
@@ -495,7 +496,7 @@ impl Drop for Tmpfs {
 /// report says `page-cache` with the bytes that were cached, never `device`.
 #[test]
 fn verify_reads_the_device_or_says_page_cache() {
-    let cluster = stopped_cluster(Version::V34);
+    let cluster = stopped_cluster(Version::V35);
     let src = cluster.members[0].data_dir.clone();
 
     let disk = tempfile::tempdir_in("/var/tmp").unwrap();
@@ -567,7 +568,7 @@ fn flip(path: &Path, offset: u64) {
 /// one flipped in the source after the copy, in either half.
 #[test]
 fn precopy_split_hashing_finds_flipped_bytes_in_target_and_source() {
-    let cluster = stopped_cluster(Version::V35);
+    let cluster = stopped_cluster(Version::V36);
     let src = cluster.members[0].data_dir.clone();
     let scratch = tempfile::tempdir_in("/var/tmp").unwrap();
     let dst = scratch.path().join("etcd");
@@ -658,7 +659,7 @@ fn precopy_split_hashing_finds_flipped_bytes_in_target_and_source() {
 /// falls back to a full copy and says why.
 #[test]
 fn precopy_record_of_the_old_format_falls_back() {
-    let cluster = stopped_cluster(Version::V34);
+    let cluster = stopped_cluster(Version::V35);
     let src = cluster.members[0].data_dir.clone();
     let scratch = tempfile::tempdir_in("/var/tmp").unwrap();
     let dst = scratch.path().join("etcd");

@@ -381,7 +381,7 @@ fn validator_rejects_malformed_text() {
 
 #[test]
 fn healthy_cluster_then_a_killed_member() {
-    let mut cluster = Cluster::start(Spec::new(Version::V35, 3).tls());
+    let mut cluster = Cluster::start(Spec::new(Version::V36, 3).tls());
     cluster.put_many("k", 20, 100);
     let mut a = cluster.client_args();
     a.extend(args(["health", "--cluster", "-o", "prometheus"]));
@@ -478,7 +478,7 @@ fn healthy_cluster_then_a_killed_member() {
 
 #[test]
 fn nospace_alarm_is_exported() {
-    let cluster = Cluster::start(Spec::new(Version::V34, 1).quota(4 * 1024 * 1024));
+    let cluster = Cluster::start(Spec::new(Version::V35, 1).quota(4 * 1024 * 1024));
     assert!(cluster.raise_nospace() > 0);
     let mut a = cluster.client_args();
     a.extend(args([
@@ -559,7 +559,7 @@ fn prometheus_is_for_health_only() {
 /// holds it (the mount point `stat -c %m` reports), for the disk-space alert to join on.
 #[test]
 fn data_dir_filesystem_from_the_manifest() {
-    let cluster = Cluster::start(Spec::new(Version::V35, 1).tls());
+    let cluster = Cluster::start(Spec::new(Version::V36, 1).tls());
     let dir = tempfile::tempdir().unwrap();
     let manifest = cluster.kubeadm_manifest(dir.path(), None);
     let data = cluster.members[0].data_dir.clone();
@@ -595,7 +595,7 @@ fn repo_file(rel: &str) -> PathBuf {
 /// metrics, and their annotations only use labels that survive the expression.
 #[test]
 fn alert_rules_use_only_exported_metrics_and_labels() {
-    let cluster = Cluster::start(Spec::new(Version::V35, 1).tls());
+    let cluster = Cluster::start(Spec::new(Version::V36, 1).tls());
     let dir = tempfile::tempdir().unwrap();
     let manifest = cluster.kubeadm_manifest(dir.path(), None);
     let env = [("ETCDOPS_MANIFEST", manifest.to_str().unwrap())];
@@ -756,7 +756,7 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
 /// (its manifest moved out of the manifests dir).
 #[test]
 fn lab_metrics_pass_promtool_healthy_and_unhealthy() {
-    let lab = Lab::up(Version::V35, 3);
+    let lab = Lab::up(Version::V36, 3);
     let run = lab.etcdops(1, &["health", "--cluster", "-o", "prometheus"], &[]);
     run.code(0);
     let s = samples(&run);
@@ -816,7 +816,7 @@ fn lab_metrics_pass_promtool_healthy_and_unhealthy() {
 /// leaves the previous file alone when etcdops printed nothing.
 #[test]
 fn textfile_script_writes_atomically_and_reports_outages() {
-    let mut cluster = Cluster::start(Spec::new(Version::V35, 1).tls());
+    let mut cluster = Cluster::start(Spec::new(Version::V36, 1).tls());
     let out_dir = tempfile::tempdir().unwrap();
     let script = repo_file("contrib/prometheus/etcdops-textfile.sh");
     let client_args = cluster.client_args();

@@ -1,4 +1,4 @@
-//! `member rejoin` on the lab (real etcd 3.4 and 3.5, real TLS, real files; the kubelet
+//! `member rejoin` on the lab (real etcd 3.5 and 3.6, real TLS, real files; the kubelet
 //! stand-in as kubelet.service under a real systemd for the scenario and the kill test, 3.5
 //! with the data dir on its own ext4 disk; the plain lab for the refusals, which stop no
 //! kubelet): seed scenario 1 ("hostPath Directory Deleted": node 2's data emptied
@@ -176,13 +176,18 @@ fn seed_scenario_1(v: Version, disk: &str) {
 }
 
 #[test]
-fn rejoin_seed_scenario_1_35() {
-    seed_scenario_1(Version::V35, "ext4");
+fn rejoin_seed_scenario_1_3_6() {
+    seed_scenario_1(Version::V36, "ext4");
 }
 
 #[test]
-fn rejoin_seed_scenario_1_34() {
-    seed_scenario_1(Version::V34, "dir");
+fn rejoin_seed_scenario_1_3_5() {
+    seed_scenario_1(Version::V35, "dir");
+}
+
+#[test]
+fn rejoin_seed_scenario_1_3_7() {
+    seed_scenario_1(Version::V37, "xfs");
 }
 
 /// kill -9 after each step before the removal, then `rollback`: the manifest byte for byte,
@@ -192,7 +197,7 @@ fn rejoin_seed_scenario_1_34() {
 /// the kills land while `systemctl` stops and starts kubelet.service.
 #[test]
 fn rejoin_kill_9_at_every_step_then_rollback_or_resume() {
-    let lab = Lab::up_systemd(Version::V35, 3, "dir");
+    let lab = Lab::up_systemd(Version::V36, 3, "dir");
     put(&lab, "/k/", 10);
     let old = member_id(&lab, 2).unwrap();
     break_node(&lab, 2);
@@ -314,7 +319,7 @@ fn leader(lab: &Lab) -> usize {
 
 #[test]
 fn rejoin_bad_inputs_are_refused_and_change_nothing() {
-    let lab = Lab::up(Version::V35, 3);
+    let lab = Lab::up(Version::V36, 3);
     put(&lab, "/k/", 3);
     let lead = leader(&lab);
     let follower = if lead == 2 { 3 } else { 2 };
@@ -339,6 +344,21 @@ fn rejoin_bad_inputs_are_refused_and_change_nothing() {
     assert_ne!(ghost_text, text);
     std::fs::write(&ghost, &ghost_text).unwrap();
     let g = ghost.display().to_string();
+    // Issue 21, hole 2: the follower's own manifest with `--initial-cluster` written as a
+    // double-quoted item, which the rewrite step cannot edit surgically. That step used to
+    // refuse it after etcd was stopped and the member removed; preflight now makes the same
+    // edit in memory first.
+    let quoted = ghost_dir.join("quoted.yaml");
+    let quoted_text: String = text
+        .lines()
+        .map(|l| match l.split_once("- --initial-cluster=") {
+            Some((indent, value)) => format!("{indent}- \"--initial-cluster={value}\"\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    assert_ne!(quoted_text, text);
+    std::fs::write(&quoted, &quoted_text).unwrap();
+    let q = quoted.display().to_string();
 
     struct Case<'a> {
         node: usize,
@@ -361,6 +381,13 @@ fn rejoin_bad_inputs_are_refused_and_change_nothing() {
             extra: vec![("ETCDOPS_MANIFEST", g.as_str())],
             code: 4,
             needle: "adding a new member is out of scope",
+        },
+        Case {
+            node: follower,
+            words: vec!["--yes"],
+            extra: vec![("ETCDOPS_MANIFEST", q.as_str())],
+            code: 2,
+            needle: "edit it by hand",
         },
         Case {
             node: follower,
@@ -403,6 +430,7 @@ fn rejoin_bad_inputs_are_refused_and_change_nothing() {
         );
     }
     assert_eq!(std::fs::read_to_string(&ghost).unwrap(), ghost_text);
+    assert_eq!(std::fs::read_to_string(&quoted).unwrap(), quoted_text);
 
     // Without --yes: the plan, exit 0, nothing changed.
     let before = node_bytes(&lab, follower);

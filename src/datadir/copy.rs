@@ -333,70 +333,15 @@ pub(super) struct Target {
 }
 
 impl Target {
+    /// Through the one target policy, `super::target::locate` (migrate's preflight calls it
+    /// too).
     pub(super) fn resolve(dst: &Path, src: &Path) -> Result<Target> {
-        let name = match dst.components().next_back() {
-            Some(Component::Normal(n)) => n.to_os_string(),
-            _ => {
-                return Err(Error::input(
-                    dst,
-                    "name the directory to create, e.g. /mnt/etcd-disk/etcd (not /, . or ..)",
-                ));
-            }
-        };
-        let parent = existing_parent(
-            dst,
-            "does not exist: mount the new disk and create the parent directory first",
-        )?;
-        let path = parent.join(&name);
-        use super::target::{Place, Unfit};
-        let replace_empty = match super::target::judge(src, &path, &parent)? {
-            Ok(Place::Absent) => false,
-            Ok(Place::EmptyDir) => true,
-            Err(Unfit::Source | Unfit::InsideSource) => {
-                return Err(Error::input(
-                    &path,
-                    format!(
-                        "is inside the source {}: choose a target outside it",
-                        src.display()
-                    ),
-                ));
-            }
-            Err(Unfit::ContainsSource) => {
-                return Err(Error::input(
-                    &path,
-                    format!(
-                        "contains the source {}: choose a target outside it",
-                        src.display()
-                    ),
-                ));
-            }
-            Err(Unfit::NotEmpty) => {
-                return Err(Error::refused(
-                    path.display().to_string(),
-                    "exists and is not empty: copy into a new or empty directory",
-                ));
-            }
-            Err(Unfit::MountPoint) => {
-                return Err(Error::input(
-                    &path,
-                    format!(
-                        "is a mount point: copy into a directory below it, e.g. {}",
-                        path.join("etcd").display()
-                    ),
-                ));
-            }
-            Err(Unfit::NotADirectory) => {
-                return Err(Error::refused(
-                    path.display().to_string(),
-                    super::target::not_a_directory(&path),
-                ));
-            }
-        };
+        let l = super::target::locate(src, dst)?;
         Ok(Target {
-            path,
-            parent,
-            name,
-            replace_empty,
+            path: l.path,
+            parent: l.parent,
+            name: l.name,
+            replace_empty: l.place == super::target::Place::EmptyDir,
         })
     }
 

@@ -152,6 +152,103 @@ pub fn judge(src: &Path, dst: &Path, parent: &Path) -> Result<std::result::Resul
     }
 }
 
+/// A target as the copy will create it: the canonical parent joined with the last name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub path: PathBuf,
+    pub parent: PathBuf,
+    pub name: std::ffi::OsString,
+    pub place: Place,
+}
+
+/// Resolve the target `dst` of a copy of the data dir `src` (canonical) and judge it: the one
+/// place where a target is accepted or refused, for `migrate` preflight and for the copy
+/// that follows it (and `datadir copy`), so that nothing passes the first and fails the
+/// second after etcd was stopped. Input errors exit 2; a target that cannot take the data as
+/// it stands (a parent missing or a file, not empty, not a directory) is refused, exit 4.
+pub fn locate(src: &Path, dst: &Path) -> Result<Located> {
+    use std::path::Component;
+    let name = match dst.components().next_back() {
+        Some(Component::Normal(n)) => n.to_os_string(),
+        _ => {
+            return Err(Error::input(
+                dst,
+                "name the directory to create, e.g. /mnt/etcd-disk/etcd (not /, . or ..)",
+            ));
+        }
+    };
+    let parent = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let parent = match std::fs::canonicalize(&parent) {
+        Ok(p) if p.is_dir() => p,
+        Ok(_) => {
+            return Err(Error::refused(
+                dst.display().to_string(),
+                bad_parent(&parent),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::refused(
+                dst.display().to_string(),
+                bad_parent(&parent),
+            ));
+        }
+        Err(e) => return Err(Error::io("resolve", &parent, e)),
+    };
+    let path = parent.join(&name);
+    let place = match judge(src, &path, &parent)? {
+        Ok(place) => place,
+        Err(Unfit::Source | Unfit::InsideSource) => {
+            return Err(Error::input(
+                &path,
+                format!(
+                    "is inside the source {}: choose a target outside it",
+                    src.display()
+                ),
+            ));
+        }
+        Err(Unfit::ContainsSource) => {
+            return Err(Error::input(
+                &path,
+                format!(
+                    "contains the source {}: choose a target outside it",
+                    src.display()
+                ),
+            ));
+        }
+        Err(Unfit::NotEmpty) => {
+            return Err(Error::refused(
+                path.display().to_string(),
+                "exists and is not empty: copy into a new or empty directory",
+            ));
+        }
+        // The copy could not rename its staging dir over a mount point.
+        Err(Unfit::MountPoint) => {
+            return Err(Error::input(
+                &path,
+                format!(
+                    "is a mount point: copy into a directory below it, e.g. {}",
+                    path.join("etcd").display()
+                ),
+            ));
+        }
+        Err(Unfit::NotADirectory) => {
+            return Err(Error::refused(
+                path.display().to_string(),
+                not_a_directory(&path),
+            ));
+        }
+    };
+    Ok(Located {
+        path,
+        parent,
+        name,
+        place,
+    })
+}
+
 /// Why an existing `path` that is not a directory cannot be the target: a symlink says
 /// where it points (a link to a directory on the new disk is a common half-done setup).
 pub fn not_a_directory(path: &Path) -> String {

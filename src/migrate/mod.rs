@@ -38,6 +38,11 @@ pub struct Plan {
     pub precopy: bool,
     /// The target existed as an empty dir: rollback empties it instead of removing it.
     pub target_existed: bool,
+    /// The other members' client URLs at preflight: a resume or rollback that finds this
+    /// member down takes the guard over through them (absent in older journals: the
+    /// manifest's --initial-cluster gives candidates then).
+    #[serde(default)]
+    pub cluster_endpoints: Vec<String>,
     pub identity: Identity,
 }
 

@@ -165,13 +165,21 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
     };
 
     let mut source_bytes = 0u64;
+    let mut source_entries = 0u64;
     if let Some(src) = &from {
         check(
             "source",
             (|| {
                 let layout = Layout::open(src)?;
                 let tree = Tree::walk(&layout.root)?;
+                // What the copy step would refuse, refused now.
+                if let Some((path, why)) =
+                    crate::datadir::copy::uncopyable(&tree).into_iter().next()
+                {
+                    return Err(Error::input(&path, why));
+                }
                 source_bytes = tree.file_bytes();
+                source_entries = tree.entries.len() as u64 + 1;
                 Ok(format!(
                     "{} holds {} files, {}",
                     src.display(),
@@ -180,8 +188,11 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
                 ))
             })(),
         );
-        check("target", check_target(src, input.to));
-        check("space", check_space(input.to, source_bytes));
+        check(
+            "target",
+            check_target(src, input.to, input.manifest, input.state_dir),
+        );
+        check("space", check_space(input.to, source_bytes, source_entries));
         if input.to.is_absolute() {
             check(
                 "filesystem",
@@ -191,6 +202,7 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
     }
 
     let mut identity: Option<Identity> = None;
+    let mut cluster_endpoints: Vec<String> = Vec::new();
     // Another node's run holds the guard: say whose, rather than "unhealthy" while its
     // member is down (issue 11).
     let held_by = || -> Result<()> {
@@ -218,6 +230,12 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
                     format!("unhealthy: {}", h.problems.join("; ")),
                 ));
             }
+            cluster_endpoints = h
+                .endpoints
+                .iter()
+                .map(|e| e.endpoint.clone())
+                .filter(|e| e != input.endpoint)
+                .collect();
             Ok(format!(
                 "{} members healthy, leader {}",
                 h.endpoints.len(),
@@ -258,6 +276,7 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
             snapshot: input.snapshot,
             precopy: input.precopy,
             target_existed,
+            cluster_endpoints,
             identity,
         }),
         _ => None,
@@ -314,61 +333,41 @@ fn resolve(p: &Path) -> PathBuf {
     out
 }
 
-fn check_target(src: &Path, to: &Path) -> Result<String> {
+/// The target through the one policy the copy step applies (`datadir::target::locate`), and
+/// the rewrite step's own refusals, run now on the manifest's bytes in memory with the exact
+/// path the step will write (issue 21: a `..` passed here, and the rewrite refused it after
+/// etcd had been stopped and the data copied).
+fn check_target(src: &Path, to: &Path, manifest: &Path, state_dir: &Path) -> Result<String> {
     if !to.is_absolute() {
         return Err(Error::Usage(format!(
             "--to {}: must be an absolute path",
             to.display()
         )));
     }
-    let (s, t) = (resolve(src), resolve(to));
-    let parent = t
-        .parent()
-        .ok_or_else(|| Error::Usage(format!("--to {} has no parent", to.display())))?;
-    if !parent.is_dir() {
-        return Err(Error::refused(
-            to.display().to_string(),
-            crate::datadir::target::bad_parent(parent),
-        ));
+    crate::manifest::rewrite::validate_new(to)?;
+    let located = crate::datadir::target::locate(&resolve(src), to)?;
+    let text = StaticPod::read(manifest)?;
+    let rewrite = crate::manifest::rewrite::rewrite_text(manifest, &text, to)?;
+    // The rewrite step backs the manifest up into the run dir, never into kubelet's dir.
+    if let Some(kubelet_dir) = manifest.parent() {
+        crate::manifest::atomic::check_outside_manifests_dir(
+            &crate::run::runs_dir(state_dir),
+            kubelet_dir,
+        )?;
     }
-    use crate::datadir::target::{Place, Unfit};
-    match crate::datadir::target::judge(&s, &t, parent)? {
-        Ok(Place::Absent) => Ok(format!("{} will be created", to.display())),
-        Ok(Place::EmptyDir) => Ok(format!("{} exists and is empty", to.display())),
-        Err(Unfit::Source) => Err(Error::Usage(format!(
-            "--to {} is the current data dir",
-            to.display()
-        ))),
-        Err(Unfit::InsideSource) => Err(Error::Usage(format!(
-            "--to {} is inside the data dir {}",
-            to.display(),
-            src.display()
-        ))),
-        Err(Unfit::ContainsSource) => Err(Error::Usage(format!(
-            "the data dir {} is inside --to {}",
-            src.display(),
-            to.display()
-        ))),
-        Err(Unfit::NotEmpty) => Err(Error::refused(
-            to.display().to_string(),
-            "target exists and is not empty",
-        )),
-        // The copy could not rename its staging dir over a mount point: say so now, not
-        // after etcd was stopped.
-        Err(Unfit::MountPoint) => Err(Error::Usage(format!(
-            "--to {} is a mount point: migrate into a directory below it, e.g. {}",
-            to.display(),
-            to.join("etcd").display()
-        ))),
-        Err(Unfit::NotADirectory) => Err(Error::refused(
-            to.display().to_string(),
-            crate::datadir::target::not_a_directory(to),
-        )),
-    }
+    let place = match located.place {
+        crate::datadir::target::Place::Absent => "will be created",
+        crate::datadir::target::Place::EmptyDir => "exists and is empty",
+    };
+    Ok(format!(
+        "{} {place}; the manifest's hostPath {} can be set to it",
+        to.display(),
+        rewrite.old_host_path
+    ))
 }
 
 /// Free space through the one policy of `datadir::target` (also used by `datadir copy`).
-fn check_space(to: &Path, bytes: u64) -> Result<String> {
+fn check_space(to: &Path, bytes: u64, entries: u64) -> Result<String> {
     let at = crate::datadir::target::nearest_existing(&resolve(to));
-    crate::datadir::target::check_space(to, &at, bytes, None)
+    crate::datadir::target::check_space(to, &at, bytes, Some(entries))
 }

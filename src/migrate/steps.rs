@@ -241,7 +241,10 @@ impl Saga for Migration<'_> {
     /// connection knowing only its own URL, on a resume or rollback) does not stop the run:
     /// finishing it is what brings the member back.
     fn hold_guard(&self, run: &RunCtx<Plan>) -> Result<()> {
-        match self.host.hold_guard("migrate", &run.plan.id) {
+        match self
+            .host
+            .hold_guard("migrate", &run.plan.id, &run.plan.cluster_endpoints)
+        {
             Err(e @ Error::Unreachable { .. }) => {
                 (run.say)(&format!(
                     "warning: the cluster-wide guard could not be taken ({}); going on",

@@ -151,12 +151,19 @@ pub fn preflight(host: &dyn Host, opts: &RunOptions, id: &str) -> Result<Plan> {
     };
     let answers: Vec<plan::Answer> = health.endpoints.iter().map(answer).collect();
     let judged = plan::judge(&me, &members, &answers)?;
-    if host.read_file(&opts.manifest)?.is_none() {
+    let Some(manifest_bytes) = host.read_file(&opts.manifest)? else {
         return Err(Error::input(
             &opts.manifest,
             "manifest not found in the manifests dir (leave it in place: the run stops etcd itself)",
         ));
-    }
+    };
+    rewrite_in_memory(
+        &opts.manifest,
+        &manifest_bytes,
+        &me,
+        &members,
+        judged.old_member_id,
+    )?;
     let data = &me.data_dir;
     let mounted = host.is_dir(data)? && host.is_mount_point(data)?;
     let (moved, aside) = if mounted {
@@ -190,6 +197,34 @@ pub fn preflight(host: &dyn Host, opts: &RunOptions, id: &str) -> Result<Plan> {
         catch_up_timeout_ms: opts.catch_up_timeout.as_millis() as u64,
         me,
     })
+}
+
+/// The rewrite step's edits, made now on the manifest's bytes in memory (issue 21): the
+/// member list as it will be once this member is removed and its learner added (same peer
+/// URL, unnamed until it starts), its `--initial-cluster`, and the surgical flag edit. Any
+/// refusal there comes now, before etcd is stopped and the member removed, not after.
+fn rewrite_in_memory(
+    manifest: &Path,
+    bytes: &[u8],
+    me: &Me,
+    members: &[crate::etcd::client::Member],
+    old_id: u64,
+) -> Result<()> {
+    // No member id is 0 (etcd refuses it): it stands for the learner to come.
+    let learner = 0;
+    let mut after: Vec<crate::etcd::client::Member> =
+        members.iter().filter(|m| m.id != old_id).cloned().collect();
+    after.push(crate::etcd::client::Member {
+        id: learner,
+        name: String::new(),
+        client_urls: Vec::new(),
+        peer_urls: vec![me.peer_url.clone()],
+        is_learner: true,
+    });
+    let cluster = plan::initial_cluster(me, &after, learner)?;
+    let text = String::from_utf8_lossy(bytes);
+    crate::manifest::flags::set_flags_text(manifest, &text, &steps::rewrite_edits(cluster))?;
+    Ok(())
 }
 
 /// `member rejoin` without `--yes`: the preflight and the step list, nothing changed.

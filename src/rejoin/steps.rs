@@ -117,6 +117,20 @@ fn new_id(host: &dyn Host, run: &RunCtx<Plan>) -> Result<u64> {
         .map_err(|e| Error::input(&path, format!("not a hex member id: {e}")))
 }
 
+/// The flags the rewrite step sets (preflight makes the same edit in memory first).
+pub fn rewrite_edits(initial_cluster: String) -> [FlagEdit; 2] {
+    [
+        FlagEdit {
+            name: "initial-cluster".into(),
+            value: initial_cluster,
+        },
+        FlagEdit {
+            name: "initial-cluster-state".into(),
+            value: "existing".into(),
+        },
+    ]
+}
+
 /// The message of the raft rule, for rollback past the removal.
 pub fn removed_message(plan: &Plan, dir: &std::path::Path) -> String {
     format!(
@@ -185,17 +199,7 @@ impl Saga for Rejoin<'_> {
                     Error::input(&path, "the moved-out manifest is missing from the run dir")
                 })?;
                 let text = String::from_utf8_lossy(&bytes);
-                let edits = [
-                    FlagEdit {
-                        name: "initial-cluster".into(),
-                        value: cluster.clone(),
-                    },
-                    FlagEdit {
-                        name: "initial-cluster-state".into(),
-                        value: "existing".into(),
-                    },
-                ];
-                let new = set_flags_text(&plan.manifest, &text, &edits)?;
+                let new = set_flags_text(&plan.manifest, &text, &rewrite_edits(cluster.clone()))?;
                 if new != text {
                     host.write_file(&path, new.as_bytes(), 0o600)?;
                 }
@@ -340,7 +344,8 @@ impl Saga for Rejoin<'_> {
     }
 
     fn hold_guard(&self, run: &RunCtx<Plan>) -> Result<()> {
-        self.host.hold_guard("rejoin", &run.plan.id)
+        // The host's connection already lists the other members after this one.
+        self.host.hold_guard("rejoin", &run.plan.id, &[])
     }
 
     fn release_guard(&self) {

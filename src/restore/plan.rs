@@ -156,6 +156,71 @@ pub fn initial_cluster(contents: &Contents) -> Result<String> {
     Ok(parts.join(","))
 }
 
+/// Refuse the `--initial-cluster` and `--initial-advertise-peer-urls` that etcd's own restore
+/// code would refuse (etcd `types.NewURLsMap`, `types.NewURLs`): every item `name=URL`, the
+/// list parsed as a query string (so a name may not hold `,` `=` `&` `;` `%` `+` or blanks),
+/// every URL `http|https|unix|unixs://host:port` without a path. A bare snapshot's member list
+/// comes from the manifest an operator may have edited; the restore step would otherwise
+/// find out after etcd was stopped. Bad input (exit 2) naming where the list came from
+/// (`source`) or the manifest.
+pub fn check_as_etcd_parses(
+    source: &Path,
+    manifest: &Path,
+    initial_cluster: &str,
+    peer_url: &str,
+) -> Result<()> {
+    let refuse = |why: String| Err(Error::input(source, format!("member list: {why}")));
+    let url_ok = |u: &str| -> std::result::Result<(), String> {
+        let Some((scheme, rest)) = u.split_once("://") else {
+            return Err(format!("{u:?} is not a URL (scheme://host:port)"));
+        };
+        if !matches!(scheme, "http" | "https" | "unix" | "unixs") {
+            return Err(format!(
+                "{u:?}: the URL scheme must be http, https, unix or unixs"
+            ));
+        }
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if !path.is_empty() || rest.contains(['?', '#']) {
+            return Err(format!("{u:?}: the URL must not contain a path"));
+        }
+        let ok_port = authority
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !ok_port {
+            return Err(format!(
+                "{u:?}: the URL address does not have the form host:port"
+            ));
+        }
+        Ok(())
+    };
+    for item in initial_cluster.split(',') {
+        let Some((name, url)) = item.split_once('=') else {
+            return refuse(format!("--initial-cluster item {item:?} is not name=URL"));
+        };
+        if name.is_empty()
+            || name.contains(['=', '&', ';', '%', '+', '#'])
+            || name.contains(char::is_whitespace)
+        {
+            return refuse(format!(
+                "member name {name:?} cannot be written in --initial-cluster (etcd parses \
+                 it as a query string)"
+            ));
+        }
+        if let Err(why) = url_ok(url) {
+            return refuse(format!("--initial-cluster: {why}"));
+        }
+    }
+    for url in peer_url.split(',') {
+        if let Err(why) = url_ok(url) {
+            return Err(Error::input(
+                manifest,
+                format!("--initial-advertise-peer-urls: {why}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Build this node's plan from a verified archive's contents and the manifest.
 pub fn plan_from_contents(
     manifest: &Path,
@@ -209,6 +274,11 @@ pub fn plan_from_contents(
         }
         Some(_) => {}
     }
+    // What the restore tool would refuse once etcd is stopped, refused now (issue 21).
+    let from = match &source {
+        Source::Archive { path, .. } | Source::Snapshot { path, .. } => path.clone(),
+    };
+    check_as_etcd_parses(&from, manifest, &initial, &peer_url)?;
     let data_dir = pod.data_volume()?.data_host_path;
     let id = match &source {
         Source::Archive { id, .. } | Source::Snapshot { id, .. } => id.clone(),
@@ -654,5 +724,43 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.exit_code(), 4);
+    }
+
+    /// Issue 21, hole 2: what etcd's restore code refuses (`types.NewURLsMap`) is refused by
+    /// the plan, exit 2, before a run stops etcd; the restore step used to find out after.
+    #[test]
+    fn plan_refuses_what_the_restore_tool_would_refuse() {
+        let (_d, m) = manifest();
+        for (other, needle) in [
+            ("https://10.10.0.22:2380/etcd", "must not contain a path"),
+            ("ftp://10.10.0.22:2380", "scheme must be"),
+            ("https://10.10.0.22", "host:port"),
+            ("10.10.0.22:2380", "is not a URL"),
+        ] {
+            let c = contents(&[
+                ("cp-a", "https://10.10.0.21:2380", false),
+                ("cp-b", other, false),
+            ]);
+            let e = plan_from_contents(&m, source(), &c).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{other}: {}", e.one_line());
+            assert!(e.one_line().contains(needle), "{other}: {}", e.one_line());
+            assert!(e.one_line().contains("/b/a.tar.zst"), "{}", e.one_line());
+        }
+        for name in ["cp b", "cp&b", "cp%b"] {
+            let c = contents(&[
+                ("cp-a", "https://10.10.0.21:2380", false),
+                (name, "https://10.10.0.22:2380", false),
+            ]);
+            let e = plan_from_contents(&m, source(), &c).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{name}: {}", e.one_line());
+            assert!(e.one_line().contains("query string"), "{}", e.one_line());
+        }
+        // The URLs etcd accepts pass: IPv6, http, a trailing-slash-free host:port.
+        let c = contents(&[
+            ("cp-a", "https://10.10.0.21:2380", false),
+            ("cp-b", "https://[fd00::22]:2380", false),
+            ("cp-c", "http://cp-c.example:2380", false),
+        ]);
+        plan_from_contents(&m, source(), &c).unwrap();
     }
 }

@@ -148,8 +148,8 @@ impl Host for FaultHost<'_> {
     fn remove_tree(&self, path: &Path) -> Result<()> {
         self.wrap("remove_tree", || self.inner.remove_tree(path))
     }
-    fn hold_guard(&self, kind: &str, run_id: &str) -> Result<()> {
-        self.wrap("hold_guard", || self.inner.hold_guard(kind, run_id))
+    fn hold_guard(&self, kind: &str, run_id: &str, reach: &[String]) -> Result<()> {
+        self.wrap("hold_guard", || self.inner.hold_guard(kind, run_id, reach))
     }
     fn release_guard(&self) {
         self.inner.release_guard()

@@ -121,8 +121,10 @@ pub trait Host {
     /// Take (or, for this member, take over) the cluster-wide guard before this member goes
     /// down; refused while another run holds it or another member is unhealthy (DESIGN.md,
     /// "Guards"). Held until `release_guard`; `kind` (migrate, rejoin) is what the guard
-    /// tells a refused run holds it. Fakes need no guard.
-    fn hold_guard(&self, _kind: &str, _run_id: &str) -> Result<()> {
+    /// tells a refused run holds it. `reach`: other members' client URLs the run recorded
+    /// while its member was up, to reach the cluster through when a resume or rollback finds
+    /// this member down (issue 21). Fakes need no guard.
+    fn hold_guard(&self, _kind: &str, _run_id: &str, _reach: &[String]) -> Result<()> {
         Ok(())
     }
     /// Release the guard once the member is healthy again.
@@ -748,18 +750,28 @@ impl Host for RealHost<'_> {
         })
     }
 
-    fn hold_guard(&self, kind: &str, run_id: &str) -> Result<()> {
+    fn hold_guard(&self, kind: &str, run_id: &str, reach: &[String]) -> Result<()> {
         if self.guard.borrow().is_some() {
             return Ok(());
         }
         let manifest = self.conn.manifest.as_deref().ok_or_else(|| {
             Error::Usage("the guard needs the member's name: no manifest was read".into())
         })?;
-        let name = crate::manifest::StaticPod::load(manifest)?
-            .etcd_flag("name")?
-            .unwrap_or_default();
+        let pod = crate::manifest::StaticPod::load(manifest)?;
+        let name = pod.etcd_flag("name")?.unwrap_or_default();
         let holder = crate::etcd::guard::Holder::here(&name, "", kind, run_id);
-        *self.guard.borrow_mut() = Some(crate::etcd::guard::acquire(&self.conn, &holder)?);
+        // This member may be down (a resume or rollback after a kill): the guard is read,
+        // taken over and kept alive through the other members, known from the run's record
+        // and, as candidates, from the manifest's --initial-cluster. The local endpoint stays
+        // first; the guard judges members by name, so listing this one too is harmless.
+        let mut conn = self.conn.clone();
+        let candidates = crate::etcd::member::peer_candidates(&pod).unwrap_or_default();
+        for url in reach.iter().chain(&candidates) {
+            if !conn.endpoints.contains(url) {
+                conn.endpoints.push(url.clone());
+            }
+        }
+        *self.guard.borrow_mut() = Some(crate::etcd::guard::acquire(&conn, &holder)?);
         Ok(())
     }
 

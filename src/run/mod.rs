@@ -585,6 +585,15 @@ impl<'a, G: Saga> Engine<'a, G> {
             };
             self.saga.hold_guard(&ctx)?;
         }
+        let undone = self.undo_steps(steps);
+        // Released when the undos end, whatever their outcome: a failed undo leaves the
+        // member as a later `rollback` or `resume` finds it, and that run takes the guard
+        // over again.
+        self.saga.release_guard();
+        undone
+    }
+
+    fn undo_steps(&mut self, steps: Vec<G::Step>) -> Result<()> {
         for step in steps {
             self.record(Record::UndoBegin {
                 ts_ms: now_ms(),
@@ -602,7 +611,6 @@ impl<'a, G: Saga> Engine<'a, G> {
                 step,
             })?;
         }
-        self.saga.release_guard();
         Ok(())
     }
 

@@ -175,7 +175,7 @@ impl Saga for Fake {
     }
 
     fn undo_step(&self, _: &RunCtx<P>, step: T) -> Result<()> {
-        if !*self.guard_held.borrow() {
+        if step.member_down() && !*self.guard_held.borrow() {
             self.unguarded
                 .borrow_mut()
                 .push(format!("undo {}", step.name()));
@@ -350,6 +350,18 @@ fn a_crash_at_every_effect_then_resume_or_rollback_converges() {
                     }
                 },
             }
+            // issue 21, hole 1: the new process takes the guard over before any step or undo
+            // that may leave the member down, and gives it back when it ends: a killed
+            // run's guard must not outlive the recovery, nor be missing during it.
+            assert!(
+                next.unguarded.borrow().is_empty(),
+                "crash {crash_at} {recover}: unguarded {:?}",
+                next.unguarded
+            );
+            assert!(
+                !*next.guard_held.borrow(),
+                "crash {crash_at} {recover}: the guard outlived the recovery"
+            );
         }
     }
 }
@@ -550,4 +562,28 @@ fn the_guard_is_held_while_the_member_may_be_down_and_a_refusal_changes_nothing(
     assert!(err.one_line().contains("node2"), "{}", err.one_line());
     assert_eq!(*fake.node.borrow(), INITIAL);
     assert_eq!(state_of(&d.path().join("c")), RunState::RolledBack);
+
+    // Issue 21, hole 1: a rollback in a new process after a kill takes the guard over for
+    // its undos, and gives it back when it ends, also when the raft rule stops it (the
+    // member then stays on the new data, up): no guard left to a finished process.
+    let run = d.path().join("d");
+    let killed = Fake {
+        crash_at: Some(T::ALL.len()),
+        ..Default::default()
+    };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fresh(&run, &killed)));
+    assert!(r.is_err());
+    killed.node.borrow_mut().ran_on_new = true;
+    let next = Fake {
+        node: RefCell::new(killed.node.borrow().clone()),
+        ..Default::default()
+    };
+    let mut e = Engine::open(&next, run.clone(), &quiet, None).unwrap();
+    let err = e.rollback().unwrap_err();
+    assert_eq!(err.exit_code(), 5, "{}", err.one_line());
+    assert!(next.unguarded.borrow().is_empty(), "{:?}", next.unguarded);
+    assert!(
+        !*next.guard_held.borrow(),
+        "the guard outlived the rollback"
+    );
 }

@@ -1,4 +1,4 @@
-//! The real-etcd test harness: start etcd 3.4 or 3.5 members (one or three, plain or TLS
+//! The real-etcd test harness: start etcd 3.5, 3.6 or 3.7 members (one or three, plain or TLS
 //! with client-cert auth) on free loopback ports in temp dirs, stopped when the test ends,
 //! even if it panics. Helpers write keys, kill members and raise NOSPACE. Running the
 //! `etcdops` binary goes through `Run`, which dumps the command, its status, stdout, stderr
@@ -17,20 +17,31 @@ use std::time::{Duration, Instant};
 
 use etcdops::lab::pki::{Authority, Pki};
 
+/// The etcd releases the suite runs against: the newest 3.5 (>= 3.5.26, the floor before a
+/// 3.6 upgrade), 3.6 and 3.7 that the Go module proxy serves, built by
+/// `scripts/build-etcd.sh` (called by `scripts/install-deps.sh`). 3.6 is the default: every
+/// supported kubeadm ships it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
-    V34,
     V35,
+    V36,
+    V37,
 }
 
-pub const VERSIONS: [Version; 2] = [Version::V34, Version::V35];
+pub const VERSIONS: [Version; 3] = [Version::V35, Version::V36, Version::V37];
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Where `scripts/build-etcd.sh` caches its builds: `ETCDOPS_DEPS`, else /var/cache/etcdops-deps.
+pub fn deps_dir() -> PathBuf {
+    std::env::var_os("ETCDOPS_DEPS")
+        .map_or_else(|| PathBuf::from("/var/cache/etcdops-deps"), PathBuf::from)
+}
+
 impl Version {
-    /// The etcd binary: `ETCD34_BIN`/`ETCD35_BIN`, else where install-deps puts it.
+    /// The etcd binary: `ETCD35_DIR`/`ETCD36_DIR`/`ETCD37_DIR`, else where install-deps puts it.
     pub fn etcd(self) -> PathBuf {
         self.bin("etcd")
     }
@@ -39,17 +50,30 @@ impl Version {
         self.bin("etcdctl")
     }
 
-    /// etcdutl exists from 3.5 on.
+    /// etcdutl: the offline tool (snapshot restore, defrag --data-dir) of every release here.
     pub fn etcdutl(self) -> PathBuf {
         self.bin("etcdutl")
     }
 
+    /// The exact release built for this line.
+    pub fn release(self) -> &'static str {
+        match self {
+            Version::V35 => "3.5.36",
+            Version::V36 => "3.6.17",
+            Version::V37 => "3.7.4",
+        }
+    }
+
     fn bin(self, name: &str) -> PathBuf {
-        let (var, default) = match self {
-            Version::V34 => ("ETCD34_DIR", PathBuf::from("/usr/bin")),
-            Version::V35 => ("ETCD35_DIR", repo().join(".cache/etcd-3.5.1")),
+        let var = match self {
+            Version::V35 => "ETCD35_DIR",
+            Version::V36 => "ETCD36_DIR",
+            Version::V37 => "ETCD37_DIR",
         };
-        let dir = std::env::var_os(var).map_or(default, PathBuf::from);
+        let dir = std::env::var_os(var).map_or_else(
+            || deps_dir().join(format!("etcd-{}", self.release())),
+            PathBuf::from,
+        );
         let path = dir.join(name);
         assert!(
             path.exists(),
@@ -61,8 +85,9 @@ impl Version {
 
     pub fn prefix(self) -> &'static str {
         match self {
-            Version::V34 => "3.4.",
             Version::V35 => "3.5.",
+            Version::V36 => "3.6.",
+            Version::V37 => "3.7.",
         }
     }
 }
