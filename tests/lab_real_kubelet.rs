@@ -1,5 +1,5 @@
 //! The real-kubelet lab (`etcdops-lab up --kubelet real`): kubelet 1.37 and containerd 2.3
-//! run kubeadm's etcd.yaml as a static pod from a locally built image. Proves what the
+//! run kubeadm's etcd.yaml (etcd 3.6.17) as a static pod from a locally built image. Proves what the
 //! stand-in can only imitate: the containers outlive kubelet (and containerd), a manifest
 //! edit restarts the pod in a new container on the new hostPath, a stray copy of the
 //! manifest takes the pod over, and that etcdops works on such a node with no lab-specific
@@ -138,7 +138,7 @@ fn down_and_check_clean(lab: &Lab, pids: &[i32]) {
 
 #[test]
 fn etcd_runs_as_a_static_pod_outlives_kubelet_and_down_leaves_nothing() {
-    let lab = Lab::up_real(Version::V35, 1);
+    let lab = Lab::up_real(Version::V36, 1);
     let cfg = lab_json(&lab);
     assert_eq!(
         cfg["real"]["etcd_image"], "registry.k8s.io/etcd:3.6.17-0",
@@ -193,7 +193,7 @@ fn etcd_runs_as_a_static_pod_outlives_kubelet_and_down_leaves_nothing() {
 
 #[test]
 fn down_after_kubelet_and_containerd_were_killed_leaves_nothing() {
-    let lab = Lab::up_real(Version::V35, 1);
+    let lab = Lab::up_real(Version::V36, 1);
     let (etcd, _) = one_etcd(&lab, 1, Duration::from_secs(60));
     let kubelet = pid_in(lab.node_dir(1).join("kubelet/kubelet.pid"));
     let containerd = pid_in(lab.node_dir(1).join("cri/containerd.pid"));
@@ -213,7 +213,7 @@ fn down_after_kubelet_and_containerd_were_killed_leaves_nothing() {
 
 #[test]
 fn a_manifest_edit_restarts_the_pod_on_the_new_host_path() {
-    let lab = Lab::up_real(Version::V35, 1);
+    let lab = Lab::up_real(Version::V36, 1);
     let (etcd, container) = one_etcd(&lab, 1, Duration::from_secs(60));
     let new = lab.node_dir(1).join("mnt/edited/etcd");
     std::fs::create_dir_all(new.parent().unwrap()).unwrap();
@@ -248,7 +248,7 @@ fn pod_of(pid: i32) -> Option<String> {
 
 #[test]
 fn a_stray_copy_of_the_manifest_takes_over_the_pod_and_doctor_names_it() {
-    let lab = Lab::up_real(Version::V35, 1);
+    let lab = Lab::up_real(Version::V36, 1);
     let (etcd, container) = one_etcd(&lab, 1, Duration::from_secs(60));
     let pod = pod_of(etcd).unwrap();
     let dir = lab.manifest(1).parent().unwrap().to_path_buf();
@@ -302,7 +302,7 @@ fn a_stray_copy_of_the_manifest_takes_over_the_pod_and_doctor_names_it() {
 
 #[test]
 fn migrate_with_no_lab_flag() {
-    let lab = Lab::up_real(Version::V35, 1);
+    let lab = Lab::up_real(Version::V36, 1);
     let (_, container) = one_etcd(&lab, 1, Duration::from_secs(60));
     lab.put_many("/migrate/", 200, 100);
     let target = lab.node_dir(1).join("mnt/new-disk/etcd");

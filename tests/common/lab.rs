@@ -65,22 +65,13 @@ impl Lab {
         Self::up_with(version, nodes, &["--systemd", "--disk", disk])
     }
 
-    /// A lab whose nodes run the real kubelet and containerd (`up --kubelet real`) on etcd
-    /// 3.6.17 from the deps cache, whose image `scripts/build-lab-images.sh 3.6.17` built.
-    /// `version` is the etcdctl the test uses as a client.
+    /// A lab whose nodes run the real kubelet and containerd (`up --kubelet real`) on
+    /// `version`'s etcd, from the image `scripts/build-lab-images.sh <release>` built.
     pub fn up_real(version: Version, nodes: usize) -> Lab {
-        let deps = std::env::var_os("ETCDOPS_DEPS")
-            .map_or_else(|| PathBuf::from("/var/cache/etcdops-deps"), PathBuf::from);
-        let etcd = deps.join("etcd-3.6.17/etcd");
-        let etcd = etcd.to_str().expect("a UTF-8 deps path").to_string();
-        Self::up_with_etcd(version, Some(&etcd), nodes, &["--kubelet", "real", "--timeout", "180s"])
+        Self::up_with(version, nodes, &["--kubelet", "real", "--timeout", "180s"])
     }
 
     fn up_with(version: Version, nodes: usize, extra: &[&str]) -> Lab {
-        Self::up_with_etcd(version, None, nodes, extra)
-    }
-
-    fn up_with_etcd(version: Version, etcd: Option<&str>, nodes: usize, extra: &[&str]) -> Lab {
         let dir = tempfile::Builder::new()
             .prefix("etcdops-lab-")
             .tempdir()
@@ -97,7 +88,7 @@ impl Lab {
                 &prefix,
                 "--etcd",
             ])
-            .arg(etcd.map_or_else(|| version.etcd(), PathBuf::from))
+            .arg(version.etcd())
             .args(extra)
             .output()
             .expect("run etcdops-lab up");
