@@ -127,10 +127,22 @@ fn down_and_check_clean(lab: &Lab, pids: &[i32]) {
     let out = lab.lab(&["down"]);
     assert_eq!(out.code, 0, "{}", out.dump());
     for n in 1..=lab.nodes {
-        assert_eq!(node_pids(lab, n), Vec::<i32>::new(), "node{n}: processes left");
-        assert_eq!(cgroup_dirs(lab, n), Vec::<PathBuf>::new(), "node{n}: cgroups left");
+        assert_eq!(
+            node_pids(lab, n),
+            Vec::<i32>::new(),
+            "node{n}: processes left"
+        );
+        assert_eq!(
+            cgroup_dirs(lab, n),
+            Vec::<PathBuf>::new(),
+            "node{n}: cgroups left"
+        );
     }
-    assert_eq!(mounts_under(lab.path()), Vec::<String>::new(), "mounts left");
+    assert_eq!(
+        mounts_under(lab.path()),
+        Vec::<String>::new(),
+        "mounts left"
+    );
     for p in pids {
         assert!(!alive(*p), "pid {p} ({}) survived down", comm(*p));
     }
@@ -146,7 +158,10 @@ fn etcd_runs_as_a_static_pod_outlives_kubelet_and_down_leaves_nothing() {
     );
     // kubeadm's manifest as the lab wrote it names the image kubelet ran.
     let manifest = std::fs::read_to_string(lab.manifest(1)).unwrap();
-    assert!(manifest.contains("image: registry.k8s.io/etcd:3.6.17-0"), "{manifest}");
+    assert!(
+        manifest.contains("image: registry.k8s.io/etcd:3.6.17-0"),
+        "{manifest}"
+    );
     let (etcd, container) = one_etcd(&lab, 1, Duration::from_secs(60));
 
     // etcdops finds everything from the manifest: no flag.
@@ -155,7 +170,10 @@ fn etcd_runs_as_a_static_pod_outlives_kubelet_and_down_leaves_nothing() {
     // The real unit's behaviour the runbook relies on: stopping kubelet leaves the
     // container running, in the runtime's hands.
     let kubelet = pid_in(lab.node_dir(1).join("kubelet/kubelet.pid"));
-    let stop = lab.env_command(1, "ETCDOPS_KUBELET_STOP_CMD").output().unwrap();
+    let stop = lab
+        .env_command(1, "ETCDOPS_KUBELET_STOP_CMD")
+        .output()
+        .unwrap();
     assert!(stop.status.success(), "{stop:?}");
     assert!(!alive(kubelet), "kubelet still runs after its stop command");
     let status = lab
@@ -167,23 +185,28 @@ fn etcd_runs_as_a_static_pod_outlives_kubelet_and_down_leaves_nothing() {
     lab.etcdops(1, &["health"], &[]).code(0);
 
     // A new kubelet adopts the running pod: same container.
-    let start = lab.env_command(1, "ETCDOPS_KUBELET_START_CMD").output().unwrap();
+    let start = lab
+        .env_command(1, "ETCDOPS_KUBELET_START_CMD")
+        .output()
+        .unwrap();
     assert!(start.status.success(), "{start:?}");
     let kubelet = pid_in(lab.node_dir(1).join("kubelet/kubelet.pid"));
-    wait_for(
-        "kubelet healthz answers",
-        Duration::from_secs(60),
-        || {
-            std::net::TcpStream::connect_timeout(
-                &format!("{}:10248", cfg["ip_prefix"].as_str().unwrap().to_owned() + ".11")
-                    .parse()
-                    .unwrap(),
-                Duration::from_secs(1),
+    wait_for("kubelet healthz answers", Duration::from_secs(60), || {
+        std::net::TcpStream::connect_timeout(
+            &format!(
+                "{}:10248",
+                cfg["ip_prefix"].as_str().unwrap().to_owned() + ".11"
             )
-            .is_ok()
-        },
+            .parse()
+            .unwrap(),
+            Duration::from_secs(1),
+        )
+        .is_ok()
+    });
+    assert_eq!(
+        one_etcd(&lab, 1, Duration::from_secs(30)),
+        (etcd, container)
     );
-    assert_eq!(one_etcd(&lab, 1, Duration::from_secs(30)), (etcd, container));
 
     let containerd = pid_in(lab.node_dir(1).join("cri/containerd.pid"));
     let mut pids = node_pids(&lab, 1);
@@ -200,9 +223,11 @@ fn down_after_kubelet_and_containerd_were_killed_leaves_nothing() {
     for p in [kubelet, containerd] {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::SIGKILL).unwrap();
     }
-    wait_for("kubelet and containerd gone", Duration::from_secs(10), || {
-        !alive(kubelet) && !alive(containerd)
-    });
+    wait_for(
+        "kubelet and containerd gone",
+        Duration::from_secs(10),
+        || !alive(kubelet) && !alive(containerd),
+    );
     // The shim keeps the container: etcd still serves with neither daemon running.
     assert!(alive(etcd), "etcd died with containerd");
     lab.etcdops(1, &["health"], &[]).code(0);
@@ -218,16 +243,24 @@ fn a_manifest_edit_restarts_the_pod_on_the_new_host_path() {
     let new = lab.node_dir(1).join("mnt/edited/etcd");
     std::fs::create_dir_all(new.parent().unwrap()).unwrap();
     let edited = Instant::now();
-    lab.etcdops(1, &["manifest", "set-data-path", new.to_str().unwrap()], &[])
-        .code(0);
+    lab.etcdops(
+        1,
+        &["manifest", "set-data-path", new.to_str().unwrap()],
+        &[],
+    )
+    .code(0);
     // kubelet sees the change, kills the old container and starts a new one on the new
     // hostPath, which DirectoryOrCreate creates empty: a new member bootstraps there.
-    wait_for("the old etcd to exit", Duration::from_secs(120), || !alive(etcd));
+    wait_for("the old etcd to exit", Duration::from_secs(120), || {
+        !alive(etcd)
+    });
     let killed = edited.elapsed();
     let (_, new_container) = one_etcd(&lab, 1, Duration::from_secs(120));
-    wait_for("a member in the new hostPath", Duration::from_secs(60), || {
-        new.join("member/snap").is_dir()
-    });
+    wait_for(
+        "a member in the new hostPath",
+        Duration::from_secs(60),
+        || new.join("member/snap").is_dir(),
+    );
     let restarted = edited.elapsed();
     assert_ne!(new_container, container, "the pod was not restarted");
     println!(
@@ -295,7 +328,10 @@ fn a_stray_copy_of_the_manifest_takes_over_the_pod_and_doctor_names_it() {
         .unwrap_or_else(|| panic!("no manifest.strays in {v}"));
     assert_eq!(check["status"], "fail", "{check}");
     assert!(
-        check["evidence"].as_str().unwrap().contains("etcd.yaml.bak"),
+        check["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("etcd.yaml.bak"),
         "{check}"
     );
 }

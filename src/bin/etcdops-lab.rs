@@ -368,7 +368,10 @@ fn up(
     if let Err(e) = start_nodes(&lab, timeout) {
         if lab.config.real.is_some() {
             let undo = down_real(&lab).err().map_or(String::new(), |d| {
-                format!("; undoing it failed too ({}): run `etcdops-lab down`", d.one_line())
+                format!(
+                    "; undoing it failed too ({}): run `etcdops-lab down`",
+                    d.one_line()
+                )
             });
             return Err(Error::failed(
                 "etcdops-lab up --kubelet real",
@@ -547,7 +550,14 @@ fn status(lab: &Lab) -> Result<()> {
         return status_systemd(lab);
     }
     if lab.config.real.is_some() {
-        let mut t = etcdops::output::Table::new(["NODE", "ADDRESS", "CONTAINERD", "KUBELET", "ETCD", "MANIFEST"]);
+        let mut t = etcdops::output::Table::new([
+            "NODE",
+            "ADDRESS",
+            "CONTAINERD",
+            "KUBELET",
+            "ETCD",
+            "MANIFEST",
+        ]);
         let pid = |p: Option<i32>| p.map_or("stopped".into(), |p| format!("running (pid {p})"));
         for n in 1..=lab.config.nodes {
             let etcd = real::etcd_pids(lab, n);
@@ -556,8 +566,23 @@ fn status(lab: &Lab) -> Result<()> {
                 lab.ip(n).to_string(),
                 pid(real::containerd_pid(lab, n)),
                 pid(real::kubelet_pid(lab, n)),
-                if etcd.is_empty() { "-".into() } else { format!("running (pid {})", etcd.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")) },
-                if lab.manifest(n).exists() { "present" } else { "absent" }.to_string(),
+                if etcd.is_empty() {
+                    "-".into()
+                } else {
+                    format!(
+                        "running (pid {})",
+                        etcd.iter()
+                            .map(|p| p.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+                if lab.manifest(n).exists() {
+                    "present"
+                } else {
+                    "absent"
+                }
+                .to_string(),
             ]);
         }
         print!("{}", t.render());

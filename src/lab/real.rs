@@ -202,7 +202,8 @@ fn create_cgroups(lab: &Lab, node: usize) -> Result<PathBuf> {
         fs::create_dir_all(&dir).map_err(|e| Error::io("create cgroup", &dir, e))?;
         if opts.split(',').any(|o| o == "cpuset") {
             for f in ["cpuset.cpus", "cpuset.mems"] {
-                let v = fs::read_to_string(at.join(f)).map_err(|e| Error::io("read", at.join(f), e))?;
+                let v =
+                    fs::read_to_string(at.join(f)).map_err(|e| Error::io("read", at.join(f), e))?;
                 fs::write(dir.join(f), v.trim()).map_err(|e| Error::io("write", dir.join(f), e))?;
             }
         }
@@ -238,9 +239,7 @@ pub fn node_processes(lab: &Lab, node: usize) -> Vec<i32> {
 pub fn etcd_pids(lab: &Lab, node: usize) -> Vec<i32> {
     node_processes(lab, node)
         .into_iter()
-        .filter(|p| {
-            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "etcd")
-        })
+        .filter(|p| fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "etcd"))
         .collect()
 }
 
@@ -357,12 +356,7 @@ imageGCLowThresholdPercent: 99
 
 /// Starts `program` detached (own session), logging to `log`, in the node's daemons cgroup,
 /// and records its pid in `pid_file`.
-fn spawn_daemon(
-    mut cmd: Command,
-    daemons: &Path,
-    log: &Path,
-    pid_file: &Path,
-) -> Result<i32> {
+fn spawn_daemon(mut cmd: Command, daemons: &Path, log: &Path, pid_file: &Path) -> Result<i32> {
     let out = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -483,7 +477,12 @@ pub fn start_node(lab: &Lab, node: usize) -> Result<()> {
     ctr_ok(
         lab,
         node,
-        &["images", "label", &stack.etcd_image, "io.cri-containerd.pinned=pinned"],
+        &[
+            "images",
+            "label",
+            &stack.etcd_image,
+            "io.cri-containerd.pinned=pinned",
+        ],
     )?;
     start_kubelet(lab, node)
 }
@@ -558,16 +557,23 @@ pub fn down_node(lab: &Lab, node: usize) -> Result<Vec<String>> {
         let ids = ctr(lab, node, &["containers", "list", "--quiet"])
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        let ids: Vec<&str> = ids.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let ids: Vec<&str> = ids
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
         for id in &ids {
-            let _ = ctr(lab, node, &["tasks", "kill", "--all", "--signal", "SIGKILL", id]);
+            let _ = ctr(
+                lab,
+                node,
+                &["tasks", "kill", "--all", "--signal", "SIGKILL", id],
+            );
         }
         for id in &ids {
             let deadline = Instant::now() + Duration::from_secs(10);
             while !ctr(lab, node, &["tasks", "delete", "--force", id])
                 .map(|o| {
-                    o.status.success()
-                        || String::from_utf8_lossy(&o.stderr).contains("not found")
+                    o.status.success() || String::from_utf8_lossy(&o.stderr).contains("not found")
                 })
                 .unwrap_or(true)
                 && Instant::now() < deadline
@@ -597,7 +603,10 @@ pub fn down_node(lab: &Lab, node: usize) -> Result<Vec<String>> {
         if Instant::now() >= deadline {
             return Err(Error::failed(
                 format!("stop node {node}"),
-                format!("processes {left:?} survive SIGKILL in cgroup {}", cgroup_name(lab, node)),
+                format!(
+                    "processes {left:?} survive SIGKILL in cgroup {}",
+                    cgroup_name(lab, node)
+                ),
             ));
         }
         for p in left {
@@ -618,7 +627,11 @@ pub fn down_node(lab: &Lab, node: usize) -> Result<Vec<String>> {
     // kubelet links every container log into /var/log/containers (a fixed path): remove
     // the links into this node's pod logs.
     let logs = kubelet_dir(lab, node).join("pods-logs");
-    for e in fs::read_dir("/var/log/containers").into_iter().flatten().flatten() {
+    for e in fs::read_dir("/var/log/containers")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         if fs::read_link(e.path()).is_ok_and(|t| t.starts_with(&logs)) {
             let _ = fs::remove_file(e.path());
         }
@@ -633,7 +646,11 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     };
     let mut out: Vec<PathBuf> = text
         .lines()
-        .filter_map(|l| l.split_whitespace().nth(4).map(|p| PathBuf::from(unescape(p))))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(4)
+                .map(|p| PathBuf::from(unescape(p)))
+        })
         .filter(|p| p.starts_with(dir) && p != dir)
         .collect();
     out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -720,7 +737,10 @@ mod tests {
             .unwrap(),
         };
         let a = cgroup_name(&lab("/tmp/a"), 1);
-        assert!(a.starts_with("etcdops-lab-") && a.ends_with("-node1"), "{a}");
+        assert!(
+            a.starts_with("etcdops-lab-") && a.ends_with("-node1"),
+            "{a}"
+        );
         assert_ne!(a, cgroup_name(&lab("/tmp/b"), 1));
         assert_ne!(a, cgroup_name(&lab("/tmp/a"), 2));
     }
