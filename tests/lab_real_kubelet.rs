@@ -233,7 +233,44 @@ fn down_after_kubelet_and_containerd_were_killed_leaves_nothing() {
     lab.etcdops(1, &["health"], &[]).code(0);
     let pids = node_pids(&lab, 1);
     assert!(pids.contains(&etcd), "{pids:?}");
+    // The orphaned shims' sockets in containerd's fixed /run/containerd/s.
+    let sockets = listening_sockets(&pids);
+    assert!(!sockets.is_empty(), "no shim socket found for {pids:?}");
     down_and_check_clean(&lab, &pids);
+    for s in sockets {
+        assert!(!s.exists(), "{} left behind", s.display());
+    }
+}
+
+/// Paths under /run/containerd/s of the unix sockets these processes hold.
+fn listening_sockets(pids: &[i32]) -> Vec<PathBuf> {
+    let mut inodes = Vec::new();
+    for p in pids {
+        for fd in std::fs::read_dir(format!("/proc/{p}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(t) = std::fs::read_link(fd.path()) {
+                let t = t.to_string_lossy().into_owned();
+                if let Some(i) = t.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) {
+                    inodes.push(i.to_string());
+                }
+            }
+        }
+    }
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 7
+                && inodes.iter().any(|i| i == f[6])
+                && f[7].starts_with("/run/containerd/s/"))
+            .then(|| PathBuf::from(f[7]))
+        })
+        .collect()
 }
 
 #[test]
@@ -310,7 +347,7 @@ fn a_stray_copy_of_the_manifest_takes_over_the_pod_and_doctor_names_it() {
     assert_ne!(new_container, container);
     let log = std::fs::read_to_string(lab.node_dir(1).join("kubelet.log")).unwrap();
     assert!(
-        log.contains(&format!("\"SyncLoop REMOVE\" source=\"file\"")),
+        log.contains("\"SyncLoop REMOVE\" source=\"file\""),
         "kubelet did not remove the first pod"
     );
     println!(

@@ -593,6 +593,9 @@ pub fn down_node(lab: &Lab, node: usize) -> Result<Vec<String>> {
     let _ = fs::remove_file(containerd_pid_file(lab, node));
     // Whatever survived (a shim or pod of a containerd that was killed): SIGKILL, until the
     // cgroup is empty.
+    // A shim that is killed leaves its socket in containerd's fixed /run/containerd/s:
+    // note the ones the survivors listen on, to remove them once they are dead.
+    let sockets = shim_sockets(&node_processes(lab, node));
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut killed = 0;
     loop {
@@ -619,6 +622,9 @@ pub fn down_node(lab: &Lab, node: usize) -> Result<Vec<String>> {
     if killed > 0 {
         said.push(format!("node{node}: killed {killed} leftover process(es)"));
     }
+    for sock in sockets {
+        let _ = fs::remove_file(&sock);
+    }
     let mounts = unmount_under(&lab.node_dir(node))?;
     if mounts > 0 {
         said.push(format!("node{node}: unmounted {mounts} mount(s)"));
@@ -637,6 +643,39 @@ pub fn down_node(lab: &Lab, node: usize) -> Result<Vec<String>> {
         }
     }
     Ok(said)
+}
+
+/// The paths under /run/containerd/s of the unix sockets that `pids` hold open (a shim's
+/// listening socket), from /proc/net/unix and each process's fds.
+fn shim_sockets(pids: &[i32]) -> Vec<PathBuf> {
+    let mut inodes = std::collections::HashSet::new();
+    for p in pids {
+        for fd in fs::read_dir(format!("/proc/{p}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(target) = fs::read_link(fd.path())
+                && let Some(inode) = target
+                    .to_str()
+                    .and_then(|t| t.strip_prefix("socket:["))
+                    .and_then(|t| t.strip_suffix(']'))
+            {
+                inodes.insert(inode.to_string());
+            }
+        }
+    }
+    let table = fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (inode, path) = (f.get(6)?, f.get(7)?);
+            (inodes.contains(*inode) && path.starts_with("/run/containerd/s/"))
+                .then(|| PathBuf::from(path))
+        })
+        .collect()
 }
 
 /// Mount points under `dir` in this mount namespace, deepest first.
@@ -731,9 +770,9 @@ mod tests {
     fn cgroup_names_are_short_and_per_lab() {
         let lab = |dir: &str| Lab {
             dir: PathBuf::from(dir),
-            config: serde_json::from_str(&format!(
-                r#"{{"nodes":1,"ip_prefix":"127.0.0","etcd":"/e","lab_bin":"/l"}}"#
-            ))
+            config: serde_json::from_str(
+                r#"{"nodes":1,"ip_prefix":"127.0.0","etcd":"/e","lab_bin":"/l"}"#,
+            )
             .unwrap(),
         };
         let a = cgroup_name(&lab("/tmp/a"), 1);
