@@ -4,24 +4,29 @@
 # BENCH_KEYS keys of BENCH_VALUE bytes written in transactions, then
 #   etcdctl snapshot save (before), etcdops backup, etcdctl snapshot save (after),
 #   etcdops backup verify, etcdops backup verify --restore-test,
-# each timed with its peak RSS (ru_maxrss of the child). Prints a table and checks the
-# targets: backup <= 1.3 x the mean snapshot save, backup peak RSS <= 64 MiB.
+# each timed with its peak RSS (ru_maxrss of the child); then BENCH_PAIRS pairs of
+#   etcdops backup (plain), etcdops backup --recipient age1… (encrypted, age)
+# alternating, to compare encryption's cost in the same run. Prints a table and checks the
+# targets: backup <= 1.3 x the mean snapshot save, backup peak RSS <= 64 MiB, encrypted
+# backup <= 1.1 x the plain one (medians of the pairs), encrypted peak RSS <= 64 MiB.
 #
 # Usage: scripts/bench-backup.sh    BENCH_DIR (default a temp dir under /var/tmp, on disk),
-#        BENCH_KEYS (4200), BENCH_VALUE (102400), BENCH_LEVEL (zstd level, 3).
+#        BENCH_KEYS (4200), BENCH_VALUE (102400), BENCH_LEVEL (zstd level, 3), BENCH_PAIRS (3),
+#        ETCD_DIR (etcd, etcdctl, etcdutl; default the matrix's default release, build-etcd.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 keys=${BENCH_KEYS:-4200}
 value_size=${BENCH_VALUE:-102400}
 level=${BENCH_LEVEL:-3}
+pairs=${BENCH_PAIRS:-3}
+# shellcheck source=scripts/etcd-versions.sh
+. "$root/scripts/etcd-versions.sh"
 
 scripts/install-deps.sh >/dev/null
 cargo build --release --quiet --bins
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
-# shellcheck source=scripts/etcd-versions.sh
-. "$root/scripts/etcd-versions.sh"
-etcdv=$(etcd_dir "$ETCD_DEFAULT")
+etcdv=${ETCD_DIR:-$(etcd_dir "$ETCD_DEFAULT")}
 
 mkdir -p /var/tmp
 work=${BENCH_DIR:-$(mktemp -d /var/tmp/etcdops-bench-backup.XXXXXX)}
@@ -90,10 +95,26 @@ measure "etcdops-backup-verify-restore-test" "$bin/etcdops" backup verify --rest
   --etcdutl "$etcdv/etcdutl" "$archive"
 size=$(stat -c %s "$archive")
 
-python3 - "$results" "$db" "$size" "$level" <<'PY'
-import sys
+# Encryption's cost: plain and encrypted backups alternating (each into a dir of its own,
+# removed after, so that every run writes to the same free space).
+age-keygen -o "$work/age-key.txt" 2>/dev/null
+recipient=$(age-keygen -y "$work/age-key.txt")
+for ((i = 1; i <= pairs; i++)); do
+  for kind in plain age; do
+    d="$work/pair-$kind-$i"
+    mkdir -p "$d"
+    extra=()
+    [ "$kind" = age ] && extra=(--recipient "$recipient")
+    sync
+    measure "pair-$kind-$i" "$bin/etcdops" backup --dir "$d" --level "$level" "${extra[@]}"
+    rm -rf "$d"
+  done
+done
+
+python3 - "$results" "$db" "$size" "$level" "$pairs" <<'PY'
+import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
-db, size, level = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+db, size, level, pairs = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 r = {n: (int(ms), int(rss), int(rc)) for n, ms, rss, rc in rows}
 print(f"db {db/1e6:.0f} MB; archive {size/1e6:.0f} MB (zstd level {level}, {100*size/db:.0f}% of the db)")
 print(f"{'command':<38}{'wall ms':>9}{'peak RSS MiB':>14}{'exit':>6}")
@@ -103,6 +124,14 @@ snap = (r["etcdctl-snapshot-save-1"][0] + r["etcdctl-snapshot-save-2"][0]) / 2
 b_ms, b_rss, b_rc = r["etcdops-backup"]
 ratio = b_ms / snap
 print(f"backup / mean snapshot save = {ratio:.2f} (target <= 1.3); backup peak RSS {b_rss/1024:.1f} MiB (target <= 64)")
-ok = all(rc == 0 for _, _, rc in r.values()) and ratio <= 1.3 and b_rss <= 64 * 1024
+plain = [r[f"pair-plain-{i}"][0] for i in range(1, pairs + 1)]
+enc = [r[f"pair-age-{i}"][0] for i in range(1, pairs + 1)]
+per_pair = [e / p for e, p in zip(enc, plain)]
+enc_ratio = statistics.median(enc) / statistics.median(plain)
+enc_rss = max(r[f"pair-age-{i}"][1] for i in range(1, pairs + 1))
+print(f"encrypted / plain backup (medians of {pairs} pairs) = {enc_ratio:.2f} (target <= 1.1); "
+      f"per pair {', '.join(f'{x:.2f}' for x in per_pair)}; encrypted peak RSS {enc_rss/1024:.1f} MiB (target <= 64)")
+ok = (all(rc == 0 for _, _, rc in r.values()) and ratio <= 1.3 and b_rss <= 64 * 1024
+      and enc_ratio <= 1.1 and enc_rss <= 64 * 1024)
 sys.exit(0 if ok else 1)
 PY

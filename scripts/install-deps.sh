@@ -10,6 +10,8 @@
 #     systemd itself, booted from the host's /usr in each node), xfsprogs and e2fsprogs
 #     (mkfs of the loop-device disks, also for tests/migrate_fs.rs), util-linux and mount
 #     (nsenter, losetup)
+#   - age and openssh-client (ssh-keygen): encrypted archives are tested against the
+#     reference age tool and real SSH keys
 #   - openssl (doctor's certificate fixes are openssl commands the tests run) and promtool
 #     from Debian's prometheus package (the tests check doctor's metrics with it)
 #   - shellcheck, and vagrant (Debian's, without its recommended libvirt stack) for
@@ -45,6 +47,9 @@ command -v mkfs.ext4 >/dev/null 2>&1 || need_apt+=(e2fsprogs)
 command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v losetup >/dev/null 2>&1 || need_apt+=(mount)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# tests/backup_age.rs: the reference age tool and OpenSSH keys, for encrypted archives.
+command -v age >/dev/null 2>&1 || need_apt+=(age)
+command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
 # vagrant recommends vagrant-libvirt, which pulls in libvirt and QEMU: not for a linter.
 need_apt_bare=()
 command -v vagrant >/dev/null 2>&1 || need_apt_bare+=(vagrant)
@@ -91,9 +96,14 @@ for v in "${ETCD_MATRIX[@]}"; do
   "$root/scripts/build-etcd.sh" "$v"
 done
 
+# kubeadm for the lab, built from k8s.io/kubernetes (scripts/build-k8s.sh): 1.37.2 lays out
+# the nodes, 1.35.4 those of an etcd older than 3.6 (about 15 minutes each, cold).
+for v in 1.37.2 1.35.4; do "$root/scripts/build-k8s.sh" kubeadm "$v"; done
+
 for v in "${ETCD_MATRIX[@]}"; do
   echo "etcd $v: $(etcd_dir "$v")/etcd ($("$(etcd_dir "$v")/etcd" --version 2>/dev/null | head -n1))"
 done
+echo "kubeadm:  $ETCDOPS_DEPS/kubernetes-{1.37.2,1.35.4}/kubeadm"
 echo "protoc:   $(command -v protoc) ($(protoc --version))"
 echo "b3sum:    $(command -v b3sum)"
 echo "vagrant:  $(command -v vagrant) ($(vagrant --version 2>/dev/null))"

@@ -707,6 +707,17 @@ pub struct BackupCreateArgs {
     /// zstd compression level (1 fastest .. 19 smallest).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub level: i32,
+
+    /// Encrypt the archive (age format, `….tar.zst.age`) to this public key: an age
+    /// recipient (age1…) or an SSH public key (`ssh-ed25519 …`, `ssh-rsa …`). Repeatable;
+    /// any one of the matching private keys opens it. The node needs no private key.
+    #[arg(long, value_name = "RECIPIENT")]
+    pub recipient: Vec<String>,
+
+    /// Encrypt to every recipient in FILE (one per line, `#` comments, as `age -R` reads).
+    /// Repeatable, and combines with --recipient.
+    #[arg(long, value_name = "FILE")]
+    pub recipients_file: Vec<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -721,7 +732,7 @@ pub enum BackupCommand {
 
 #[derive(Debug, Args)]
 pub struct BackupVerifyArgs {
-    /// The archive (etcd-backup-<node>-<time>.tar.zst).
+    /// The archive (etcd-backup-<node>-<time>.tar.zst, or .tar.zst.age when encrypted).
     pub file: PathBuf,
 
     /// Also restore the snapshot with etcd's own tool and run it on a free loopback port.
@@ -740,6 +751,12 @@ pub struct BackupVerifyArgs {
     /// Longest wait for the throwaway etcd to answer.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub restore_timeout: Duration,
+
+    /// The private key that opens an encrypted archive (`.tar.zst.age`): an age identity
+    /// file (age-keygen) or an unencrypted OpenSSH private key. Read only for encrypted
+    /// archives.
+    #[arg(long, value_name = "FILE", env = "ETCDOPS_IDENTITY")]
+    pub identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -785,7 +802,8 @@ pub struct RestoreApplyArgs {
 
 #[derive(Debug, Args)]
 pub struct RestorePlanArgs {
-    /// An etcdops backup archive (.tar.zst) or a snapshot file from `snapshot save`.
+    /// An etcdops backup archive (.tar.zst, or .tar.zst.age with --identity) or a snapshot
+    /// file from `snapshot save`.
     #[arg(long, value_name = "ARCHIVE|SNAPSHOT")]
     pub from: PathBuf,
 
@@ -803,6 +821,12 @@ pub struct RestorePlanArgs {
     /// Mark the bumped revision compacted (etcdutl >= 3.5.10); needs --bump-revision.
     #[arg(long)]
     pub mark_compacted: bool,
+
+    /// The private key that opens an encrypted archive (`.tar.zst.age`): an age identity
+    /// file (age-keygen) or an unencrypted OpenSSH private key. Read only for encrypted
+    /// archives.
+    #[arg(long, value_name = "FILE", env = "ETCDOPS_IDENTITY")]
+    pub identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -287,10 +287,11 @@ fn rolling_migration_playbook_on_a_lab_stops_at_a_failing_node_then_finishes() {
 }
 
 /// contrib/ansible/restore-etcd.yml on a real 3-node lab (3.6): first with an archive that
-/// does not exist — `restore plan` refuses on every node and the play stops before any
-/// node is touched (manifests and state dirs byte for byte); then with a real backup: every
-/// node restored at once, `health --cluster` healthy, the keys of the backup back and the
-/// keys written after it gone.
+/// does not exist, then with the real (age-encrypted) archive but no identity — each time
+/// `restore plan` refuses on every node and the play stops before any node is touched
+/// (manifests and state dirs byte for byte); then with the archive and
+/// `etcd_restore_identity`: every node restored at once, `health --cluster` healthy, the
+/// keys of the backup back and the keys written after it gone.
 #[test]
 fn whole_cluster_restore_playbook_on_a_lab() {
     let lab = Lab::up(Version::V36, 3);
@@ -298,9 +299,27 @@ fn whole_cluster_restore_playbook_on_a_lab() {
         let out = lab.etcdctl(&["put", &format!("ansible/{i:03}"), "before"]);
         assert!(out.status.success(), "{out:?}");
     }
-    let backup = lab.etcdops(1, &["-o", "json", "backup"], &[]);
+    // Encrypted to a key made by the reference tool; the private key is given to the play.
+    let key = lab.path().join("recovery.key");
+    let made = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let recipient = std::process::Command::new("age-keygen")
+        .arg("-y")
+        .arg(&key)
+        .output()
+        .unwrap();
+    let recipient = String::from_utf8(recipient.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let backup = lab.etcdops(1, &["-o", "json", "backup", "--recipient", &recipient], &[]);
     backup.code(0);
     let archive = backup.json()["archive"].as_str().unwrap().to_string();
+    assert!(archive.ends_with(".tar.zst.age"), "{archive}");
     for i in 0..5 {
         let out = lab.etcdctl(&["put", &format!("ansible/after/{i}"), "after"]);
         assert!(out.status.success(), "{out:?}");
@@ -331,36 +350,42 @@ fn whole_cluster_restore_playbook_on_a_lab() {
     };
     let before: Vec<_> = (1..=3).map(state).collect();
     let missing = lab.path().join("missing.tar.zst").display().to_string();
-    let refused = play_book(
-        &inv,
-        work.path(),
-        book,
-        &["-e", &format!("etcd_restore_from={missing}")],
-    );
-    assert_ne!(refused.code, 0, "{}", refused.dump(&lab));
-    assert!(
-        refused.stdout.contains("no such archive or snapshot file"),
-        "{}",
-        refused.dump(&lab)
-    );
-    assert!(
-        !refused.stdout.contains("etcdops restore apply"),
-        "{}",
-        refused.dump(&lab)
-    );
-    for n in 1..=3 {
-        assert_eq!(
-            state(n),
-            before[n - 1],
-            "node {n} changed by a refused play"
+    for (from, says) in [
+        (missing.as_str(), "no such archive or snapshot file"),
+        (archive.as_str(), "--identity"),
+    ] {
+        let refused = play_book(
+            &inv,
+            work.path(),
+            book,
+            &["-e", &format!("etcd_restore_from={from}")],
         );
+        assert_ne!(refused.code, 0, "{}", refused.dump(&lab));
+        assert!(refused.stdout.contains(says), "{}", refused.dump(&lab));
+        assert!(
+            !refused.stdout.contains("etcdops restore apply"),
+            "{}",
+            refused.dump(&lab)
+        );
+        for n in 1..=3 {
+            assert_eq!(
+                state(n),
+                before[n - 1],
+                "node {n} changed by a refused play"
+            );
+        }
     }
 
     let done = play_book(
         &inv,
         work.path(),
         book,
-        &["-e", &format!("etcd_restore_from={archive}")],
+        &[
+            "-e",
+            &format!("etcd_restore_from={archive}"),
+            "-e",
+            &format!("etcd_restore_identity={}", key.display()),
+        ],
     );
     assert_eq!(done.code, 0, "{}", done.dump(&lab));
     for n in 1..=3 {

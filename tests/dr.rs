@@ -82,7 +82,10 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 fn assert_clean(dir: &Path) {
     for n in names(dir) {
         assert!(
-            n.ends_with(".tar.zst") || n.ends_with(".verify.json") || n.ends_with(".tar.zst.orig"),
+            n.ends_with(".tar.zst")
+                || n.ends_with(".verify.json")
+                || n.ends_with(".meta.json")
+                || n.ends_with(".tar.zst.orig"),
             "left behind in {}: {n}",
             dir.display()
         );
@@ -522,7 +525,7 @@ fn restore_plan_and_tool(v: Version) {
     use etcdops::backup::tool::find_restore_tool;
     use etcdops::restore::plan::{plan_from_contents, read_archive, run_restore};
     let (lab, archive, report) = lab_with_archive(v);
-    let (contents, source) = read_archive(&archive).unwrap();
+    let (contents, source) = read_archive(&archive, None).unwrap();
     let plan = plan_from_contents(&lab.manifest(1), source, &contents).unwrap();
     assert_eq!(plan.name, "node1");
     assert_eq!(
@@ -553,12 +556,12 @@ fn restore_plan_and_tool(v: Version) {
     entry(&mut bad, "snapshot.db")[5000] ^= 1;
     let bad_path = lab.path().join("bad.tar.zst");
     write_entries(&bad_path, &bad);
-    let e = read_archive(&bad_path).unwrap_err();
+    let e = read_archive(&bad_path, None).unwrap_err();
     assert_eq!(e.exit_code(), 4, "{}", e.one_line());
     let other = lab.path().join("other.yaml");
     let text = fs::read_to_string(lab.manifest(1)).unwrap();
     fs::write(&other, text.replace("--name=node1", "--name=node9")).unwrap();
-    let (contents, source) = read_archive(&archive).unwrap();
+    let (contents, source) = read_archive(&archive, None).unwrap();
     let e = plan_from_contents(&other, source, &contents).unwrap_err();
     assert_eq!(e.exit_code(), 4);
     assert!(e.one_line().contains("node9"), "{}", e.one_line());

@@ -1,6 +1,7 @@
 //! The lab's kubelet stand-in behaves like kubelet where the migration depends on it:
 //! etcd survives the stand-in being stopped, a manifest change restarts etcd, a dotfile is
-//! ignored, a second etcd manifest is reported, and `down` stops only what `up` started.
+//! ignored, a second etcd manifest is reported, kubeadm's liveness probe restarts a member
+//! that stops answering, and `down` stops only what `up` started.
 
 mod common;
 
@@ -226,4 +227,88 @@ fn env_points_etcdops_at_a_node() {
     lab.etcdops(1, &["kubelet", "status"], &[]).code(4);
     lab.etcdops(1, &["kubelet", "start"], &[]).code(0);
     lab.lab(&["env", "--node", "2"]).code(2);
+}
+
+/// kubeadm's probes run as kubelet runs them: the startup probe (`/readyz`) passes first,
+/// then the liveness probe (`/livez` on the metrics port, from `--listen-metrics-urls`) that
+/// keeps failing restarts etcd after `failureThreshold` failures. The fault is real: etcd is
+/// SIGSTOPped, so it holds its ports and answers nothing. The manifest is kubeadm's with the
+/// probes' numbers made shorter (period and timeout 1 s, failureThreshold 3, a probe grace
+/// period of 1 s), which the stand-in reads from the manifest as kubelet does; kubeadm's own
+/// (8 failures, 10 s apart, 15 s timeouts, then 30 s of grace) would take minutes.
+#[test]
+fn failing_liveness_probe_restarts_etcd() {
+    let lab = Lab::up(Version::V36, 1);
+    let manifest = lab.manifest(1);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    for want in [
+        "path: /livez",
+        "path: /readyz",
+        "startupProbe:",
+        "port: probe-port",
+        "containerPort: 2381",
+    ] {
+        assert!(text.contains(want), "kubeadm wrote no {want}:\n{text}");
+    }
+    let mut pod: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let container = &mut pod["spec"]["containers"][0];
+    for (probe, fields) in [
+        (
+            "livenessProbe",
+            &[
+                ("initialDelaySeconds", 0),
+                ("periodSeconds", 1),
+                ("timeoutSeconds", 1),
+                ("failureThreshold", 3),
+                ("terminationGracePeriodSeconds", 1),
+            ][..],
+        ),
+        (
+            "startupProbe",
+            &[("initialDelaySeconds", 0), ("periodSeconds", 1)][..],
+        ),
+    ] {
+        for (k, v) in fields {
+            container[probe][*k] = serde_yaml::Value::from(*v);
+        }
+    }
+    let before = etcd_pid(&lab, 1).expect("etcd pid");
+    std::fs::write(&manifest, serde_yaml::to_string(&pod).unwrap()).unwrap();
+    wait_for("etcd to restart on the shorter probes", || {
+        etcd_pid(&lab, 1).is_some_and(|p| p != before && alive(p))
+    });
+    let pid = etcd_pid(&lab, 1).unwrap();
+    let log = || std::fs::read_to_string(lab.node_dir(1).join("kubelet.log")).unwrap_or_default();
+    wait_for("the startup probe to pass", || {
+        log().contains(&format!("etcd pid {pid}: startup probe succeeded"))
+    });
+    lab.etcdops(1, &["health"], &[]).code(0);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    etcdops::node::wait_until(
+        "the stand-in to restart the stopped etcd",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || Ok(etcd_pid(&lab, 1).is_some_and(|p| p != pid && alive(p))),
+    )
+    .unwrap();
+    let log = log();
+    assert!(
+        log.contains(&format!("etcd pid {pid}: liveness probe failed 3 times")),
+        "{log}"
+    );
+    // Killed (SIGKILL after the probe's grace period: a stopped process keeps SIGTERM
+    // pending), and the new member serves.
+    assert!(!alive(pid), "the stopped etcd still exists");
+    etcdops::node::wait_until(
+        "the restarted etcd to be healthy",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || Ok(lab.etcdops(1, &["health"], &[]).code == 0),
+    )
+    .unwrap();
 }

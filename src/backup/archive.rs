@@ -10,21 +10,28 @@
 //! replacing anything, and its dir fsynced; every other way out removes the `.part`, also
 //! when the future is dropped on Ctrl-C. Then it is read back and verified; only a verified
 //! archive lets `--keep` prune older ones.
+//!
+//! With recipients, the zstd stream goes through an age encryptor before the file
+//! (`….tar.zst.age`; `crypt`), on the same writer thread, so memory stays bounded the same
+//! way; the read-back opens it with this run's in-memory key. A sidecar `.<name>.meta.json`
+//! (0600) is written beside every archive for `backup list`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
+use super::crypt::{self, Encrypting, Ephemeral, Recipients};
 use super::pipe::PipeWriter;
 use super::{
-    CONTENTS_ENTRY, Contents, EntryInfo, FORMAT, KUBE_PREFIX, MemberInfo, SNAPSHOT_ENTRY, Sources,
-    archive_name,
+    CONTENTS_ENTRY, Contents, EntryInfo, FORMAT, KUBE_PREFIX, MemberInfo, Meta, SNAPSHOT_ENTRY,
+    Sources, archive_name, meta_path,
 };
 use crate::error::{Error, Result};
 use crate::etcd::client::{Endpoint, RpcError, within};
@@ -46,6 +53,8 @@ pub struct BackupOptions {
     pub idle_timeout: Duration,
     /// zstd level.
     pub level: i32,
+    /// Encrypt to these (age); `None` writes a plain `.tar.zst`.
+    pub recipients: Option<Arc<Recipients>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,6 +82,12 @@ pub struct BackupReport {
     pub verify_ms: u64,
     /// Older archives of this node removed by `--keep`.
     pub pruned: Vec<PathBuf>,
+    /// Encrypted to age recipients.
+    pub encrypted: bool,
+    /// The public keys it is encrypted to.
+    pub recipients: Vec<String>,
+    /// The sidecar `backup list` reads.
+    pub meta: PathBuf,
 }
 
 /// Check everything that can be checked before contacting etcd: the dir is a dir (or can be
@@ -175,6 +190,37 @@ impl Drop for PartGuard {
     }
 }
 
+/// The bytes under zstd: the file, or an age stream into the file.
+enum Sink {
+    Plain(BufWriter<File>),
+    Age(Encrypting<BufWriter<File>>),
+}
+
+impl Write for Sink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(data),
+            Sink::Age(w) => w.write(data),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Age(w) => w.flush(),
+        }
+    }
+}
+
+impl Sink {
+    /// The age stream's last chunk, then the file's buffer.
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(mut w) => w.flush(),
+            Sink::Age(w) => w.finish()?.flush(),
+        }
+    }
+}
+
 fn header(path: &str, size: u64, mode: u32, mtime: u64) -> Result<tar::Header> {
     let mut h = tar::Header::new_gnu();
     h.set_path(path)
@@ -195,7 +241,11 @@ pub async fn create(conn: &Connection, opts: &BackupOptions) -> Result<BackupRep
     let now = SystemTime::now();
     let smalls = collect(&opts.sources)?;
     prepare_dir(&opts.dir)?;
-    let name = archive_name(&opts.sources.node, &crate::manifest::atomic::timestamp(now));
+    let name = archive_name(
+        &opts.sources.node,
+        &crate::manifest::atomic::timestamp(now),
+        opts.recipients.is_some(),
+    );
     let file = opts.dir.join(&name);
     let what = format!("backup {}", file.display());
     if file.symlink_metadata().is_ok() {
@@ -257,11 +307,22 @@ pub async fn create(conn: &Connection, opts: &BackupOptions) -> Result<BackupRep
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     // zstd runs on a thread of its own (`pipe`), overlapping the stream and its digests.
-    let out = locked.try_clone().map_err(|e| Error::io("dup", &part, e))?;
-    let encoder =
-        zstd::stream::write::Encoder::new(BufWriter::with_capacity(1 << 20, out), opts.level)
-            .map_err(|e| Error::io("start zstd", &part, e))?;
-    let pipe = PipeWriter::spawn(encoder, |encoder| encoder.finish()?.flush())
+    let out = BufWriter::with_capacity(
+        1 << 20,
+        locked.try_clone().map_err(|e| Error::io("dup", &part, e))?,
+    );
+    // Made here, dropped when this function returns: the read-back's key (`crypt`).
+    let readback = opts.recipients.as_ref().map(|_| Ephemeral::new());
+    let sink = match &opts.recipients {
+        None => Sink::Plain(out),
+        Some(r) => Sink::Age(
+            crypt::encrypt(r, readback.as_ref(), out)
+                .map_err(|e| Error::io("start the encryption of", &part, e))?,
+        ),
+    };
+    let encoder = zstd::stream::write::Encoder::new(sink, opts.level)
+        .map_err(|e| Error::io("start zstd", &part, e))?;
+    let pipe = PipeWriter::spawn(encoder, |encoder| encoder.finish()?.finish())
         .map_err(|e| Error::io("start the writer thread for", &part, e))?;
     let mut tar = tar::Builder::new(pipe);
     let werr = |e: std::io::Error| Error::io("write", &part, e);
@@ -393,6 +454,33 @@ pub async fn create(conn: &Connection, opts: &BackupOptions) -> Result<BackupRep
         ));
     }
     guard.armed = false;
+    let size = fs::metadata(&file)
+        .map_err(|e| Error::io("stat", &file, e))?
+        .len();
+    let recipients = opts
+        .recipients
+        .as_ref()
+        .map(|r| r.described.clone())
+        .unwrap_or_default();
+    let meta = Meta {
+        format: FORMAT,
+        id: blake3[..16].to_string(),
+        node: opts.sources.node.clone(),
+        created: humantime::format_rfc3339_seconds(now).to_string(),
+        cluster_id: hex_id(status.cluster_id),
+        revision: status.revision,
+        etcd_version: status.version.clone(),
+        size,
+        encrypted: opts.recipients.is_some(),
+        recipients: recipients.clone(),
+    };
+    let meta_file = meta_path(&file);
+    crate::node::write_atomic(
+        &meta_file,
+        &serde_json::to_vec_pretty(&meta).expect("meta serializes"),
+        0o600,
+        None,
+    )?;
     File::open(&opts.dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("fsync", &opts.dir, e))?;
@@ -402,10 +490,12 @@ pub async fn create(conn: &Connection, opts: &BackupOptions) -> Result<BackupRep
     let verify_start = Instant::now();
     let check = {
         let file = file.clone();
-        tokio::task::spawn_blocking(move || super::verify::verify_and_stamp(&file))
+        let key = readback.as_ref().map(Ephemeral::identity);
+        tokio::task::spawn_blocking(move || super::verify::verify_and_stamp(&file, key.as_ref()))
             .await
             .map_err(|e| Error::failed(&what, format!("the verification task failed: {e}")))??
     };
+    drop(readback);
     let verify_ms = verify_start.elapsed().as_millis() as u64;
     let mut pruned = Vec::new();
     if check.ok
@@ -413,9 +503,6 @@ pub async fn create(conn: &Connection, opts: &BackupOptions) -> Result<BackupRep
     {
         pruned = super::prune::prune(&opts.dir, &opts.sources.node, keep, &file)?;
     }
-    let size = fs::metadata(&file)
-        .map_err(|e| Error::io("stat", &file, e))?
-        .len();
     Ok(BackupReport {
         ok: check.ok,
         archive: file,
@@ -436,5 +523,8 @@ pub async fn create(conn: &Connection, opts: &BackupOptions) -> Result<BackupRep
         problems: check.problems,
         verify_ms,
         pruned,
+        encrypted: meta.encrypted,
+        recipients,
+        meta: meta_file,
     })
 }

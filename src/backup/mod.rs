@@ -12,8 +12,14 @@
 //! `.<archive>.verify.json` beside the archive so that `list` can say "verified" without
 //! reading every archive again; the stamp is only believed while the archive's size and
 //! mtime are what the stamp recorded.
+//!
+//! An archive may be encrypted to age recipients (`crypt`): `….tar.zst.age`, the same tar.zst
+//! inside an age stream. Its listing then comes from a sidecar written with it,
+//! `.<archive>.meta.json` (time, revision, size, recipients' public keys: nothing secret), so
+//! that `backup list` needs no private key.
 
 pub mod archive;
+pub mod crypt;
 pub mod pipe;
 pub mod prune;
 pub mod tool;
@@ -183,14 +189,26 @@ pub fn archive_prefix(node: &str) -> String {
     format!("etcd-backup-{node}-")
 }
 
-/// `etcd-backup-<node>-<time>.tar.zst`.
-pub fn archive_name(node: &str, time: &str) -> String {
-    format!("{}{time}.tar.zst", archive_prefix(node))
+/// `etcd-backup-<node>-<time>.tar.zst`, with `.age` when encrypted.
+pub fn archive_name(node: &str, time: &str, encrypted: bool) -> String {
+    let age = if encrypted { crypt::AGE_SUFFIX } else { "" };
+    format!("{}{time}.tar.zst{age}", archive_prefix(node))
 }
 
-/// Whether a file name is one of our archives.
+/// The part of an archive's name before `.tar.zst` or `.tar.zst.age`.
+pub fn archive_stem(name: &str) -> Option<&str> {
+    name.strip_suffix(".tar.zst")
+        .or_else(|| name.strip_suffix(".tar.zst.age"))
+}
+
+/// Whether a file name is one of our archives (encrypted or not).
 pub fn is_archive_name(name: &str) -> bool {
-    name.starts_with("etcd-backup-") && name.ends_with(".tar.zst")
+    name.starts_with("etcd-backup-") && archive_stem(name).is_some()
+}
+
+/// Whether a file name is one of our encrypted archives.
+pub fn is_encrypted_name(name: &str) -> bool {
+    is_archive_name(name) && name.ends_with(crypt::AGE_SUFFIX)
 }
 
 /// The default archive dir: `<state-dir>/backups`.
@@ -202,6 +220,36 @@ pub fn default_dir(state_dir: &Path) -> PathBuf {
 pub fn stamp_path(archive: &Path) -> PathBuf {
     let name = archive.file_name().unwrap_or_default().to_string_lossy();
     archive.with_file_name(format!(".{name}.verify.json"))
+}
+
+/// The sidecar beside an archive: `.<name>.meta.json`.
+pub fn meta_path(archive: &Path) -> PathBuf {
+    let name = archive.file_name().unwrap_or_default().to_string_lossy();
+    archive.with_file_name(format!(".{name}.meta.json"))
+}
+
+/// What `backup list` shows of an archive without opening it, written with the archive. It
+/// carries nothing secret: no key, no cluster data beyond ids and the revision.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Meta {
+    pub format: u32,
+    pub id: String,
+    pub node: String,
+    pub created: String,
+    pub cluster_id: String,
+    pub revision: i64,
+    pub etcd_version: String,
+    /// Archive bytes on disk when written.
+    pub size: u64,
+    pub encrypted: bool,
+    /// The public keys it is encrypted to, as given (empty when not encrypted).
+    pub recipients: Vec<String>,
+}
+
+/// The sidecar of an archive, if there is one that parses.
+pub fn read_meta(archive: &Path) -> Option<Meta> {
+    let text = std::fs::read_to_string(meta_path(archive)).ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 /// What the last verification of an archive found, kept beside it.
@@ -242,8 +290,16 @@ mod tests {
 
     #[test]
     fn names_sort_by_time_and_are_recognised() {
-        let a = archive_name("node1", "20261130T101500Z");
-        let b = archive_name("node1", "20261130T111500Z");
+        let a = archive_name("node1", "20261130T101500Z", false);
+        let b = archive_name("node1", "20261130T111500Z", false);
+        let e = archive_name("node1", "20261130T111500Z", true);
+        assert_eq!(e, "etcd-backup-node1-20261130T111500Z.tar.zst.age");
+        assert!(is_archive_name(&e) && is_encrypted_name(&e) && !is_encrypted_name(&a));
+        assert!(!is_archive_name("etcd-backup-node1-1.tar.zst.age.part"));
+        assert_eq!(
+            meta_path(Path::new("/b/etcd-backup-n-1.tar.zst.age")),
+            PathBuf::from("/b/.etcd-backup-n-1.tar.zst.age.meta.json")
+        );
         assert_eq!(a, "etcd-backup-node1-20261130T101500Z.tar.zst");
         assert!(a < b && is_archive_name(&a) && !is_archive_name("x.tar.zst"));
         assert!(a.starts_with(&archive_prefix("node1")));

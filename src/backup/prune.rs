@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{archive_prefix, current_stamp, is_archive_name, stamp_path};
+use super::{
+    archive_prefix, archive_stem, current_stamp, is_archive_name, meta_path, read_meta, stamp_path,
+};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Serialize)]
@@ -21,6 +23,8 @@ pub struct Listed {
     /// `true` / `false` from a stamp that still matches the archive; `null` when it was never
     /// verified (or changed since).
     pub verified: Option<bool>,
+    /// Encrypted to age recipients (`.tar.zst.age`).
+    pub encrypted: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -29,16 +33,17 @@ pub struct ListReport {
     pub archives: Vec<Listed>,
 }
 
-/// The time part of one of `node`'s archive names: `<prefix><16-char time>.tar.zst`.
+/// The time part of one of `node`'s archive names: `<prefix><16-char time>.tar.zst[.age]`.
 fn time_of<'a>(name: &'a str, node: &str) -> Option<&'a str> {
     let rest = name.strip_prefix(&archive_prefix(node))?;
-    let time = rest.strip_suffix(".tar.zst")?;
+    let time = archive_stem(rest)?;
     let b = time.as_bytes();
     (b.len() == 16 && b[8] == b'T' && b[15] == b'Z').then_some(time)
 }
 
-/// List every archive in `dir`, oldest first (by name: node, then time). An archive without
-/// a current stamp is read once for its contents.
+/// List every archive in `dir`, oldest first (by name: node, then time). Time and revision
+/// come from the stamp, else the sidecar; a plain archive with neither is read once for its
+/// contents. An encrypted archive is never opened: listing needs no private key.
 pub fn list(dir: &Path) -> Result<ListReport> {
     if !dir.is_dir() {
         return Err(Error::input(dir, "no such backup dir"));
@@ -58,16 +63,21 @@ pub fn list(dir: &Path) -> Result<ListReport> {
         let size = fs::metadata(&path)
             .map_err(|e| Error::io("stat", &path, e))?
             .len();
-        let (node, created, revision, verified) = match current_stamp(&path) {
-            Some(s) => (None, s.created, s.revision, Some(s.ok)),
-            None => match super::verify::read_contents(&path) {
-                Ok(Some(c)) => (Some(c.node), Some(c.created), Some(c.revision), None),
-                _ => (None, None, None, None),
+        let encrypted = super::is_encrypted_name(&name);
+        let stamp = current_stamp(&path);
+        let verified = stamp.as_ref().map(|s| s.ok);
+        let (node, created, revision) = match (stamp, read_meta(&path)) {
+            (_, Some(m)) => (Some(m.node), Some(m.created), Some(m.revision)),
+            (Some(s), None) => (None, s.created, s.revision),
+            (None, None) if !encrypted => match super::verify::read_contents(&path, None) {
+                Ok(Some(c)) => (Some(c.node), Some(c.created), Some(c.revision)),
+                _ => (None, None, None),
             },
+            (None, None) => (None, None, None),
         };
         let node = node.or_else(|| {
             name.strip_prefix("etcd-backup-")
-                .and_then(|r| r.strip_suffix(".tar.zst"))
+                .and_then(archive_stem)
                 .and_then(|r| r.rsplit_once('-'))
                 .map(|(n, _)| n.to_string())
         });
@@ -78,6 +88,7 @@ pub fn list(dir: &Path) -> Result<ListReport> {
             revision,
             size,
             verified,
+            encrypted,
         });
     }
     Ok(ListReport {
@@ -112,6 +123,7 @@ pub fn prune(dir: &Path, node: &str, keep: usize, newest: &Path) -> Result<Vec<P
     for (_, path) in others.into_iter().skip(keep - 1) {
         fs::remove_file(&path).map_err(|e| Error::io("remove old archive", &path, e))?;
         let _ = fs::remove_file(stamp_path(&path));
+        let _ = fs::remove_file(meta_path(&path));
         removed.push(path);
     }
     if !removed.is_empty() {
@@ -146,6 +158,14 @@ mod tests {
         assert_eq!(removed, vec![a.clone(), b.clone()]);
         assert!(new.exists() && c.exists() && other.exists() && foreign.exists());
         assert!(!stamp_path(&a).exists());
+        // Encrypted archives are the node's archives too, sidecar and all.
+        let enc = mk("etcd-backup-n1-20261130T130000Z.tar.zst.age");
+        fs::write(meta_path(&enc), "{}").unwrap();
+        assert_eq!(prune(d.path(), "n1", 2, &new).unwrap(), vec![c.clone()]);
+        assert!(enc.exists());
+        assert_eq!(prune(d.path(), "n1", 1, &new).unwrap(), vec![enc.clone()]);
+        assert!(!meta_path(&enc).exists());
+        mk("etcd-backup-n1-20261130T120000Z.tar.zst");
         assert_eq!(prune(d.path(), "n1", 1, &new).unwrap(), vec![c]);
         assert!(new.exists());
         assert_eq!(prune(d.path(), "n1", 0, &new).unwrap_err().exit_code(), 2);
@@ -162,5 +182,9 @@ mod tests {
             None
         );
         assert_eq!(time_of("etcd-backup-n1-junk.tar.zst", "n1"), None);
+        assert_eq!(
+            time_of("etcd-backup-n1-20261130T100000Z.tar.zst.age", "n1"),
+            Some("20261130T100000Z")
+        );
     }
 }

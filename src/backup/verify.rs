@@ -14,10 +14,12 @@ use std::io::{Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use super::crypt::{self, Identity};
 use super::tool::{EtcdBinaries, ToolKind};
 use super::{CONTENTS_ENTRY, Contents, FORMAT, SNAPSHOT_ENTRY, Stamp, size_mtime, stamp_path};
 use crate::error::{Error, Result};
@@ -68,10 +70,17 @@ struct Read1 {
     entries: usize,
 }
 
-/// Open an archive; a missing file, a directory or a file that is not zstd is bad input
-/// (exit 2), everything found inside is a verification problem (exit 1).
-fn open(archive: &Path) -> Result<File> {
-    let mut f = match File::open(archive) {
+/// How an archive is stored: a plain tar.zst, or that inside an age stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Plain,
+    Age,
+}
+
+/// Open an archive; a missing file, a directory or a file that is neither zstd nor age is
+/// bad input (exit 2), everything found inside is a verification problem (exit 1).
+fn open(archive: &Path) -> Result<(File, Format)> {
+    let f = match File::open(archive) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::input(archive, "no such file"));
@@ -85,30 +94,65 @@ fn open(archive: &Path) -> Result<File> {
             "is a directory, not a backup archive",
         ));
     }
-    let mut magic = [0u8; 4];
-    let n = f
-        .read(&mut magic)
-        .map_err(|e| Error::io("read", archive, e))?;
-    if n < 4 || magic != ZSTD_MAGIC {
+    drop(f);
+    let head = crypt::head(archive).map_err(|e| Error::io("read", archive, e))?;
+    let format = if head.starts_with(&ZSTD_MAGIC) {
+        Format::Plain
+    } else if crypt::is_age(&head) {
+        Format::Age
+    } else {
         return Err(Error::input(
             archive,
-            "not a backup archive (no zstd frame at its start)",
+            "not a backup archive (neither a zstd frame nor an age header at its start)",
         ));
-    }
-    drop(f);
-    File::open(archive).map_err(|e| Error::io("open", archive, e))
+    };
+    let f = File::open(archive).map_err(|e| Error::io("open", archive, e))?;
+    Ok((f, format))
 }
 
-/// Refuse what is not an archive at all (exit 2) before anything else is looked up.
-pub fn check_input(archive: &Path) -> Result<()> {
-    open(archive).map(drop)
+/// The archive's bytes as a tar.zst stream: the file itself, or its age stream decrypted
+/// with `identity` (exit 2 when that cannot open it, before anything is read further).
+fn plain_stream(archive: &Path, identity: Option<&Identity>) -> Result<Box<dyn Read + Send>> {
+    let (file, format) = open(archive)?;
+    Ok(match format {
+        Format::Plain => Box::new(file),
+        Format::Age => Box::new(crypt::decrypt(
+            archive,
+            identity,
+            std::io::BufReader::with_capacity(1 << 16, file),
+        )?),
+    })
+}
+
+/// Refuse what is not an archive at all, and an encrypted archive that `identity` does not
+/// open (exit 2), before anything else is looked up.
+pub fn check_input(archive: &Path, identity: Option<&Identity>) -> Result<()> {
+    plain_stream(archive, identity).map(drop)
+}
+
+/// The identity that opens `archive`, read only when the archive is encrypted: a plain
+/// archive needs none, whatever `--identity` or `ETCDOPS_IDENTITY` says.
+pub fn identity_for(archive: &Path, identity: Option<&Path>) -> Result<Option<Identity>> {
+    match identity {
+        Some(path) if is_encrypted(archive) => Identity::load(path).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Whether the archive is encrypted (age).
+pub fn is_encrypted(archive: &Path) -> bool {
+    matches!(open(archive), Ok((_, Format::Age)))
 }
 
 /// Hash every entry; write the snapshot to `extract` on the way when asked.
-fn read_archive(archive: &Path, extract: Option<&Path>) -> Result<Read1> {
-    let file = open(archive)?;
+fn read_archive(
+    archive: &Path,
+    identity: Option<&Identity>,
+    extract: Option<&Path>,
+) -> Result<Read1> {
+    let source = plain_stream(archive, identity)?;
     let decoder =
-        zstd::stream::read::Decoder::new(file).map_err(|e| Error::io("read", archive, e))?;
+        zstd::stream::read::Decoder::new(source).map_err(|e| Error::io("read", archive, e))?;
     // Decompression on a thread of its own, overlapping the digests below.
     let decoded = super::pipe::PipeReader::spawn(decoder)
         .map_err(|e| Error::io("start the reader thread for", archive, e))?;
@@ -256,9 +300,9 @@ fn read_archive(archive: &Path, extract: Option<&Path>) -> Result<Read1> {
 }
 
 /// Verify an archive without a trial restore and record the verdict beside it.
-pub fn verify_and_stamp(archive: &Path) -> Result<VerifyReport> {
+pub fn verify_and_stamp(archive: &Path, identity: Option<&Identity>) -> Result<VerifyReport> {
     let start = Instant::now();
-    let read = read_archive(archive, None)?;
+    let read = read_archive(archive, identity, None)?;
     Ok(finish(archive, read, None, start))
 }
 
@@ -309,21 +353,24 @@ fn finish(
 }
 
 /// `contents.json` of an archive (one full read: it is the last entry).
-pub fn read_contents(archive: &Path) -> Result<Option<Contents>> {
-    Ok(read_archive(archive, None)?.contents)
+pub fn read_contents(archive: &Path, identity: Option<&Identity>) -> Result<Option<Contents>> {
+    Ok(read_archive(archive, identity, None)?.contents)
 }
 
 /// Check an archive without leaving a stamp (for callers that must change nothing):
 /// its contents when readable, and every problem found.
-pub fn check(archive: &Path) -> Result<(Option<Contents>, Vec<String>)> {
-    let read = read_archive(archive, None)?;
+pub fn check(
+    archive: &Path,
+    identity: Option<&Identity>,
+) -> Result<(Option<Contents>, Vec<String>)> {
+    let read = read_archive(archive, identity, None)?;
     Ok((read.contents, read.problems))
 }
 
 /// Write an archive's snapshot to `dest` while verifying the whole archive; refuse (exit 4)
 /// when a sum or the trailer fails, and leave no `dest` behind then.
-pub fn extract_snapshot(archive: &Path, dest: &Path) -> Result<()> {
-    let read = read_archive(archive, Some(dest))?;
+pub fn extract_snapshot(archive: &Path, identity: Option<&Identity>, dest: &Path) -> Result<()> {
+    let read = read_archive(archive, identity, Some(dest))?;
     if !read.problems.is_empty() || !dest.is_file() {
         let _ = std::fs::remove_file(dest);
         return Err(Error::refused(
@@ -338,13 +385,10 @@ pub fn extract_snapshot(archive: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether a file starts like an archive (a zstd frame), as opposed to a bare snapshot.
+/// Whether a file starts like an archive (a zstd frame or an age header), as opposed to a
+/// bare snapshot.
 pub fn looks_like_archive(path: &Path) -> bool {
-    let mut magic = [0u8; 4];
-    File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && magic == ZSTD_MAGIC
+    crypt::head(path).is_ok_and(|h| h.starts_with(&ZSTD_MAGIC) || crypt::is_age(&h))
 }
 
 /// Options of the trial restore.
@@ -380,16 +424,22 @@ fn kill_group(pgid: i32) {
 }
 
 /// Verify an archive and, when `restore` is given, trial-restore it; stamp the verdict.
-pub async fn verify(archive: &Path, restore: Option<&RestoreTestOptions>) -> Result<VerifyReport> {
+pub async fn verify(
+    archive: &Path,
+    identity: Option<Arc<Identity>>,
+    restore: Option<&RestoreTestOptions>,
+) -> Result<VerifyReport> {
     let start = Instant::now();
     let Some(opts) = restore else {
         let archive = archive.to_path_buf();
-        return tokio::task::spawn_blocking(move || verify_and_stamp(&archive))
-            .await
-            .map_err(|e| Error::failed("backup verify", e.to_string()))?;
+        return tokio::task::spawn_blocking(move || {
+            verify_and_stamp(&archive, identity.as_deref())
+        })
+        .await
+        .map_err(|e| Error::failed("backup verify", e.to_string()))?;
     };
     // Check the input before making anything.
-    drop(open(archive)?);
+    check_input(archive, identity.as_deref())?;
     let parent = match archive.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -413,9 +463,11 @@ pub async fn verify(archive: &Path, restore: Option<&RestoreTestOptions>) -> Res
     let read = {
         let archive = archive.to_path_buf();
         let snap = snap.clone();
-        tokio::task::spawn_blocking(move || read_archive(&archive, Some(&snap)))
-            .await
-            .map_err(|e| Error::failed("backup verify", e.to_string()))??
+        tokio::task::spawn_blocking(move || {
+            read_archive(&archive, identity.as_deref(), Some(&snap))
+        })
+        .await
+        .map_err(|e| Error::failed("backup verify", e.to_string()))??
     };
     // Only an archive whose sums hold is worth restoring.
     let contents = match (&read.contents, read.problems.is_empty()) {

@@ -9,8 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use etcdops::error::{Error, Result};
 use etcdops::etcd::connect::Given;
 use etcdops::etcd::health::{self, HealthOptions};
+use etcdops::lab::kubeadm::{self, Kubeadm, NodeConfig};
 use etcdops::lab::systemd::{self, Disk};
-use etcdops::lab::{Lab, LabConfig, kubelet, pki::Authority, podspec, real, shell_quote};
+use etcdops::lab::{Lab, LabConfig, kubelet, real, shell_quote};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,9 +49,15 @@ enum Cmd {
         /// How many nodes (control-plane members).
         #[arg(long, default_value_t = 3)]
         nodes: usize,
-        /// The etcd binary to run for the manifests' `etcd` command [default: etcd on PATH].
-        #[arg(long)]
-        etcd: Option<PathBuf>,
+        /// The etcd under test: a binary, or a release that scripts/build-etcd.sh built
+        /// (e.g. 3.6.17) [default: etcd on PATH]. The manifests name its image tag.
+        #[arg(long, value_name = "PATH|VERSION")]
+        etcd: Option<String>,
+        /// The kubeadm that writes each node's PKI and etcd.yaml: a release that
+        /// scripts/build-k8s.sh built, or a kubeadm binary [default: 1.37.2; 1.35.4 for an
+        /// etcd older than 3.6, whose flags 1.37 no longer writes].
+        #[arg(long, value_name = "VERSION|PATH")]
+        kubeadm: Option<String>,
         /// Node I listens on <prefix>.<10+I>, e.g. 127.0.0.11.
         #[arg(long, default_value = "127.0.0")]
         ip_prefix: String,
@@ -152,6 +159,7 @@ fn run(cli: Cli) -> Result<i32> {
             dir,
             nodes,
             etcd,
+            kubeadm,
             ip_prefix,
             timeout,
             systemd,
@@ -161,6 +169,7 @@ fn run(cli: Cli) -> Result<i32> {
             dir.dir,
             nodes,
             etcd,
+            kubeadm.as_deref(),
             ip_prefix,
             timeout,
             systemd.then_some(disk),
@@ -264,7 +273,8 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 fn up(
     dir: PathBuf,
     nodes: usize,
-    etcd: Option<PathBuf>,
+    etcd: Option<String>,
+    kubeadm_spec: Option<&str>,
     ip_prefix: String,
     timeout: Duration,
     systemd_disk: Option<Disk>,
@@ -281,12 +291,28 @@ fn up(
         )));
     }
     let etcd = match etcd {
-        Some(p) => p,
+        Some(spec)
+            if spec.split('.').count() == 3
+                && spec.split('.').all(|p| p.parse::<u32>().is_ok()) =>
+        {
+            let bin = kubeadm::built_etcd(&spec);
+            if !bin.is_file() {
+                return Err(Error::Usage(format!(
+                    "--etcd {spec}: {} is missing; build it with scripts/build-etcd.sh {spec}",
+                    bin.display()
+                )));
+            }
+            bin
+        }
+        Some(p) => PathBuf::from(p),
         None => find_on_path("etcd")
-            .ok_or_else(|| Error::Usage("no etcd on PATH: pass --etcd BIN".into()))?,
+            .ok_or_else(|| Error::Usage("no etcd on PATH: pass --etcd BIN|VERSION".into()))?,
     };
     let etcd = std::fs::canonicalize(&etcd)
         .map_err(|e| Error::input(&etcd, format!("etcd binary: {e}")))?;
+    let etcd_version = kubeadm::etcd_version(&etcd)?;
+    let kubeadm =
+        Kubeadm::resolve(kubeadm_spec.unwrap_or_else(|| kubeadm::default_for_etcd(&etcd_version)))?;
     if Lab::config_path(&dir).exists() {
         let lab = Lab::open(&dir)?;
         let busy = (1..=lab.config.nodes).any(|n| {
@@ -312,7 +338,7 @@ fn up(
     let real = if real_kubelet {
         let deps = std::env::var_os("ETCDOPS_DEPS")
             .map_or_else(|| PathBuf::from("/var/cache/etcdops-deps"), PathBuf::from);
-        Some(real::Stack::find(&deps, &real::etcd_version(&etcd)?)?)
+        Some(real::Stack::find(&deps, &etcd_version)?)
     } else {
         None
     };
@@ -322,6 +348,9 @@ fn up(
             nodes,
             ip_prefix,
             etcd,
+            etcd_version,
+            kubeadm: kubeadm.bin.clone(),
+            kubeadm_version: kubeadm.version.clone(),
             lab_bin,
             systemd: systemd_disk.is_some(),
             disk: systemd_disk.unwrap_or_default(),
@@ -346,16 +375,21 @@ fn up(
             }
         }
     }
-    let ca = Authority::new("etcd-ca")?;
+    // kubeadm lays out every node: its config, its PKI; node 1 gets the manifest of
+    // `kubeadm init`, the others theirs when they join (`start_nodes`).
+    let tag = kubeadm::image_tag(&lab.config.etcd_version);
+    let configs: Vec<NodeConfig> = (1..=nodes)
+        .map(|n| NodeConfig::for_node(&lab, n, &kubeadm.version, &tag))
+        .collect();
+    kubeadm::write_pki(&kubeadm, &lab, &configs)?;
     for n in 1..=nodes {
-        ca.write_node(&lab.pki_dir(n), &lab.node_name(n), &[lab.ip(n).into()])?;
         for d in [lab.manifests_dir(n), lab.state_dir(n)] {
             std::fs::create_dir_all(&d).map_err(|e| Error::io("create", &d, e))?;
         }
-        let manifest = lab.manifest(n);
-        std::fs::write(&manifest, podspec::etcd_manifest(&lab, n))
-            .map_err(|e| Error::io("write", &manifest, e))?;
     }
+    let manifest = lab.manifest(1);
+    std::fs::write(&manifest, kubeadm::init_manifest(&kubeadm, &lab, 1)?)
+        .map_err(|e| Error::io("write", &manifest, e))?;
     // Written before any disk or container exists, so that `down` finds the lab and its
     // record whatever happens next.
     let cfg = Lab::config_path(&dir);
@@ -365,7 +399,7 @@ fn up(
     )
     .map_err(|e| Error::io("write", &cfg, e))?;
     let disk = lab.config.disk;
-    if let Err(e) = start_nodes(&lab, timeout) {
+    if let Err(e) = start_nodes(&lab, &kubeadm, timeout) {
         if lab.config.real.is_some() {
             let undo = down_real(&lab).err().map_or(String::new(), |d| {
                 format!(
@@ -414,7 +448,9 @@ fn up(
         String::new()
     };
     println!(
-        "lab up: {nodes} node(s){mode} in {} after {:.1}s; `etcdops-lab env --dir {} --node 1` points etcdops at node 1",
+        "lab up: {nodes} node(s){mode}, etcd {} laid out by kubeadm {}, in {} after {:.1}s; `etcdops-lab env --dir {} --node 1` points etcdops at node 1",
+        lab.config.etcd_version,
+        lab.config.kubeadm_version,
         dir.display(),
         started.elapsed().as_secs_f64(),
         shell_quote(&dir.to_string_lossy())
@@ -422,8 +458,9 @@ fn up(
     Ok(())
 }
 
-/// Disks, containers or stand-ins, then a healthy cluster.
-fn start_nodes(lab: &Lab, timeout: Duration) -> Result<()> {
+/// Disks, containers or stand-ins; node 1 alone, then each other node joins as `kubeadm
+/// join --control-plane` makes it: added as a learner, its manifest written, promoted.
+fn start_nodes(lab: &Lab, kubeadm: &Kubeadm, timeout: Duration) -> Result<()> {
     for n in 1..=lab.config.nodes {
         if lab.config.systemd {
             systemd::prepare_disks(lab, n, lab.config.disk)?;
@@ -450,10 +487,86 @@ fn start_nodes(lab: &Lab, timeout: Duration) -> Result<()> {
             kubelet::start(lab, n)?;
         }
     }
-    wait_healthy(lab, timeout)
+    wait_healthy(lab, timeout, 1)?;
+    for n in 2..=lab.config.nodes {
+        join(lab, kubeadm, n, timeout)?;
+        wait_healthy(lab, timeout, n)?;
+    }
+    Ok(())
 }
 
-fn wait_healthy(lab: &Lab, timeout: Duration) -> Result<()> {
+/// What `kubeadm join --control-plane` does for etcd on node `n`: add the member as a learner
+/// (`MemberAddAsLearner`), write its manifest (`kubeadm::join_manifest`), promote it once it
+/// has caught up.
+fn join(lab: &Lab, kubeadm: &Kubeadm, n: usize, timeout: Duration) -> Result<()> {
+    use etcdops::etcd::member::{self, Promote, Reconfig};
+    let conn = Given {
+        manifest: Some(lab.manifest(1)),
+        dial_timeout: Duration::from_secs(2),
+        command_timeout: Duration::from_secs(5),
+        ..Default::default()
+    }
+    .resolve()?;
+    let urls: Vec<String> = (1..n).map(|i| lab.client_url(i)).collect();
+    let peer = lab.peer_url(n);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::failed("start the async runtime", e.to_string()))?;
+    let start = Instant::now();
+    let waited = |what: &str, why: &str| {
+        Error::failed(
+            format!("join node{n} to the lab cluster"),
+            format!(
+                "node{n} not healthy: {what} not done after {}: {why}; see {}/node*/etcd.log",
+                humantime::format_duration(timeout),
+                lab.dir.display()
+            ),
+        )
+    };
+    let id = loop {
+        match rt.block_on(member::add_learner_via(&conn, &urls, &peer))? {
+            Reconfig::Done(id) => break id,
+            Reconfig::NotYet(why) if start.elapsed() > timeout => {
+                return Err(waited("member add --learner", &why));
+            }
+            Reconfig::NotYet(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    };
+    let members: Vec<(String, String)> = rt
+        .block_on(member::list_via(&conn, &urls))?
+        .into_iter()
+        .map(|m| {
+            let url = m.peer_urls.first().cloned().unwrap_or_default();
+            let name = if m.id == id {
+                lab.node_name(n)
+            } else if m.name.is_empty() {
+                format!("{:x}", m.id)
+            } else {
+                m.name
+            };
+            (name, url)
+        })
+        .collect();
+    let text = kubeadm::join_manifest(&kubeadm::init_manifest(kubeadm, lab, n)?, &members)?;
+    // Written beside and renamed: the stand-in ignores dotfiles and never reads half a file.
+    let tmp = lab.manifests_dir(n).join(".etcd.yaml.join");
+    std::fs::write(&tmp, text).map_err(|e| Error::io("write", &tmp, e))?;
+    let manifest = lab.manifest(n);
+    std::fs::rename(&tmp, &manifest).map_err(|e| Error::io("rename", &manifest, e))?;
+    loop {
+        match rt.block_on(member::promote_via(&conn, &urls, id))? {
+            Promote::Voter => return Ok(()),
+            Promote::NotReady(why) if start.elapsed() > timeout => {
+                return Err(waited("member promote", &why));
+            }
+            Promote::NotReady(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    }
+}
+
+/// Wait until the cluster has `members` members, all healthy.
+fn wait_healthy(lab: &Lab, timeout: Duration, members: usize) -> Result<()> {
     let given = Given {
         manifest: Some(lab.manifest(1)),
         dial_timeout: Duration::from_secs(2),
@@ -472,7 +585,7 @@ fn wait_healthy(lab: &Lab, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     loop {
         let report = rt.block_on(health::check(&conn, &opts));
-        if report.healthy && report.endpoints.len() == lab.config.nodes {
+        if report.healthy && report.endpoints.len() == members {
             return Ok(());
         }
         if start.elapsed() > timeout {

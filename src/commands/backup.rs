@@ -4,10 +4,12 @@
 //! the running future, whose guards remove the `.part`, the work dir and every process.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::backup::archive::{self, BackupOptions, BackupReport};
+use crate::backup::crypt::Recipients;
 use crate::backup::prune::{self, ListReport};
 use crate::backup::tool;
 use crate::backup::verify::{self, RestoreTestOptions, VerifyReport};
@@ -26,12 +28,14 @@ pub fn exec(global: &GlobalArgs, args: BackupArgs) -> Result<()> {
             let given = super::given(global);
             let sources = Sources::from_manifest(&given.manifest_path())?;
             let conn = given.resolve()?;
+            let recipients = Recipients::parse(&c.recipient, &c.recipients_file)?;
             let opts = BackupOptions {
                 sources,
                 dir: dir_or_default(c.dir),
                 keep: c.keep.map(|k| k as usize),
                 idle_timeout: c.idle_timeout,
                 level: c.level,
+                recipients: recipients.map(Arc::new),
             };
             let report = interruptible("backup", archive::create(&conn, &opts))?;
             output::print(format, &report);
@@ -48,7 +52,8 @@ pub fn exec(global: &GlobalArgs, args: BackupArgs) -> Result<()> {
             }
         }
         Some(BackupCommand::Verify(v)) => {
-            verify::check_input(&v.file)?;
+            let identity = verify::identity_for(&v.file, v.identity.as_deref())?;
+            verify::check_input(&v.file, identity.as_ref())?;
             let restore = if v.restore_test {
                 let path = std::env::var_os("PATH");
                 let manifest = super::given(global).manifest_path();
@@ -66,7 +71,10 @@ pub fn exec(global: &GlobalArgs, args: BackupArgs) -> Result<()> {
             } else {
                 None
             };
-            let report = interruptible("backup verify", verify::verify(&v.file, restore.as_ref()))?;
+            let report = interruptible(
+                "backup verify",
+                verify::verify(&v.file, identity.map(Arc::new), restore.as_ref()),
+            )?;
             output::print(format, &report);
             if report.ok {
                 Ok(())
@@ -132,6 +140,12 @@ impl Render for BackupReport {
         for p in &self.problems {
             out.push_str(&format!("problem: {p}\n"));
         }
+        if self.encrypted {
+            out.push_str(&format!(
+                "encrypted (age) to {}\n",
+                self.recipients.join(", ")
+            ));
+        }
         for p in &self.pruned {
             out.push_str(&format!("pruned {}\n", p.display()));
         }
@@ -180,7 +194,15 @@ impl Render for ListReport {
         if self.archives.is_empty() {
             return format!("no archives in {}\n", self.dir.display());
         }
-        let mut t = Table::new(["ARCHIVE", "NODE", "CREATED", "REVISION", "SIZE", "VERIFIED"]);
+        let mut t = Table::new([
+            "ARCHIVE",
+            "NODE",
+            "CREATED",
+            "REVISION",
+            "SIZE",
+            "VERIFIED",
+            "ENCRYPTED",
+        ]);
         for a in &self.archives {
             t.row([
                 a.archive
@@ -196,6 +218,7 @@ impl Render for ListReport {
                     Some(false) => "FAILED".into(),
                     None => "no".into(),
                 },
+                if a.encrypted { "yes" } else { "no" }.into(),
             ]);
         }
         t.render()

@@ -23,7 +23,7 @@ fn find_tool(manifest: &Path, flag: Option<&Path>) -> Result<tool::RestoreTool> 
 pub fn exec(global: &GlobalArgs, cmd: RestoreCommand) -> Result<()> {
     if let RestoreCommand::Plan(args) = &cmd {
         let manifest = super::given(global).manifest_path();
-        let mut p = plan::plan(&manifest, &args.from)?;
+        let mut p = plan::plan(&manifest, &args.from, args.identity.as_deref())?;
         if restore::data_dir_is_mount_point(&p.data_dir) {
             p.inside_mount_point();
         }
@@ -79,7 +79,7 @@ pub fn exec(global: &GlobalArgs, cmd: RestoreCommand) -> Result<()> {
         RestoreCommand::Apply(a) => {
             // Refusals that need no etcd come first, so a broken cluster does not hide them.
             crate::runs::check_none_unfinished(&state_dir)?;
-            plan::plan(&manifest, &a.plan.from)?;
+            plan::plan(&manifest, &a.plan.from, a.plan.identity.as_deref())?;
             let t = find_tool(&manifest, a.plan.etcdutl.as_deref())?;
             let flags = revision_flags(&a.plan);
             flags.check(&t)?;
@@ -93,7 +93,15 @@ pub fn exec(global: &GlobalArgs, cmd: RestoreCommand) -> Result<()> {
             let host = host()?;
             print_outcome(
                 format,
-                restore::apply(&host, &opts, &a.plan.from, &t, flags, a.quorum_timeout)?,
+                restore::apply(
+                    &host,
+                    &opts,
+                    &a.plan.from,
+                    a.plan.identity.as_deref(),
+                    &t,
+                    flags,
+                    a.quorum_timeout,
+                )?,
             )
         }
         RestoreCommand::Resume(a) => {
@@ -123,7 +131,7 @@ impl Render for PlanReport {
     fn table(&self) -> String {
         let p = &self.plan;
         let (kind, from, id) = match &p.source {
-            Source::Archive { path, id } => ("archive", path, id),
+            Source::Archive { path, id, .. } => ("archive", path, id),
             Source::Snapshot { path, id } => ("snapshot", path, id),
         };
         let mut t = Table::new(["FIELD", "VALUE"]);

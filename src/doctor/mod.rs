@@ -5,6 +5,7 @@
 //! holds the judging; none of them writes a byte on the node (the disk probe writes only in
 //! its own temp dir, removed afterwards).
 
+pub mod backups;
 pub mod certs;
 pub mod disk;
 pub mod flags;
@@ -90,6 +91,14 @@ pub const CHECKS: &[(&str, &str)] = &[
     (
         "disk.latency",
         "fdatasync latency of the data dir's disk (etcd's method)",
+    ),
+    (
+        "backups.encrypted",
+        "archives in the backup dir are encrypted (age)",
+    ),
+    (
+        "backups.perms",
+        "no archive or snapshot readable by group or others",
     ),
 ];
 
@@ -398,6 +407,8 @@ fn judge(ctx: &Ctx, id: &str) -> Verdict {
         "runs.unfinished" => runs::unfinished(ctx),
         "runs.finalize" => runs::finalize(ctx),
         "disk.latency" => disk::latency(ctx),
+        "backups.encrypted" => backups::encrypted(ctx),
+        "backups.perms" => backups::perms(ctx),
         other => unreachable!("check {other} is in CHECKS but not judged"),
     }
 }

@@ -38,6 +38,8 @@ use nix::sys::signal::{self, SigHandler, Signal};
 use nix::unistd::Pid;
 
 use super::Lab;
+use super::kubeadm;
+use super::probe::{Event, PodRun, Prober};
 use crate::error::{Error, Result};
 use crate::manifest::StaticPod;
 
@@ -413,6 +415,10 @@ struct Running {
     hash: String,
     /// Present when this stand-in started etcd; absent when it adopted it.
     child: Option<Child>,
+    /// The pod's grace period, for a manifest change or removal.
+    grace: Duration,
+    /// Runs the container's probes; `None` when the manifest could not be read for them.
+    prober: Option<Prober>,
 }
 
 /// The stand-in's loop: returns when it receives SIGTERM or SIGINT, leaving etcd running.
@@ -434,10 +440,16 @@ pub fn run(lab: &Lab, node: usize) -> Result<()> {
         .filter(|(pid, _)| alive(*pid))
         .map(|(pid, hash)| {
             log(&format!("adopted running etcd pid {pid}"));
+            // Probed from now on, as kubelet probes the containers it finds running.
+            let run = desired_manifest(lab, node, &mut String::new())
+                .filter(|(_, h)| *h == hash)
+                .and_then(|(path, _)| pod_run(lab, node, &path).ok());
             Running {
                 pid,
                 hash,
                 child: None,
+                grace: run.as_ref().map_or(GRACE, |r| r.grace),
+                prober: run.map(|r| Prober::spawn(&r, Instant::now())),
             }
         });
     let mut backoff = Duration::from_millis(500);
@@ -445,6 +457,39 @@ pub fn run(lab: &Lab, node: usize) -> Result<()> {
     let mut last_warning = String::new();
 
     while !STOP.load(Ordering::SeqCst) {
+        // What the probes found: kubelet restarts a container whose startup or liveness
+        // probe failed failureThreshold times in a row.
+        if let Some(r) = &mut running {
+            let mut restart = None;
+            if let Some(p) = &r.prober {
+                while let Ok(ev) = p.events.try_recv() {
+                    match ev {
+                        Event::Started => {
+                            log(&format!("etcd pid {}: startup probe succeeded", r.pid))
+                        }
+                        Event::Ready(ready) => log(&format!(
+                            "etcd pid {}: readiness probe says {}",
+                            r.pid,
+                            if ready { "ready" } else { "not ready" }
+                        )),
+                        Event::Restart(why, grace) => restart = Some((why, grace)),
+                    }
+                }
+            }
+            if let Some((why, grace)) = restart {
+                log(&format!(
+                    "etcd pid {}: {why}; killing it (grace period {}s) to restart it",
+                    r.pid,
+                    grace.as_secs()
+                ));
+                r.prober = None;
+                kill_etcd(r.pid, r.child.as_mut(), grace);
+                running = None;
+                let _ = fs::remove_file(etcd_pid_file(lab, node));
+                next_start = Instant::now() + backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
         // Reap an etcd that exited by itself.
         if let Some(r) = &mut running {
             let exited = match &mut r.child {
@@ -467,13 +512,15 @@ pub fn run(lab: &Lab, node: usize) -> Result<()> {
         match (&mut running, &desired) {
             (Some(r), None) => {
                 log(&format!("manifest gone: stopping etcd pid {}", r.pid));
-                kill_etcd(r.pid, r.child.as_mut(), GRACE);
+                r.prober = None;
+                kill_etcd(r.pid, r.child.as_mut(), r.grace);
                 running = None;
                 let _ = fs::remove_file(etcd_pid_file(lab, node));
             }
             (Some(r), Some((_, hash))) if *hash != r.hash => {
                 log(&format!("manifest changed: restarting etcd pid {}", r.pid));
-                kill_etcd(r.pid, r.child.as_mut(), GRACE);
+                r.prober = None;
+                kill_etcd(r.pid, r.child.as_mut(), r.grace);
                 running = None;
                 let _ = fs::remove_file(etcd_pid_file(lab, node));
                 backoff = Duration::from_millis(500);
@@ -481,9 +528,14 @@ pub fn run(lab: &Lab, node: usize) -> Result<()> {
             }
             (None, Some((path, hash))) if Instant::now() >= next_start => {
                 match start_etcd(lab, node, path) {
-                    Ok(child) => {
+                    Ok((child, run, program)) => {
                         let pid = child.id() as i32;
-                        log(&format!("started etcd pid {pid} from {}", path.display()));
+                        log(&format!(
+                            "started etcd pid {pid} from {} ({} for image {})",
+                            path.display(),
+                            program.display(),
+                            run.image
+                        ));
                         let file = etcd_pid_file(lab, node);
                         fs::write(&file, format!("{pid} {hash}\n"))
                             .map_err(|e| Error::io("write", &file, e))?;
@@ -491,6 +543,8 @@ pub fn run(lab: &Lab, node: usize) -> Result<()> {
                             pid,
                             hash: hash.clone(),
                             child: Some(child),
+                            grace: run.grace,
+                            prober: Some(Prober::spawn(&run, Instant::now())),
                         });
                     }
                     Err(e) => {
@@ -561,10 +615,45 @@ fn desired_manifest(
     chosen
 }
 
-/// Start etcd for a manifest in a private mount namespace with the hostPaths bound.
-fn start_etcd(lab: &Lab, node: usize, manifest: &Path) -> Result<Child> {
+/// The probes, image and grace period of the manifest's etcd container.
+fn pod_run(lab: &Lab, node: usize, manifest: &Path) -> Result<PodRun> {
     let pod = StaticPod::load(manifest)?;
     let container = pod.etcd_container()?;
+    let text = fs::read_to_string(manifest).map_err(|e| Error::io("read", manifest, e))?;
+    PodRun::parse(&text, &container.name, &lab.ip(node).to_string())
+        .map_err(|e| Error::input(manifest, e.one_line()))
+}
+
+/// The etcd binary for a container image, as a node's container runtime would have it: the
+/// image tag's release (`registry.k8s.io/etcd:3.6.17-0` -> 3.6.17) is the etcd `up` was
+/// given when it is that release, else the one `scripts/build-etcd.sh` built.
+pub fn etcd_for_image(lab: &Lab, image: &str) -> Result<PathBuf> {
+    let tag = image.rsplit_once(':').map_or("", |(_, t)| t);
+    let release = kubeadm::tag_release(tag);
+    if lab.config.etcd_version.is_empty() || release == lab.config.etcd_version {
+        return Ok(lab.config.etcd.clone());
+    }
+    let built = kubeadm::built_etcd(release);
+    if built.is_file() {
+        return Ok(built);
+    }
+    Err(Error::failed(
+        format!("run image {image}"),
+        format!(
+            "no etcd {release} here: the lab runs {} ({}) and {} is missing (scripts/build-etcd.sh {release})",
+            lab.config.etcd_version,
+            lab.config.etcd.display(),
+            built.display()
+        ),
+    ))
+}
+
+/// Start etcd for a manifest in a private mount namespace with the hostPaths bound: the
+/// child, the pod's probes and which binary runs.
+fn start_etcd(lab: &Lab, node: usize, manifest: &Path) -> Result<(Child, PodRun, PathBuf)> {
+    let pod = StaticPod::load(manifest)?;
+    let container = pod.etcd_container()?;
+    let run = pod_run(lab, node, manifest)?;
     let mut binds: Vec<(PathBuf, PathBuf)> = Vec::new();
     for m in &container.volume_mounts {
         let (_, volume) = pod.volume(&m.name)?;
@@ -593,7 +682,7 @@ fn start_etcd(lab: &Lab, node: usize, manifest: &Path) -> Result<Child> {
         .file_name()
         .is_some_and(|n| n == "etcd")
     {
-        lab.config.etcd.clone()
+        etcd_for_image(lab, &run.image)?
     } else {
         PathBuf::from(&words[0])
     };
@@ -634,8 +723,10 @@ fn start_etcd(lab: &Lab, node: usize, manifest: &Path) -> Result<Child> {
             Ok(())
         });
     }
-    cmd.spawn()
-        .map_err(|e| Error::io("start etcd", &program, e))
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::io("start etcd", &program, e))?;
+    Ok((child, run, program))
 }
 
 /// kubelet's hostPath type checks, for the types a kubeadm etcd manifest uses.

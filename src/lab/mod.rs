@@ -1,10 +1,12 @@
 //! The lab: a multi-node etcd "control plane" on loopback, for tests, the demo and operators
-//! who want to try etcdops before touching a real node. Real etcd, real files, real TLS;
-//! kubelet is the stand-in (see `kubelet`), or the real kubelet and containerd (see `real`).
+//! who want to try etcdops before touching a real node. Real etcd, real files, real TLS, the
+//! PKI and manifests kubeadm itself writes; kubelet is the stand-in (see `kubelet`), or the
+//! real kubelet and containerd (see `real`).
 //!
 //! Layout of a lab dir `D`, per node `I` (1-based):
-//! `D/nodeI/etc/kubernetes/manifests/etcd.yaml` (kubeadm's format),
-//! `D/nodeI/etc/kubernetes/pki/etcd/*` (kubeadm's file names, client-cert auth on),
+//! `D/nodeI/kubeadm.yaml` (the node's kubeadm config) and `D/nodeI/kubeadm.log`,
+//! `D/nodeI/etc/kubernetes/manifests/etcd.yaml` (written by kubeadm, see `kubeadm`),
+//! `D/nodeI/etc/kubernetes/pki/{etcd/*,apiserver-etcd-client.*}` (kubeadm's PKI),
 //! `D/nodeI/var/lib/etcd` (the data), `D/nodeI/var/lib/etcdops` (etcdops' state dir),
 //! `D/nodeI/kubelet.{pid,log}`, `D/nodeI/etcd.{pid,log}`; `D/lab.json` records the lab.
 //! In systemd mode (see `systemd`) also `D/nodeI/mnt/etcd-disk` (the node's new disk),
@@ -12,9 +14,10 @@
 //! With the real kubelet: `D/nodeI/cri/` (containerd's config, root, state, socket),
 //! `D/nodeI/kubelet/` (its config and root dir) and `D/nodeI/{containerd,kubelet}.log`.
 
+pub mod kubeadm;
 pub mod kubelet;
 pub mod pki;
-pub mod podspec;
+pub mod probe;
 pub mod real;
 pub mod systemd;
 
@@ -33,6 +36,14 @@ pub struct LabConfig {
     pub ip_prefix: String,
     /// The etcd binary the stand-in runs for the manifest's `etcd` command.
     pub etcd: PathBuf,
+    /// Its release (`etcd --version`): the manifests' image tag is `<release>-0`.
+    #[serde(default)]
+    pub etcd_version: String,
+    /// The kubeadm that laid out the nodes, and its release.
+    #[serde(default)]
+    pub kubeadm: PathBuf,
+    #[serde(default)]
+    pub kubeadm_version: String,
     /// The `etcdops-lab` binary, for the kubelet commands `env` prints.
     pub lab_bin: PathBuf,
     /// Each node a systemd-nspawn container with kubelet.service (`up --systemd`).
@@ -101,8 +112,13 @@ impl Lab {
         self.manifests_dir(node).join("etcd.yaml")
     }
 
+    /// kubeadm's `certificatesDir` of the node.
+    pub fn cert_dir(&self, node: usize) -> PathBuf {
+        self.node_dir(node).join("etc/kubernetes/pki")
+    }
+
     pub fn pki_dir(&self, node: usize) -> PathBuf {
-        self.node_dir(node).join("etc/kubernetes/pki/etcd")
+        self.cert_dir(node).join("etcd")
     }
 
     pub fn data_dir(&self, node: usize) -> PathBuf {

@@ -81,7 +81,11 @@ impl Stack {
             )?,
             containerd_dir,
             runc: need(PathBuf::from("/usr/sbin/runc"), "apt-get install runc")?,
-            etcd_image: format!("registry.k8s.io/etcd:{etcd_version}-0"),
+            etcd_image: format!(
+                "{}/etcd:{}",
+                super::kubeadm::IMAGE_REPOSITORY,
+                super::kubeadm::image_tag(etcd_version)
+            ),
             images: vec![
                 need(
                     images.join(format!("pause-{K8S_VERSION}.oci.tar")),
@@ -94,19 +98,6 @@ impl Stack {
             ],
         })
     }
-}
-
-/// The version an etcd binary reports (`etcd --version`), e.g. "3.6.17".
-pub fn etcd_version(etcd: &Path) -> Result<String> {
-    let out = Command::new(etcd)
-        .arg("--version")
-        .output()
-        .map_err(|e| Error::io("run", etcd, e))?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("etcd Version: "))
-        .map(|v| v.trim().to_string())
-        .ok_or_else(|| Error::input(etcd, "`etcd --version` names no version"))
 }
 
 fn stack(lab: &Lab) -> Result<&Stack> {

@@ -134,17 +134,19 @@ fn outcome(engine: &Engine<Restore>, result: Result<()>) -> Outcome {
 /// Every refusal before the journal exists (nothing changed): an unfinished run, the plan's
 /// refusals, leftovers of the restore dir, the staged dir or the aside path. A data dir that
 /// is a mount point is restored inside itself (see `Plan::mounted`).
+#[allow(clippy::too_many_arguments)]
 fn preflight(
     host: &dyn Host,
     opts: &RunOptions,
     from: &Path,
+    identity: Option<&Path>,
     tool: &RestoreTool,
     revision_flags: plan::RevisionFlags,
     id: &str,
     quorum_timeout: Duration,
 ) -> Result<Plan> {
     (opts.unfinished)(&opts.state_dir)?;
-    let mut restore = plan::plan(&opts.manifest, from)?;
+    let mut restore = plan::plan(&opts.manifest, from, identity)?;
     revision_flags.check(tool)?;
     restore.revision_flags = revision_flags;
     let data = restore.data_dir.clone();
@@ -222,13 +224,23 @@ pub fn apply(
     host: &dyn Host,
     opts: &RunOptions,
     from: &Path,
+    identity: Option<&Path>,
     tool: &RestoreTool,
     revision_flags: plan::RevisionFlags,
     quorum_timeout: Duration,
 ) -> Result<Outcome> {
     let _lock = RunLock::acquire(&opts.state_dir)?;
     let id = crate::run::unique_id(&opts.state_dir);
-    let plan = preflight(host, opts, from, tool, revision_flags, &id, quorum_timeout)?;
+    let plan = preflight(
+        host,
+        opts,
+        from,
+        identity,
+        tool,
+        revision_flags,
+        &id,
+        quorum_timeout,
+    )?;
     let saga = Restore {
         host,
         operator_rollback: false,

@@ -16,8 +16,15 @@ use crate::manifest::StaticPod;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum Source {
-    /// An `etcdops backup` archive: member list and id from its `contents.json`.
-    Archive { path: PathBuf, id: String },
+    /// An `etcdops backup` archive: member list and id from its `contents.json`. An
+    /// encrypted one names the identity file that opens it (the path only: the key stays
+    /// where the operator keeps it, and a resume reads it there again).
+    Archive {
+        path: PathBuf,
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity: Option<PathBuf>,
+    },
     /// A bare snapshot: members from this manifest's `--initial-cluster`, id from its blake3.
     Snapshot { path: PathBuf, id: String },
 }
@@ -328,9 +335,11 @@ fn beside(dir: &Path, suffix: &str) -> Result<PathBuf> {
 }
 
 /// Read and verify an archive; refuse (exit 4) when any sum or the trailer fails. Leaves no
-/// stamp: planning changes nothing.
-pub fn read_archive(archive: &Path) -> Result<(Contents, Source)> {
-    let (contents, problems) = crate::backup::verify::check(archive)?;
+/// stamp: planning changes nothing. An encrypted archive needs `identity` (exit 2 without
+/// one, or with one that does not open it); a plain one ignores it.
+pub fn read_archive(archive: &Path, identity: Option<&Path>) -> Result<(Contents, Source)> {
+    let key = crate::backup::verify::identity_for(archive, identity)?;
+    let (contents, problems) = crate::backup::verify::check(archive, key.as_ref())?;
     let what = format!("restore from {}", archive.display());
     if !problems.is_empty() {
         return Err(Error::refused(
@@ -346,6 +355,8 @@ pub fn read_archive(archive: &Path) -> Result<(Contents, Source)> {
     let source = Source::Archive {
         path: archive.to_path_buf(),
         id: contents.id.clone(),
+        // Absolute: a resume may run from another working dir.
+        identity: key.map(|k| std::path::absolute(&k.path).unwrap_or(k.path)),
     };
     Ok((contents, source))
 }
@@ -420,12 +431,12 @@ pub fn read_snapshot(snapshot: &Path, manifest: &Path) -> Result<(Contents, Sour
 }
 
 /// The plan for `--from FILE`: an archive or a bare snapshot, told apart by its first bytes.
-pub fn plan(manifest: &Path, from: &Path) -> Result<RestorePlan> {
+pub fn plan(manifest: &Path, from: &Path, identity: Option<&Path>) -> Result<RestorePlan> {
     if !from.is_file() {
         return Err(Error::input(from, "no such archive or snapshot file"));
     }
     let (contents, source) = if crate::backup::verify::looks_like_archive(from) {
-        read_archive(from)?
+        read_archive(from, identity)?
     } else {
         read_snapshot(from, manifest)?
     };
@@ -527,11 +538,19 @@ impl PlanReport {
     pub fn new(plan: RestorePlan, tool: &RestoreTool) -> Self {
         let (snapshot, extract) = match &plan.source {
             Source::Snapshot { path, .. } => (path.clone(), None),
-            Source::Archive { path, .. } => {
+            Source::Archive { path, identity, .. } => {
                 let snap = PathBuf::from(format!("{}.snapshot.db", plan.restore_dir.display()));
+                let archive = quote(&path.display().to_string());
                 let extract = format!(
-                    "zstd -dc {} | tar xOf - snapshot.db > {}",
-                    quote(&path.display().to_string()),
+                    "{} | tar xOf - snapshot.db > {}",
+                    match identity {
+                        // The reference age tool opens our archives.
+                        Some(key) => format!(
+                            "age -d -i {} {archive} | zstd -dc",
+                            quote(&key.display().to_string())
+                        ),
+                        None => format!("zstd -dc {archive}"),
+                    },
                     quote(&snap.display().to_string()),
                 );
                 (snap, Some(extract))
@@ -602,6 +621,7 @@ mod tests {
     fn source() -> Source {
         Source::Archive {
             path: "/b/a.tar.zst".into(),
+            identity: None,
             id: "0123456789abcdef".into(),
         }
     }

@@ -146,10 +146,10 @@ impl Saga for Restore<'_> {
                     host.remove_tree(&plan.staged())?;
                 }
                 let snapshot = match &r.source {
-                    super::plan::Source::Archive { path, .. } => {
+                    super::plan::Source::Archive { path, identity, .. } => {
                         let dest = extracted(run);
                         host.remove_file(&dest)?;
-                        host.extract_snapshot(path, &dest)?;
+                        host.extract_snapshot(path, identity.as_deref(), &dest)?;
                         dest
                     }
                     super::plan::Source::Snapshot { path, .. } => path.clone(),

@@ -254,7 +254,7 @@ impl Host for FakeNode {
             .retain(|p, _| !p.starts_with(path));
         Ok(())
     }
-    fn extract_snapshot(&self, archive: &Path, dest: &Path) -> Result<()> {
+    fn extract_snapshot(&self, archive: &Path, _: Option<&Path>, dest: &Path) -> Result<()> {
         let bytes = self
             .read_file(archive)?
             .ok_or_else(|| Error::failed("extract", "no archive"))?;
@@ -317,6 +317,7 @@ fn plan(run_id: &str, mounted: bool) -> Plan {
         source: Source::Archive {
             path: ARCHIVE.into(),
             id: id.into(),
+            identity: None,
         },
         name: "node1".into(),
         peer_url: "https://10.0.0.1:2380".into(),

@@ -160,9 +160,9 @@ impl Host for FaultHost<'_> {
     fn guard_holder(&self) -> Result<Option<String>> {
         self.wrap("guard_holder", || self.inner.guard_holder())
     }
-    fn extract_snapshot(&self, archive: &Path, dest: &Path) -> Result<()> {
+    fn extract_snapshot(&self, archive: &Path, identity: Option<&Path>, dest: &Path) -> Result<()> {
         self.wrap("extract_snapshot", || {
-            self.inner.extract_snapshot(archive, dest)
+            self.inner.extract_snapshot(archive, identity, dest)
         })
     }
     fn restore_snapshot(

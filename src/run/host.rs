@@ -138,9 +138,12 @@ pub trait Host {
         Ok(None)
     }
     // --- restore (default impls: the real effect, or "not on this host" for fakes)
-    /// Write an archive's snapshot to `dest`, verifying every sum on the way.
-    fn extract_snapshot(&self, archive: &Path, dest: &Path) -> Result<()> {
-        crate::backup::verify::extract_snapshot(archive, dest)
+    /// Write an archive's snapshot to `dest`, verifying every sum on the way; an encrypted
+    /// archive is opened with the identity file `identity` (read again here: a resume may
+    /// run long after the plan was made).
+    fn extract_snapshot(&self, archive: &Path, identity: Option<&Path>, dest: &Path) -> Result<()> {
+        let key = crate::backup::verify::identity_for(archive, identity)?;
+        crate::backup::verify::extract_snapshot(archive, key.as_ref(), dest)
     }
     /// Run etcd's own restore tool into `dest` (a new dir).
     fn restore_snapshot(

@@ -442,66 +442,73 @@ impl Cluster {
         })
     }
 
-    /// A kubeadm-format manifest for member 0 (TLS cluster) in `dir`: its certificate flags
-    /// are container paths that hostPath volumes map to the test's PKI, the data volume maps
-    /// to member 0's data dir, the certs volume is listed first (as kubeadm does), and
-    /// `quota` becomes `--quota-backend-bytes`.
+    /// kubeadm's manifest for member 0 (TLS cluster) in `dir`: written by `kubeadm init phase
+    /// etcd local` (1.37.2, or 1.35.4 for etcd older than 3.6: see `etcdops::lab::kubeadm`)
+    /// from a config with kubeadm's default container paths (`/etc/kubernetes/pki`,
+    /// `/var/lib/etcd`), a node address of 10.0.0.5, the member's client URL added to
+    /// `listen-client-urls` and `quota` as `quota-backend-bytes` (`extraArgs`). Then the one
+    /// change a real node does not have: the two hostPath volumes point at the test's PKI and
+    /// member 0's data dir, so the flags' container paths must be mapped through them.
     pub fn kubeadm_manifest(&self, dir: &Path, quota: Option<u64>) -> PathBuf {
+        use etcdops::lab::kubeadm::{self, Kubeadm};
         let pki = self.pki.clone().expect("a TLS cluster");
         let m = &self.members[0];
+        let etcd_version =
+            kubeadm::etcd_version(&self.spec.version.etcd()).expect("etcd --version");
+        let kubeadm = Kubeadm::resolve(kubeadm::default_for_etcd(&etcd_version))
+            .expect("kubeadm built by scripts/install-deps.sh");
         let quota = quota.map_or(String::new(), |q| {
-            format!("    - --quota-backend-bytes={q}\n")
+            format!("    - name: quota-backend-bytes\n      value: \"{q}\"\n")
         });
-        let manifest = dir.join("etcd.yaml");
+        let config = dir.join("kubeadm.yaml");
         fs::write(
-            &manifest,
+            &config,
             format!(
-                r#"apiVersion: v1
-kind: Pod
-metadata:
-  annotations:
-    kubeadm.kubernetes.io/etcd.advertise-client-urls: https://10.0.0.5:2379
-  labels:
-    component: etcd
-    tier: control-plane
-  name: etcd
-  namespace: kube-system
-spec:
-  containers:
-  - command:
-    - etcd
-    - --advertise-client-urls=https://10.0.0.5:2379
-    - --cert-file=/etc/kubernetes/pki/etcd/server.crt
-    - --client-cert-auth=true
-    - --data-dir=/var/lib/etcd
-    - --key-file=/etc/kubernetes/pki/etcd/server.key
-    - --listen-client-urls={url},https://10.0.0.5:2379
-{quota}    - --trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt
-    image: registry.k8s.io/etcd:3.5.12-0
-    name: etcd
-    volumeMounts:
-    - mountPath: /var/lib/etcd
-      name: etcd-data
-    - mountPath: /etc/kubernetes/pki/etcd
-      name: etcd-certs
-  hostNetwork: true
-  volumes:
-  - hostPath:
-      path: {pki}
-      type: DirectoryOrCreate
-    name: etcd-certs
-  - hostPath:
-      path: {data}
-      type: DirectoryOrCreate
-    name: etcd-data
-status: {{}}
-"#,
+                r#"apiVersion: kubeadm.k8s.io/v1beta4
+kind: InitConfiguration
+localAPIEndpoint:
+  advertiseAddress: 10.0.0.5
+nodeRegistration:
+  name: node
+  criSocket: unix:///var/run/containerd/containerd.sock
+---
+apiVersion: kubeadm.k8s.io/v1beta4
+kind: ClusterConfiguration
+kubernetesVersion: v{kv}
+etcd:
+  local:
+    imageTag: {etcd_version}-0
+    extraArgs:
+    - name: listen-client-urls
+      value: {url},https://10.0.0.5:2379
+{quota}"#,
+                kv = kubeadm.version,
                 url = m.client_url,
-                pki = pki.dir.display(),
-                data = m.data_dir.display(),
             ),
         )
-        .expect("write manifest");
+        .expect("write kubeadm config");
+        let text = kubeadm::etcd_manifest(
+            &kubeadm,
+            &config,
+            &dir.join("kubeadm-out"),
+            &dir.join("kubeadm.log"),
+        )
+        .expect("kubeadm init phase etcd local");
+        let mut out = String::new();
+        for line in text.split_inclusive('\n') {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            match line.trim() {
+                "path: /etc/kubernetes/pki/etcd" => {
+                    out.push_str(&format!("{indent}path: {}\n", pki.dir.display()))
+                }
+                "path: /var/lib/etcd" => {
+                    out.push_str(&format!("{indent}path: {}\n", m.data_dir.display()))
+                }
+                _ => out.push_str(line),
+            }
+        }
+        let manifest = dir.join("etcd.yaml");
+        fs::write(&manifest, out).expect("write manifest");
         manifest
     }
 
