@@ -270,6 +270,8 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
     })
 }
 
+// One parameter per `up` flag, as clap parsed them.
+#[allow(clippy::too_many_arguments)]
 fn up(
     dir: PathBuf,
     nodes: usize,
