@@ -790,10 +790,22 @@ pub struct RestoreApplyArgs {
     #[command(flatten)]
     pub plan: RestorePlanArgs,
 
+    /// This restore attempt's cluster token, as `restore plan` printed it: the same on every
+    /// node of the attempt, never reused. Required when the archive has several members;
+    /// a single-member restore makes a fresh one without it.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+
     /// The longest to wait for the restored cluster's quorum (the other nodes' restores);
     /// after it the run ends failed (exit 5) and `restore resume` waits again.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub quorum_timeout: Duration,
+
+    /// The longest to wait, before the restored member starts, for every old peer to be
+    /// fenced (silent, or answering as this restore's cluster); after it the run fails and
+    /// rolls back (exit 1).
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub fence_timeout: Duration,
 
     /// Do not ask for confirmation.
     #[arg(long)]

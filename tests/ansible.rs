@@ -394,5 +394,24 @@ fn whole_cluster_restore_playbook_on_a_lab() {
         assert_eq!(lab.count_on(n, "ansible/after/"), Some(0), "node {n}");
         assert_eq!(lab.count_on(n, "ansible/0"), Some(20), "node {n}");
     }
+    // One token for every node of the attempt: one restored cluster id, the one the play
+    // showed.
+    let shown = done
+        .stdout
+        .split("restored cluster id ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_hexdigit()).next())
+        .unwrap_or_else(|| panic!("the play shows no restored cluster id\n{}", done.dump(&lab)))
+        .to_string();
+    for n in 1..=3 {
+        let out = lab.etcdctl_node(n, &["endpoint", "status", "-w", "json"]);
+        assert!(out.status.success(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let id = format!(
+            "{:x}",
+            v[0]["Status"]["header"]["cluster_id"].as_u64().unwrap()
+        );
+        assert_eq!(id, shown, "node {n}");
+    }
     lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
 }

@@ -865,3 +865,51 @@ fn stale_sums_are_not_trusted() {
         r.dump()
     );
 }
+
+/// etcd 3.8 stops writing the v2 snapshot files `member/snap/*.snap` (3.7 already stops
+/// loading them, CHANGELOG-3.7 "Stop loading v2 snapshot files", etcd-io/etcd#21107):
+/// a data dir with none is a data dir. etcd 3.7.4 starts on one (so it is real, not a
+/// fixture), and check, copy and verify accept it.
+#[test]
+fn a_data_dir_without_v2_snap_files_is_a_data_dir_3_7() {
+    let mut cluster = stopped_cluster(Version::V37);
+    let src = cluster.members[0].data_dir.clone();
+    let snap_dir = src.join("member/snap");
+    let v2: Vec<PathBuf> = fs::read_dir(&snap_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+        .collect();
+    for f in &v2 {
+        fs::remove_file(f).unwrap();
+    }
+    // etcd 3.7 serves from it: the 300 keys are there.
+    cluster.restart(0);
+    cluster.wait_healthy(Duration::from_secs(30));
+    let out = cluster.etcdctl(&["get", "key", "--prefix", "--keys-only"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count(),
+        300
+    );
+    cluster.stop_all();
+    // Whatever etcd wrote meanwhile, remove every v2 snap file again.
+    for e in fs::read_dir(&snap_dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|e| e == "snap") {
+            fs::remove_file(p).unwrap();
+        }
+    }
+    let r = run(&["-o", "json", "datadir", "check", p(&src)]);
+    r.code(0);
+    assert_eq!(r.json()["quiesced"], true, "{}", r.dump());
+    let scratch = tempfile::tempdir().unwrap();
+    let dst = scratch.path().join("etcd");
+    run(&["datadir", "copy", p(&src), p(&dst)]).code(0);
+    let r = run(&["-o", "json", "datadir", "verify", p(&src), p(&dst)]);
+    r.code(0);
+    assert_eq!(r.json()["identical"], true, "{}", r.dump());
+}

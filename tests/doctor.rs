@@ -705,3 +705,268 @@ fn doctor_unknown_check_is_usage_error() {
     }
     assert_eq!(common::tree_bytes(dir.path()), before);
 }
+
+/// Run `bin args` and wait (bounded) for it to exit: etcd refusing a flag or a data dir
+/// exits at once; one that does not refuse keeps running, and the test fails saying so.
+fn refuses(bin: &Path, args: &[String]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bin)
+        .args(args)
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    let exited = common::try_wait_for(Duration::from_secs(30), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{} {args:?} kept running: it did not refuse", bin.display());
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{} {args:?} exited 0", bin.display());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A kubeadm-format manifest with `image` and extra flags; volumes in `dir`.
+fn flags_fixture(dir: &Path, image: &str, extra: &[&str]) -> PathBuf {
+    let data = dir.join("data");
+    let pki = dir.join("pki");
+    fs::create_dir_all(&data).unwrap();
+    fs::create_dir_all(&pki).unwrap();
+    let flags: String = extra.iter().map(|f| format!("    - {f}\n")).collect();
+    let manifest = dir.join("etcd.yaml");
+    fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: etcd\n  namespace: kube-system\nspec:\n  containers:\n  - command:\n    - etcd\n    - --data-dir=/var/lib/etcd\n    - --name=cp1\n{flags}    image: {image}\n    name: etcd\n    volumeMounts:\n    - mountPath: /var/lib/etcd\n      name: etcd-data\n    - mountPath: /etc/kubernetes/pki/etcd\n      name: etcd-certs\n  hostNetwork: true\n  volumes:\n  - hostPath:\n      path: {}\n      type: DirectoryOrCreate\n    name: etcd-certs\n  - hostPath:\n      path: {}\n      type: DirectoryOrCreate\n    name: etcd-data\n",
+            pki.display(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    manifest
+}
+
+/// flags.refused: for each release, a flag that release's real binary refuses (proved by
+/// running it) is found in a manifest whose image tag names that release; without the flag
+/// the check is ok. On 3.6 a deprecated `--experimental-*` flag warns with its replacement.
+#[test]
+fn doctor_flags_each_release_refuses() {
+    for (version, flag, named) in [
+        (
+            Version::V35,
+            "--feature-gates=InitialCorruptCheck=true",
+            "--feature-gates",
+        ),
+        (Version::V36, "--enable-v2=true", "--enable-v2"),
+        (Version::V36, "--proxy=on", "--proxy"),
+        (
+            Version::V37,
+            "--experimental-initial-corrupt-check=true",
+            "--experimental-initial-corrupt-check",
+        ),
+        (
+            Version::V37,
+            "--experimental-watch-progress-notify-interval=5s",
+            "--experimental-watch-progress-notify-interval",
+        ),
+    ] {
+        let stderr = refuses(&version.etcd(), &common::args([flag]));
+        assert!(
+            stderr.contains("flag provided but not defined"),
+            "{version:?} {flag}: {stderr}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let manifest = flags_fixture(dir.path(), &version.image(), &[flag]);
+        let before = common::tree_bytes(dir.path());
+        let (run, doc) = doctor_on(&manifest, &state, &["--check", "flags.refused"]);
+        assert_eq!(
+            common::tree_bytes(dir.path()),
+            before,
+            "doctor changed files"
+        );
+        run.code(4);
+        let c = check(&doc, "flags.refused");
+        assert_eq!(c["status"], "fail", "{}", run.dump());
+        let ev = c["evidence"].as_str().unwrap();
+        assert!(ev.contains(&format!("{named} (")), "{version:?}: {ev}");
+        assert!(ev.contains(version.release()), "{ev}");
+        // The fix: drop the flag.
+        let manifest = flags_fixture(dir.path(), &version.image(), &[]);
+        let (run, doc) = doctor_on(&manifest, &state, &["--check", "flags.refused"]);
+        run.code(0);
+        assert_eq!(
+            check(&doc, "flags.refused")["status"],
+            "ok",
+            "{}",
+            run.dump()
+        );
+    }
+    // 3.6 still starts with a deprecated experimental flag: a warning naming the new one.
+    let dir = tempfile::tempdir().unwrap();
+    let flag = "--experimental-initial-corrupt-check=true";
+    let manifest = flags_fixture(dir.path(), &Version::V36.image(), &[flag]);
+    let (run, doc) = doctor_on(&manifest, &dir.path().join("state"), &["--check", "flags"]);
+    run.code(0);
+    let c = check(&doc, "flags.refused");
+    assert_eq!(c["status"], "warn", "{}", run.dump());
+    assert!(
+        c["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("use --feature-gates=InitialCorruptCheck=true"),
+        "{c:#}"
+    );
+}
+
+/// version.storage: a 3.6 member's data (storageVersion 3.6.0) under a manifest whose image
+/// is 3.5 fails; the real 3.5 binary indeed refuses that data dir. With the 3.6 image, ok.
+#[test]
+fn doctor_image_older_than_storage_version_3_6() {
+    let mut cluster = Cluster::start(Spec::new(Version::V36, 1).tls());
+    cluster.put("k", "v");
+    cluster.wait_storage_version("3.6.0");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let manifest = cluster.kubeadm_manifest(dir.path(), None);
+    let (run, doc) = doctor_on(&manifest, &state, &["--check", "version"]);
+    run.code(0);
+    let c = check(&doc, "version.storage");
+    assert_eq!(c["status"], "ok", "{}", run.dump());
+    assert!(
+        c["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("storage version 3.6.0")
+    );
+
+    let text = fs::read_to_string(&manifest).unwrap();
+    let old = text.replace(&Version::V36.image(), &Version::V35.image());
+    assert_ne!(old, text);
+    fs::write(&manifest, &old).unwrap();
+    let before = common::tree_bytes(dir.path());
+    let (run, doc) = doctor_on(&manifest, &state, &["--check", "version.storage"]);
+    assert_eq!(common::tree_bytes(dir.path()), before);
+    run.code(4);
+    let c = check(&doc, "version.storage");
+    assert_eq!(c["status"], "fail", "{}", run.dump());
+    let ev = c["evidence"].as_str().unwrap();
+    assert!(
+        ev.contains("older than the data dir's storage version 3.6.0"),
+        "{ev}"
+    );
+    // What the check protects against, for real: 3.5 on data that 3.6 wrote.
+    let data = cluster.members[0].data_dir.clone();
+    cluster.kill(0);
+    let port = common::free_port();
+    let peer = common::free_port();
+    let stderr = refuses(
+        &Version::V35.etcd(),
+        &common::args([
+            format!("--data-dir={}", data.display()),
+            "--name=m0".into(),
+            format!("--listen-client-urls=http://127.0.0.1:{port}"),
+            format!("--advertise-client-urls=http://127.0.0.1:{port}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+        ]),
+    );
+    assert!(
+        stderr.contains("server version is lower than determined cluster version"),
+        "{stderr}"
+    );
+}
+
+/// etcd 3.4.23 from Debian (`/usr/bin/etcd`), the one release below 3.5.26 on these
+/// machines, serving plain HTTP on loopback; killed when dropped.
+struct OldEtcd(std::process::Child);
+
+impl Drop for OldEtcd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// version.members: with a 3.6 image planned, a real member below 3.5.26 (etcd 3.4.23) fails
+/// and is named with its version; a 3.5.36 member is ok.
+#[test]
+fn doctor_members_below_3_5_26_when_3_6_is_planned() {
+    let old = Path::new("/usr/bin/etcd");
+    assert!(
+        old.exists(),
+        "{} (Debian etcd-server 3.4.23) is missing",
+        old.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let peer = common::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let data = dir.path().join("data");
+    let _etcd = OldEtcd(
+        Command::new(old)
+            .args([
+                format!("--data-dir={}", data.display()),
+                "--name=old".into(),
+                format!("--listen-client-urls={url}"),
+                format!("--advertise-client-urls={url}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-cluster=old=http://127.0.0.1:{peer}"),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let manifest = flags_fixture(
+        dir.path(),
+        &Version::V36.image(),
+        &[&format!("--listen-client-urls={url}")],
+    );
+    let state = dir.path().join("state");
+    common::wait_for("etcd 3.4.23 to answer", Duration::from_secs(30), || {
+        common::etcdops(
+            &common::args(["health", "--manifest", manifest.to_str().unwrap()]),
+            &[],
+            None,
+        )
+        .code
+            == 0
+    });
+    let (run, doc) = doctor_on(&manifest, &state, &["--check", "version.members"]);
+    run.code(4);
+    let c = check(&doc, "version.members");
+    assert_eq!(c["status"], "fail", "{}", run.dump());
+    let ev = c["evidence"].as_str().unwrap();
+    assert!(ev.contains("old runs 3.4.23 below 3.5.26"), "{ev}");
+
+    let cluster = Cluster::start(Spec::new(Version::V35, 1).tls());
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = cluster.kubeadm_manifest(dir.path(), None);
+    let text = fs::read_to_string(&manifest).unwrap();
+    fs::write(
+        &manifest,
+        text.replace(&Version::V35.image(), &Version::V36.image()),
+    )
+    .unwrap();
+    let (run, doc) = doctor_on(
+        &manifest,
+        &dir.path().join("state"),
+        &["--check", "version.members"],
+    );
+    run.code(0);
+    let c = check(&doc, "version.members");
+    assert_eq!(c["status"], "ok", "{}", run.dump());
+    assert!(
+        c["evidence"].as_str().unwrap().contains("m0=3.5.36"),
+        "{c:#}"
+    );
+}

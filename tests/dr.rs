@@ -228,6 +228,11 @@ fn dr_backup_verify_restore_test_3_6() {
 }
 
 #[test]
+fn dr_backup_verify_restore_test_3_7() {
+    backup_verify_and_restore_test(Version::V37);
+}
+
+#[test]
 fn dr_backup_verify_restore_test_3_5() {
     backup_verify_and_restore_test(Version::V35);
 }
@@ -528,9 +533,12 @@ fn restore_plan_and_tool(v: Version) {
     let (contents, source) = read_archive(&archive, None).unwrap();
     let plan = plan_from_contents(&lab.manifest(1), source, &contents).unwrap();
     assert_eq!(plan.name, "node1");
-    assert_eq!(
-        plan.token,
-        format!("etcd-restore-{}", report["id"].as_str().unwrap())
+    // A fresh token per plan, naming the archive it restores.
+    let short: String = report["id"].as_str().unwrap().chars().take(8).collect();
+    assert!(
+        plan.token.starts_with(&format!("etcdops-restore-{short}-")),
+        "{}",
+        plan.token
     );
     assert_eq!(plan.data_dir, lab.data_dir(1));
     assert_eq!(plan.initial_cluster, format!("node1={}", plan.peer_url));
@@ -609,7 +617,7 @@ fn dr_restore_plan_prints_commands_that_work_and_refuses_bad_sources() {
     for n in 1..=3 {
         assert!(ic.contains(&format!("node{n}=https://")), "{ic}");
     }
-    assert!(j["token"].as_str().unwrap().starts_with("etcd-restore-"));
+    assert!(j["token"].as_str().unwrap().starts_with("etcdops-restore-"));
     // What it prints is what works.
     let script = format!(
         "set -e; {}; {}",

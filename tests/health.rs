@@ -291,3 +291,94 @@ fn manifest_discovery_3_5() {
 fn manifest_discovery_3_6() {
     manifest_discovery(Version::V36);
 }
+
+/// etcd 3.6+ from a kubeadm-format manifest: `/livez` and `/readyz` on the manifest's
+/// metrics URL, the storage version, the quota the member reports (correct from 3.6.6),
+/// the downgrade state. Then a real downgrade (`etcdctl downgrade enable 3.5`): health
+/// shows it, and defrag, maintain and compact refuse (exit 4, one line) and change nothing
+/// (old revisions still readable, db sizes equal).
+fn health_36_fields_and_maintenance_refused_during_downgrade(version: Version) {
+    let cluster = Cluster::start(Spec::new(version, 3).tls());
+    cluster.put_many("k", 20, 100);
+    let minor = version.prefix().trim_end_matches('.');
+    cluster.wait_storage_version(&format!("{minor}.0"));
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = cluster.kubeadm_manifest(dir.path(), None);
+    let env = [("ETCDOPS_MANIFEST", manifest.to_str().unwrap())];
+    let run = etcdops(&args(["health", "-o", "json"]), &env, Some(&cluster));
+    run.code(0);
+    let doc = run.json();
+    let e = &doc["endpoints"][0];
+    let metrics = &cluster.members[0].metrics_url;
+    assert_eq!(e["livez"]["ok"], true, "{}", run.dump());
+    assert_eq!(e["livez"]["url"], format!("{metrics}/livez"));
+    assert_eq!(e["readyz"]["ok"], true, "{}", run.dump());
+    assert_eq!(e["readyz"]["status"], 200);
+    assert_eq!(e["storage_version"], format!("{minor}.0"), "{}", run.dump());
+    // 3.6.17 >= 3.6.6: the reported quota is etcd's default 2 GiB.
+    assert_eq!(e["db_size_quota"], 2147483648u64, "{}", run.dump());
+    assert_eq!(e["downgrade"]["enabled"], false, "{}", run.dump());
+    let table = etcdops(&args(["health"]), &env, Some(&cluster));
+    table.code(0);
+    assert!(
+        table.stdout.contains("livez ok, readyz ok"),
+        "{}",
+        table.dump()
+    );
+
+    let out = cluster.etcdctl(&["downgrade", "enable", "3.5"]);
+    assert!(out.status.success(), "downgrade enable: {out:?}");
+    let run = etcdops(&args(["health", "-o", "json"]), &env, Some(&cluster));
+    let doc = run.json();
+    assert_eq!(
+        doc["endpoints"][0]["downgrade"]["enabled"],
+        true,
+        "{}",
+        run.dump()
+    );
+    assert_eq!(doc["endpoints"][0]["downgrade"]["target_version"], "3.5.0");
+    assert!(
+        doc["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("downgrade to 3.5.0 is in progress")),
+        "{}",
+        run.dump()
+    );
+
+    let sizes = || -> Vec<u64> {
+        let run = etcdops(&args(["health", "--cluster", "-o", "json"]), &env, None);
+        let mut v: Vec<u64> = run.json()["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["db_size"].as_u64().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = sizes();
+    for cmd in [
+        &["defrag", "--cluster"][..],
+        &["maintain", "--rule", "dbSize > 0"][..],
+        &["compact"][..],
+    ] {
+        let run = etcdops(&args(cmd), &env, Some(&cluster));
+        run.code(4)
+            .one_line_error("downgrade to 3.5.0 is in progress");
+        assert!(
+            run.stderr.contains("etcdctl downgrade cancel"),
+            "{}",
+            run.dump()
+        );
+    }
+    // Nothing was compacted: revision 2 is still readable; nothing was defragmented.
+    let out = cluster.etcdctl(&["get", "k", "--prefix", "--rev=2", "--keys-only"]);
+    assert!(out.status.success(), "get at revision 2: {out:?}");
+    assert_eq!(sizes(), before);
+}
+
+#[test]
+fn health_36_fields_and_maintenance_refused_during_downgrade_3_6() {
+    health_36_fields_and_maintenance_refused_during_downgrade(Version::V36);
+}

@@ -980,6 +980,196 @@ fn a_fully_compacted_idle_cluster_migrates() {
     assert_eq!(count_keys(&lab, "/compacted-more/"), 1);
 }
 
+/// Write `puts` 100-byte values over 10,000 keys, in transactions of 100 puts (under etcd's
+/// default `--max-txn-ops` 128) from 4 clients at once: HashKV reads every version of every
+/// key since the last compaction, so its time grows with this history.
+fn write_history(lab: &Lab, round: usize, puts: usize) {
+    let endpoints: Vec<String> = (1..=lab.nodes).map(|i| lab.client_url(i)).collect();
+    let pki = lab.pki(1);
+    let read = |f: &str| std::fs::read(pki.join(f)).expect("read lab pki");
+    let (ca, cert, key) = (
+        read("ca.crt"),
+        read("healthcheck-client.crt"),
+        read("healthcheck-client.key"),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(30))
+            .with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(ca))
+                    .identity(etcd_client::Identity::from_pem(cert, key)),
+            );
+        let txns = puts / 100;
+        let mut tasks = Vec::new();
+        for w in 0..4usize {
+            let (endpoints, opts) = (endpoints.clone(), opts.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut c = etcd_client::Client::connect(endpoints, Some(opts))
+                    .await
+                    .expect("connect to the lab");
+                let value = format!("{round:02}").repeat(50);
+                for t in (w..txns).step_by(4) {
+                    let ops: Vec<etcd_client::TxnOp> = (0..100)
+                        .map(|i| {
+                            let k = (t * 100 + i) % 10_000;
+                            etcd_client::TxnOp::put(format!("/history/{k:05}"), value.clone(), None)
+                        })
+                        .collect();
+                    c.txn(etcd_client::Txn::new().and_then(ops))
+                        .await
+                        .unwrap_or_else(|e| panic!("txn {t}: {e}"));
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("writer");
+        }
+    });
+}
+
+/// The HashKVs `health --cluster -o json` reports: (endpoint, took_ms, command_timeout_ms,
+/// slow) of each.
+fn hash_timings(doc: &serde_json::Value) -> Vec<(String, u64, u64, bool)> {
+    doc["hash_kv"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no hash_kv in {doc}"))
+        .iter()
+        .map(|t| {
+            (
+                t["endpoint"].as_str().unwrap().to_string(),
+                t["took_ms"].as_u64().unwrap(),
+                t["command_timeout_ms"].as_u64().unwrap(),
+                t["slow"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Regression (issue 26): HashKV over a 2 GB member takes longer than the 5 s command
+/// timeout, so preflight called a healthy cluster unhealthy (exit 4). The same trap on a
+/// smaller scale: enough history that the fastest of three `health --cluster` runs still
+/// takes at least 600 ms for each member's HashKV (written in rounds, with a bound; HashKV's
+/// time varies severalfold on a busy machine, so one look is not enough), and a command
+/// timeout of a third of that (ample for every other call, which does not grow with the
+/// data). `health --cluster` and `migrate apply` must succeed, report each HashKV with its
+/// time, and call the ones over the command timeout slow; the test checks from the tool's own
+/// times that they really were.
+///
+/// Not in the default run yet: it needs 6-13 minutes of writes here and did not reach its
+/// data bound on one run of three on etcd 3.6 (its HashKV stayed under 600 ms); issue 26
+/// stays open until it is reliable. `cargo test --test migrate -- --ignored a_hashkv_slower`.
+#[test]
+#[ignore = "slow (6-13 min) and not yet reliable on etcd 3.6: issue 26"]
+fn a_hashkv_slower_than_the_command_timeout_is_slow_not_unhealthy() {
+    let lab = Lab::up(Version::V36, 3);
+    let mut fastest = 0;
+    for round in 0..6 {
+        write_history(&lab, round, 600_000);
+        fastest = (0..3)
+            .map(|_| {
+                let run = lab.etcdops(1, &["health", "--cluster", "-o", "json"], &[]);
+                run.code(0);
+                let times = hash_timings(&run.json()["cluster"]);
+                assert_eq!(times.len(), 3, "{}", run.dump());
+                times.iter().map(|t| t.1).min().unwrap()
+            })
+            .min()
+            .unwrap();
+        if fastest >= 600 {
+            break;
+        }
+    }
+    assert!(
+        fastest >= 600,
+        "HashKV still took only {fastest} ms after 3,600,000 puts"
+    );
+    let timeout_ms = fastest / 3;
+    let timeout = format!("{timeout_ms}ms");
+
+    // health --cluster: healthy, every HashKV slow, with its time.
+    let run = lab.etcdops(
+        1,
+        &[
+            "--command-timeout",
+            &timeout,
+            "health",
+            "--cluster",
+            "-o",
+            "json",
+        ],
+        &[],
+    );
+    run.code(0);
+    let doc = run.json();
+    assert_eq!(doc["healthy"], true, "{}", run.dump());
+    assert_eq!(doc["cluster"]["hashes_agree"], true, "{}", run.dump());
+    let times = hash_timings(&doc["cluster"]);
+    assert_eq!(times.len(), 3, "{}", run.dump());
+    for (ep, took, cmd, slow) in &times {
+        assert_eq!(*cmd, timeout_ms, "{}", run.dump());
+        assert!(
+            *took > timeout_ms && *slow,
+            "{ep}: {took} ms: {}",
+            run.dump()
+        );
+    }
+    let warnings = doc["warnings"].to_string();
+    assert!(warnings.contains("slow, not unhealthy"), "{}", run.dump());
+    // The table says what it hashes and where while it waits (every 5 s) and warns.
+    let run = lab.etcdops(
+        1,
+        &["--command-timeout", &timeout, "health", "--cluster"],
+        &[],
+    );
+    run.code(0);
+    assert!(run.stdout.contains("slow, not unhealthy"), "{}", run.dump());
+
+    // The migration, with the same command timeout: completed, and its report lists the
+    // slow HashKVs of preflight and post-verify.
+    let to = target(&lab, 1, "slow-hash-disk");
+    let run = lab.etcdops(
+        1,
+        &[
+            "--command-timeout",
+            &timeout,
+            "migrate",
+            "apply",
+            "--yes",
+            "--no-snapshot",
+            "--same-filesystem",
+            "--to",
+            &to.display().to_string(),
+            "-o",
+            "json",
+        ],
+        &[],
+    );
+    run.code(0);
+    let doc = run.json();
+    assert_eq!(doc["state"], "completed", "{}", run.dump());
+    let times = hash_timings(&doc);
+    // Preflight: 3 for agreement and 1 for identity; post-verify: identity, the recorded
+    // revision and 3 for agreement.
+    assert!(times.len() >= 9, "{}", run.dump());
+    let slow: Vec<_> = times.iter().filter(|t| t.3).collect();
+    assert!(!slow.is_empty(), "{}", run.dump());
+    for (ep, took, cmd, _) in &slow {
+        assert_eq!(*cmd, timeout_ms, "{}", run.dump());
+        assert!(took > cmd, "{ep}: {took} ms: {}", run.dump());
+    }
+    let notes = doc["notes"].to_string();
+    assert!(notes.contains("slow, not unhealthy"), "{}", run.dump());
+    assert_eq!(data_host_path(&lab.manifest(1)), to);
+    lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
+}
+
 /// The guard key's holder, read through node `node` (None when the key is absent).
 fn guard_on(lab: &Lab, node: usize) -> Option<etcdops::etcd::guard::Holder> {
     let out = lab.etcdctl_node(

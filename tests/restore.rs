@@ -40,6 +40,33 @@ fn backup(lab: &Lab) -> String {
     run.json()["archive"].as_str().unwrap().to_string()
 }
 
+/// `restore plan` on node 1: this attempt's token (fresh on every call) and the plan.
+fn plan_attempt(lab: &Lab, archive: &str) -> (String, serde_json::Value) {
+    plan_on(lab, 1, archive)
+}
+
+fn plan_on(lab: &Lab, node: usize, archive: &str) -> (String, serde_json::Value) {
+    let run = restore(lab, node, &["plan", "--from", archive], &[]);
+    run.code(0);
+    let j = run.json();
+    (j["token"].as_str().unwrap().to_string(), j)
+}
+
+/// The cluster id node `node`'s member answers with (hex, as etcd prints it).
+fn cluster_id(lab: &Lab, node: usize) -> String {
+    let out = lab.etcdctl_node(node, &["endpoint", "status", "-w", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    format!(
+        "{:x}",
+        v[0]["Status"]["header"]["cluster_id"].as_u64().unwrap()
+    )
+}
+
 fn restore(lab: &Lab, node: usize, words: &[&str], extra: &[(&str, &str)]) -> Run {
     let t = tool(lab.version).display().to_string();
     let mut args = vec!["-o", "json", "restore"];
@@ -191,8 +218,14 @@ fn restore_every_node(v: Version, disk: &str) {
     put(&lab, "/before/", 10);
     let archive = backup(&lab);
     put(&lab, "/after/", 5);
+    let (token, _) = plan_attempt(&lab, &archive);
     let runs = on_every_node(&lab, |n| {
-        restore(&lab, n, &["apply", "--from", &archive], &[])
+        restore(
+            &lab,
+            n,
+            &["apply", "--from", &archive, "--token", &token],
+            &[],
+        )
     });
     for r in &runs {
         r.code(0);
@@ -235,11 +268,46 @@ fn assert_back_on_old_data(lab: &Lab, old_member_id: &str, manifest: &[u8], what
     lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
 }
 
-/// One node restored alone (its data dir its own ext4 disk): it waits for quorum, ends
-/// exit 5 with the message, and `rollback` returns it to its old data and old cluster.
+/// Stop etcd on node `node` as an operator fences a peer: its manifest out of the manifests
+/// dir (to a dotfile kubelet ignores), until its client port refuses.
+fn fence(lab: &Lab, node: usize) {
+    let m = lab.manifest(node);
+    std::fs::rename(&m, m.with_file_name(".etcd.yaml.fenced")).unwrap();
+    wait_for(
+        &format!("node {node}'s etcd to stop"),
+        Duration::from_secs(60),
+        || {
+            std::net::TcpStream::connect(lab.client_url(node).trim_start_matches("https://"))
+                .is_err()
+        },
+    );
+}
+
+fn unfence(lab: &Lab, node: usize) {
+    let m = lab.manifest(node);
+    std::fs::rename(m.with_file_name(".etcd.yaml.fenced"), &m).unwrap();
+}
+
+/// Node 3 is back on its old data (nodes 1 and 2 fenced, so it cannot serve): its run
+/// rolled back, the manifest byte for byte, nothing of the run left in or beside the data
+/// dir, its old member's db in place.
+fn assert_rolled_back_alone(lab: &Lab, manifest: &[u8], what: &str) {
+    assert_eq!(std::fs::read(lab.manifest(3)).unwrap(), manifest, "{what}");
+    assert_eq!(leftovers(lab, 3), Vec::<String>::new(), "{what}");
+    assert!(
+        node_test(lab, 3, "-f", &lab.data_dir(3).join("member/snap/db")),
+        "{what}"
+    );
+}
+
+/// One node restored alone (its data dir its own ext4 disk). While the old cluster runs on
+/// the other two, its peers are not fenced: the run waits at fence-peers, fails naming a
+/// peer URL that answers as the archive's cluster, and rolls back — the node back in its
+/// old, healthy cluster. With the other two fenced (etcd stopped there), it restores, waits
+/// for quorum, ends exit 5 with the message, and `rollback` returns it to its old data.
 /// Then `kill -9` right after each step's first record and after its last, and `rollback`
 /// converges every time: alone, the restored member never gets a quorum, so the raft rule
-/// allows going back from every step.
+/// allows going back from every step. Every attempt has a token of its own.
 #[test]
 fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_converges() {
     let lab = Lab::up_systemd(Version::V36, 3, "ext4");
@@ -248,13 +316,50 @@ fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_c
     let archive = backup(&lab);
     put(&lab, "/after/", 5);
     let old_member_id = member_id(&lab, 3);
+    let old_cluster = cluster_id(&lab, 3);
     let manifest = std::fs::read(lab.manifest(3)).unwrap();
-    // Quorum cannot come: the other two nodes are not restored. The bound says how long the
-    // run waits for that, not a guess at how long something takes.
+
+    // The old cluster still runs on nodes 1 and 2: not fenced, so nothing starts.
+    let (token, _) = plan_on(&lab, 3, &archive);
     let run = restore(
         &lab,
         3,
-        &["apply", "--from", &archive, "--quorum-timeout", "15s"],
+        &[
+            "apply",
+            "--from",
+            &archive,
+            "--token",
+            &token,
+            "--fence-timeout",
+            "10s",
+        ],
+        &[],
+    );
+    run.code(1);
+    assert_eq!(run.json()["state"], "rolled-back", "{}", run.dump());
+    run.one_line_error(&format!(
+        "cluster {old_cluster} (the cluster the archive was taken from)"
+    ));
+    assert!(run.stderr.contains(":2380 still answers"), "{}", run.dump());
+    assert_back_on_old_data(&lab, &old_member_id, &manifest, "after the fence refused");
+
+    fence(&lab, 1);
+    fence(&lab, 2);
+    // Quorum cannot come: the other two nodes are not restored. The bound says how long the
+    // run waits for that, not a guess at how long something takes.
+    let (token, _) = plan_on(&lab, 3, &archive);
+    let run = restore(
+        &lab,
+        3,
+        &[
+            "apply",
+            "--from",
+            &archive,
+            "--token",
+            &token,
+            "--quorum-timeout",
+            "15s",
+        ],
         &[],
     );
     run.code(5);
@@ -264,15 +369,35 @@ fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_c
         "{}",
         run.dump()
     );
+    assert!(
+        run.stderr.contains(&format!("--token {token}")),
+        "{}",
+        run.dump()
+    );
     assert_eq!(run.json()["state"], "failed", "{}", run.dump());
     let id = run.json()["id"].as_str().unwrap().to_string();
     assert!(node_test(&lab, 3, "-d", &old_member(&lab, 3, &id)));
     // A new run is refused while this one is unfinished.
-    restore(&lab, 3, &["apply", "--from", &archive], &[]).code(4);
+    let (other, _) = plan_on(&lab, 3, &archive);
+    restore(
+        &lab,
+        3,
+        &["apply", "--from", &archive, "--token", &other],
+        &[],
+    )
+    .code(4);
     let rb = restore(&lab, 3, &["rollback"], &[]);
     rb.code(0);
     assert_eq!(rb.json()["state"], "rolled-back", "{}", rb.dump());
-    assert_back_on_old_data(&lab, &old_member_id, &manifest, "after the wait");
+    assert_rolled_back_alone(&lab, &manifest, "after the wait");
+    // That attempt's token is spent, rolled back or not.
+    restore(
+        &lab,
+        3,
+        &["apply", "--from", &archive, "--token", &token],
+        &[],
+    )
+    .code(2);
 
     // Right after each step's first record (its effect not known to have happened) and
     // after its last (done); alone, wait-quorum never gets to done.
@@ -281,10 +406,19 @@ fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_c
         std::iter::once(format!("{}:begin", s.name())).chain(done)
     });
     for point in points {
+        let (token, _) = plan_on(&lab, 3, &archive);
         let killed = restore(
             &lab,
             3,
-            &["apply", "--from", &archive, "--quorum-timeout", "15s"],
+            &[
+                "apply",
+                "--from",
+                &archive,
+                "--token",
+                &token,
+                "--quorum-timeout",
+                "15s",
+            ],
             &[("ETCDOPS_TEST_KILL_AFTER", &point)],
         );
         assert_eq!(
@@ -297,8 +431,11 @@ fn restore_one_node_waits_then_rollback_and_kill_9_at_every_step_then_rollback_c
         let rb = restore(&lab, 3, &["rollback"], &[]);
         rb.code(0);
         assert_eq!(rb.json()["state"], "rolled-back", "{point}: {}", rb.dump());
-        assert_back_on_old_data(&lab, &old_member_id, &manifest, &point);
+        assert_rolled_back_alone(&lab, &manifest, &point);
     }
+    unfence(&lab, 1);
+    unfence(&lab, 2);
+    assert_back_on_old_data(&lab, &old_member_id, &manifest, "after every kill point");
 }
 
 /// `kill -9` right after each step's first and last record, on every node (three points
@@ -310,21 +447,27 @@ fn restore_kill_9_at_every_step_then_resume_converges() {
     put(&lab, "/before/", 10);
     let archive = backup(&lab);
     put(&lab, "/after/", 5);
-    // Every step's first and last record but wait-quorum's last (then the run is over).
-    let points: Vec<String> = RestoreStep::ALL
+    // Every step's first and last record but wait-quorum's last (then the run is over),
+    // and stop-etcd's last again to fill the last round. Not a point before stop-etcd's
+    // last: a node killed there leaves its old member running, and the other nodes'
+    // fence-peers rightly waits for it (then fails) instead of starting theirs.
+    let mut points: Vec<String> = RestoreStep::ALL
         .iter()
         .flat_map(|s| {
             let done = (*s != RestoreStep::WaitQuorum).then(|| format!("{}:done", s.name()));
             std::iter::once(format!("{}:begin", s.name())).chain(done)
         })
         .collect();
-    assert_eq!(points.len(), 15);
+    assert_eq!(points.len(), 17);
+    points.push("stop-etcd:done".to_string());
     for round in points.chunks(3) {
+        // Each round is a restore attempt of its own: a fresh token.
+        let (token, _) = plan_attempt(&lab, &archive);
         let killed = on_every_node(&lab, |n| {
             restore(
                 &lab,
                 n,
-                &["apply", "--from", &archive],
+                &["apply", "--from", &archive, "--token", &token],
                 &[("ETCDOPS_TEST_KILL_AFTER", &round[n - 1])],
             )
         });
@@ -412,6 +555,13 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
     let t = f(&tool(Version::V36));
     let not_exec = f(&garbage);
     let no_path: &[(&str, &str)] = &[("PATH", "/nonexistent-bin")];
+    let etcdctl36 = f(&Version::V36.etcdctl());
+    // A PATH whose only restore tool candidate is etcdctl 3.6.
+    let bin36 = bad_dir.join("bin36");
+    std::fs::create_dir_all(&bin36).unwrap();
+    std::os::unix::fs::symlink(Version::V36.etcdctl(), bin36.join("etcdctl")).unwrap();
+    let path36 = f(&bin36);
+    let only_etcdctl36: &[(&str, &str)] = &[("PATH", &path36)];
     let apply = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = ["-o", "json", "restore", "apply", "--yes"]
             .iter()
@@ -470,6 +620,19 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
             2,
             "not an executable",
         ),
+        // etcdctl 3.6 has no `snapshot restore` (it answers with help and exit 0).
+        (
+            apply(&["--from", &archive, "--etcdutl", &etcdctl36]),
+            &[],
+            2,
+            "this etcdctl has no `snapshot restore`",
+        ),
+        (
+            apply(&["--from", &archive]),
+            only_etcdctl36,
+            4,
+            "etcdctl (etcd 3.6+: no snapshot restore)",
+        ),
         (
             apply(&[
                 "--from",
@@ -501,6 +664,12 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
             &[],
             2,
             "soon",
+        ),
+        (
+            apply(&["--from", &archive, "--etcdutl", &t, "--token", "a b"]),
+            &[],
+            2,
+            "--token \"a b\"",
         ),
         (
             ["-o", "json", "restore", "resume"]
@@ -577,5 +746,312 @@ fn restore_bad_inputs_are_refused_and_change_nothing() {
         "unfinished",
     );
     assert_eq!(member_id(&lab, 1), before_member);
-    assert_eq!(cases.len() + 1, 14);
+    assert_eq!(cases.len() + 1, 17);
+}
+
+/// The restore cross-talk of issue 21, on a plain 3-node lab. Before, the token came from the
+/// archive id, so a second restore of one archive gave byte-identical member and cluster ids
+/// and a member left from the first attempt passed etcd's only peer check (the cluster-ID
+/// header) and crashed the restored one. Now: every `restore plan` prints a fresh token
+/// whose ids etcd really derives; a token this node used is refused (exit 2, nothing
+/// changed); a second attempt while a member of the first still runs is stopped before its
+/// restored members start — each node's fence-peers names the stale peer's URL and the run
+/// rolls back (exit 1), manifest byte for byte, nothing left over, the first attempt's
+/// cluster healthy again; with every node in it, the second attempt completes as a
+/// cluster with other ids.
+fn restore_twice_from_one_archive(v: Version) {
+    let lab = Lab::up(v, 3);
+    put(&lab, "/before/", 10);
+    let archive = backup(&lab);
+    put(&lab, "/after/", 5);
+    let old_cluster = cluster_id(&lab, 1);
+
+    // Attempt 1, every node with one token.
+    let (t1, p1) = plan_attempt(&lab, &archive);
+    let (t1b, p1b) = plan_attempt(&lab, &archive);
+    assert_ne!(t1, t1b, "two plans of one archive must not share a token");
+    assert_ne!(p1["restored_cluster_id"], p1b["restored_cluster_id"]);
+    assert_eq!(p1["old_cluster_id"].as_str(), Some(old_cluster.as_str()));
+    assert!(
+        p1["apply"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("--token {t1}")),
+        "{p1}"
+    );
+    let runs = on_every_node(&lab, |n| {
+        restore(&lab, n, &["apply", "--from", &archive, "--token", &t1], &[])
+    });
+    for r in &runs {
+        r.code(0);
+    }
+    assert_restored(&lab, &runs);
+    let c1 = cluster_id(&lab, 1);
+    // The ids the plan announced are the ones etcd derived from the token.
+    assert_eq!(p1["restored_cluster_id"].as_str(), Some(c1.as_str()));
+    assert_ne!(c1, old_cluster);
+
+    // The same token again on a node that used it: refused, nothing changed.
+    let manifests: Vec<Vec<u8>> = (1..=3)
+        .map(|n| std::fs::read(lab.manifest(n)).unwrap())
+        .collect();
+    let state = tree_bytes(&lab.state_dir(1));
+    let reused = restore(&lab, 1, &["apply", "--from", &archive, "--token", &t1], &[]);
+    reused.code(2);
+    reused.one_line_error("was used by restore run");
+    assert!(reused.stderr.contains(&t1), "{}", reused.dump());
+    assert_eq!(tree_bytes(&lab.state_dir(1)), state);
+    assert_eq!(std::fs::read(lab.manifest(1)).unwrap(), manifests[0]);
+    // Several members and no token: refused, naming the flag and `restore plan`.
+    let none = restore(&lab, 1, &["apply", "--from", &archive], &[]);
+    none.code(2);
+    none.one_line_error("--token is required");
+    assert!(none.stderr.contains("restore plan"), "{}", none.dump());
+    assert_eq!(tree_bytes(&lab.state_dir(1)), state);
+
+    // Attempt 2 on nodes 1 and 2 while node 3 still runs attempt 1's member: each fence
+    // sees node 3's peer URL answer as cluster c1, waits, fails, and the run rolls back.
+    let (t2, p2) = plan_attempt(&lab, &archive);
+    let c2 = p2["restored_cluster_id"].as_str().unwrap().to_string();
+    assert_ne!(c2, c1);
+    let stale_peer = p2["initial_cluster"]
+        .as_str()
+        .unwrap()
+        .split(',')
+        .find_map(|m| m.strip_prefix("node3="))
+        .unwrap()
+        .to_string();
+    let ids_before: Vec<String> = (1..=3).map(|n| member_id(&lab, n)).collect();
+    let left_before: Vec<Vec<String>> = (1..=3).map(|n| leftovers(&lab, n)).collect();
+    let blocked = std::thread::scope(|s| {
+        let h: Vec<_> = [1, 2]
+            .map(|n| {
+                let (lab, archive, t2) = (&lab, &archive, &t2);
+                s.spawn(move || {
+                    restore(
+                        lab,
+                        n,
+                        &[
+                            "apply",
+                            "--from",
+                            archive,
+                            "--token",
+                            t2,
+                            "--fence-timeout",
+                            "15s",
+                        ],
+                        &[],
+                    )
+                })
+            })
+            .into_iter()
+            .collect();
+        h.into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<Run>>()
+    });
+    for (i, r) in blocked.iter().enumerate() {
+        let n = i + 1;
+        eprintln!("node {n}: {}", r.stderr.trim());
+        r.code(1);
+        assert_eq!(r.json()["state"], "rolled-back", "{}", r.dump());
+        r.one_line_error(&stale_peer);
+        assert!(r.stderr.contains(&format!("cluster {c1}")), "{}", r.dump());
+        assert!(r.stderr.contains("fence"), "{}", r.dump());
+        let steps = r.json()["steps"].to_string();
+        assert!(steps.contains("fence-peers"), "{steps}");
+        assert_eq!(
+            std::fs::read(lab.manifest(n)).unwrap(),
+            manifests[i],
+            "node {n}"
+        );
+        assert_eq!(leftovers(&lab, n), left_before[i], "node {n}");
+    }
+    for n in 1..=3 {
+        wait_for(
+            &format!("node {n} to serve attempt 1's keys again"),
+            Duration::from_secs(90),
+            || lab.count_on(n, "/before/") == Some(10),
+        );
+        assert_eq!(cluster_id(&lab, n), c1, "node {n}");
+        assert_eq!(member_id(&lab, n), ids_before[n - 1], "node {n}");
+    }
+    lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
+
+    // Attempt 2 again, every node in it this time (the token of a rolled-back attempt is
+    // spent too): a cluster with ids of its own.
+    let (t3, p3) = plan_attempt(&lab, &archive);
+    let runs = on_every_node(&lab, |n| {
+        restore(&lab, n, &["apply", "--from", &archive, "--token", &t3], &[])
+    });
+    for r in &runs {
+        r.code(0);
+    }
+    let c3 = cluster_id(&lab, 1);
+    assert_eq!(p3["restored_cluster_id"].as_str(), Some(c3.as_str()));
+    assert_ne!(c3, c1);
+    for n in 1..=3 {
+        assert_ne!(member_id(&lab, n), ids_before[n - 1], "node {n}");
+        assert_eq!(lab.count_on(n, "/before/"), Some(10));
+        assert_eq!(lab.count_on(n, "/after/"), Some(0));
+    }
+    lab.etcdops(1, &["health", "--cluster"], &[]).code(0);
+}
+
+#[test]
+fn restore_twice_from_one_archive_3_5() {
+    restore_twice_from_one_archive(Version::V35);
+}
+
+#[test]
+fn restore_twice_from_one_archive_3_6() {
+    restore_twice_from_one_archive(Version::V36);
+}
+
+#[test]
+fn restore_twice_from_one_archive_3_7() {
+    restore_twice_from_one_archive(Version::V37);
+}
+
+/// The revision node 1 reports (`health -o json`).
+fn revision(lab: &Lab) -> i64 {
+    let run = lab.etcdops(1, &["-o", "json", "health"], &[]);
+    run.code(0);
+    run.json()["endpoints"][0]["revision"].as_i64().unwrap()
+}
+
+/// `--bump-revision N --mark-compacted` for real on etcd 3.6 (etcdutl 3.6.17): the restored
+/// member's revision is the snapshot's plus N, and a read at a revision a client saw
+/// before the restore fails "required revision has been compacted" (so informers re-list
+/// instead of missing changes); the backup's keys are all there.
+fn restore_bumps_revision_and_marks_compacted(v: Version) {
+    let lab = Lab::up(v, 1);
+    put(&lab, "/before/", 10);
+    let archive = backup(&lab);
+    let at_backup = revision(&lab);
+    put(&lab, "/after/", 5);
+    let seen = revision(&lab);
+    assert_eq!(seen, at_backup + 5);
+    let run = restore(
+        &lab,
+        1,
+        &[
+            "apply",
+            "--from",
+            &archive,
+            "--bump-revision",
+            "1000000",
+            "--mark-compacted",
+        ],
+        &[],
+    );
+    run.code(0);
+    assert_eq!(run.json()["state"], "completed", "{}", run.dump());
+    wait_for(
+        "node 1 to serve the backup's 10 keys",
+        Duration::from_secs(60),
+        || lab.count_on(1, "/before/") == Some(10),
+    );
+    assert_eq!(lab.count_on(1, "/after/"), Some(0));
+    let now = revision(&lab);
+    assert!(
+        now >= at_backup + 1_000_000,
+        "revision {now} after a restore of revision {at_backup} with --bump-revision 1000000"
+    );
+    for rev in [seen, at_backup, 2] {
+        let out = lab.etcdctl(&["get", "/before/", "--prefix", &format!("--rev={rev}")]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("required revision has been compacted"),
+            "get at revision {rev} after the restore: {out:?}"
+        );
+    }
+    // The bumped revision itself is readable: compaction is at it, not beyond.
+    let out = lab.etcdctl(&["get", "/before/0", &format!("--rev={now}")]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn restore_bumps_revision_and_marks_compacted_3_6() {
+    restore_bumps_revision_and_marks_compacted(Version::V36);
+}
+
+#[test]
+fn restore_bumps_revision_and_marks_compacted_3_7() {
+    restore_bumps_revision_and_marks_compacted(Version::V37);
+}
+
+/// Never an older etcd on newer data: with the manifest's image set to 3.5 over a 3.6
+/// member's data (storage version 3.6.0), `migrate plan` and `restore plan` refuse (exit 4)
+/// naming both versions, and change nothing.
+#[test]
+fn older_image_on_newer_data_is_refused_by_migrate_and_restore_3_6() {
+    let lab = Lab::up(Version::V36, 1);
+    put(&lab, "/before/", 3);
+    // 3.6 moves the storage version from 3.5.0 to 3.6.0 shortly after it starts.
+    wait_for(
+        "node 1 to report storage version 3.6.0",
+        Duration::from_secs(30),
+        || {
+            let out = lab.etcdctl(&["endpoint", "status", "-w", "json"]);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|d| d[0]["Status"]["storageVersion"] == "3.6.0")
+        },
+    );
+    let archive = backup(&lab);
+    let text = std::fs::read_to_string(lab.manifest(1)).unwrap();
+    let older = text.replace(&Version::V36.image(), &Version::V35.image());
+    assert_ne!(
+        older,
+        text,
+        "the lab's image tag is {}",
+        Version::V36.image()
+    );
+    // A copy outside the manifests dir: kubelet keeps running the real one.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let copy = elsewhere.path().join("etcd.yaml");
+    std::fs::write(&copy, &older).unwrap();
+    let copy = copy.display().to_string();
+    let to = lab.path().join("new-disk").display().to_string();
+    let t = tool(Version::V36).display().to_string();
+    let before = std::fs::read(lab.manifest(1)).unwrap();
+    let member = member_id(&lab, 1);
+    for (args, needle) in [
+        (
+            vec![
+                "--manifest",
+                &copy,
+                "migrate",
+                "plan",
+                "--same-filesystem",
+                "--to",
+                &to,
+            ],
+            "older than the data dir's storage version 3.6.0",
+        ),
+        (
+            vec![
+                "--manifest",
+                &copy,
+                "restore",
+                "plan",
+                "--from",
+                &archive,
+                "--etcdutl",
+                &t,
+            ],
+            "the archive was taken from etcd 3.6.17",
+        ),
+    ] {
+        let run = lab.etcdops(1, &args, &[]);
+        run.code(4);
+        assert!(
+            run.stderr.contains(needle) && run.stderr.contains("3.5.36"),
+            "{}",
+            run.dump()
+        );
+    }
+    assert_eq!(std::fs::read(lab.manifest(1)).unwrap(), before);
+    assert!(!Path::new(&to).exists());
+    assert_eq!(member_id(&lab, 1), member);
 }

@@ -296,9 +296,21 @@ pub async fn create(conn: &Connection, opts: &BackupOptions) -> Result<BackupRep
     let members = within(t, "member list", ep.members())
         .await
         .map_err(etcd_err("member list"))?;
-    let hkv = within(t, "hash kv", ep.hash_kv(status.revision))
-        .await
-        .map_err(etcd_err("hash kv"))?;
+    // HashKV reads the whole key bucket: its own deadline, scaled by the db size, not the
+    // command timeout (issue 26). The key count walks etcd's in-memory index, not the values.
+    let target = crate::etcd::hashkv::Target {
+        url: &url,
+        name: None,
+        db_size: status.db_size,
+    };
+    let (hkv, _) = crate::etcd::hashkv::hash_kv(
+        conn,
+        &target,
+        status.revision,
+        crate::etcd::hashkv::Watch::QUIET,
+    )
+    .await;
+    let hkv = hkv.map_err(etcd_err("hash kv"))?;
     let key_count = within(t, "key count", ep.key_count(status.revision))
         .await
         .map_err(etcd_err("key count"))?;

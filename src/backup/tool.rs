@@ -2,8 +2,11 @@
 //!
 //! The restore tool is `etcdutl` (3.5 and later) or, on 3.4, `etcdctl` (whose `snapshot
 //! restore` is the same code). Searched, in order: the flag; `etcdutl` on `PATH`; `etcdutl`
-//! next to the manifest's etcd binary; then the same two places for `etcdctl`. When nothing
-//! is found the refusal lists every place looked at. The etcd binary for a trial restore: the
+//! next to the manifest's etcd binary; then the same two places for `etcdctl` — only an
+//! etcdctl whose `snapshot --help` still lists `restore`: etcd 3.6 removed `etcdctl snapshot
+//! restore` (CHANGELOG-3.6, etcd-io/etcd#13809), and etcdctl 3.6.17 answers `snapshot
+//! restore FILE` with its help text and exit 0, restoring nothing. When nothing is found
+//! the refusal lists every place looked at. The etcd binary for a trial restore: the
 //! flag, else next to the tool, else `PATH`.
 
 use std::os::unix::fs::PermissionsExt;
@@ -55,6 +58,25 @@ fn kind_of(path: &Path) -> ToolKind {
     }
 }
 
+/// Whether this etcdctl still restores: `snapshot --help` lists a `restore` command (3.4,
+/// 3.5 do; 3.6 and later do not).
+pub fn etcdctl_restores(path: &Path) -> bool {
+    let Ok(out) = std::process::Command::new(path)
+        .args(["snapshot", "--help"])
+        .env("ETCDCTL_API", "3")
+        .stdin(std::process::Stdio::null())
+        .output()
+    else {
+        return false;
+    };
+    let help = String::from_utf8_lossy(&out.stdout);
+    help.lines()
+        .skip_while(|l| l.trim() != "COMMANDS:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .any(|l| l.split_whitespace().next() == Some("restore"))
+}
+
 /// The directories of `PATH`, as given.
 fn path_dirs(path_var: Option<&std::ffi::OsStr>) -> Vec<PathBuf> {
     path_var
@@ -87,6 +109,12 @@ pub fn find_restore_tool(
         if !executable(f) {
             return Err(Error::input(f, "--etcdutl is not an executable file"));
         }
+        if kind_of(f) == ToolKind::Etcdctl && !etcdctl_restores(f) {
+            return Err(Error::input(
+                f,
+                "--etcdutl: this etcdctl has no `snapshot restore` (etcd 3.6 moved it to etcdutl): pass the etcdutl of the same release",
+            ));
+        }
         return Ok(RestoreTool {
             path: absolute(f)?,
             kind: kind_of(f),
@@ -104,6 +132,10 @@ pub fn find_restore_tool(
         for d in &dirs {
             let p = d.join(name);
             if executable(&p) {
+                if kind == ToolKind::Etcdctl && !etcdctl_restores(&p) {
+                    looked.push(format!("{} (etcd 3.6+: no snapshot restore)", p.display()));
+                    continue;
+                }
                 return Ok(RestoreTool { path: p, kind });
             }
             looked.push(p.display().to_string());
@@ -161,7 +193,12 @@ mod tests {
 
     fn exe(dir: &Path, name: &str) -> PathBuf {
         let p = dir.join(name);
-        std::fs::write(&p, "#!/bin/sh\n").unwrap();
+        // An etcdctl that restores, as 3.4 and 3.5 answer `snapshot --help`.
+        std::fs::write(
+            &p,
+            "#!/bin/sh\nprintf 'COMMANDS:\\n\\trestore\\tRestores\\n\\tsave\\tStores\\n\\nOPTIONS:\\n'\n",
+        )
+        .unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         p
     }

@@ -625,9 +625,25 @@ async fn trial(
         .await
         .map_err(|e| format!("key count at revision {}: {e}", contents.revision))?;
     report.key_count = Some(count);
-    let hkv = within(t, "hash kv", ep.hash_kv(contents.revision))
-        .await
-        .map_err(|e| format!("HashKV at revision {}: {e}", contents.revision))?;
+    // Its own deadline, scaled by the restored db's size (issue 26), never under the minute
+    // the other calls get.
+    let conn = Connection {
+        command_timeout: t,
+        ..conn
+    };
+    let target = crate::etcd::hashkv::Target {
+        url: &client,
+        name: None,
+        db_size: status.db_size,
+    };
+    let (hkv, _) = crate::etcd::hashkv::hash_kv(
+        &conn,
+        &target,
+        contents.revision,
+        crate::etcd::hashkv::Watch::QUIET,
+    )
+    .await;
+    let hkv = hkv.map_err(|e| format!("HashKV at revision {}: {e}", contents.revision))?;
     report.hash_kv = Some(hkv.hash);
     let mut wrong = Vec::new();
     if count != contents.key_count {

@@ -11,7 +11,7 @@ use etcdops::etcd::connect::Given;
 use etcdops::etcd::health::{self, HealthOptions};
 use etcdops::lab::kubeadm::{self, Kubeadm, NodeConfig};
 use etcdops::lab::systemd::{self, Disk};
-use etcdops::lab::{Lab, LabConfig, kubelet, shell_quote};
+use etcdops::lab::{Lab, LabConfig, kubelet, real, shell_quote};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -77,6 +77,10 @@ enum Cmd {
             default_value = "dir"
         )]
         disk: Disk,
+        /// Which kubelet runs the static pods: the stand-in, or the real kubelet and
+        /// containerd with locally built images (see docs/lab.md for what they need).
+        #[arg(long, value_name = "stand-in|real", default_value = "stand-in", value_parser = ["stand-in", "real"], conflicts_with = "systemd")]
+        kubelet: String,
     },
     /// Stop what `up` started: every stand-in and the etcd it runs (systemd mode: power the
     /// nodes off, unmount and detach the disks). Files stay.
@@ -160,6 +164,7 @@ fn run(cli: Cli) -> Result<i32> {
             timeout,
             systemd,
             disk,
+            kubelet,
         } => up(
             dir.dir,
             nodes,
@@ -168,6 +173,7 @@ fn run(cli: Cli) -> Result<i32> {
             ip_prefix,
             timeout,
             systemd.then_some(disk),
+            kubelet == "real",
         )
         .map(|_| 0),
         Cmd::Down { dir } => down(&Lab::open(&dir.dir)?).map(|_| 0),
@@ -230,6 +236,20 @@ fn kubelet_cmd(action: KubeletCmd) -> Result<i32> {
         eprint!("{}", String::from_utf8_lossy(&out.stderr));
         return Ok(out.status.code().unwrap_or(1));
     }
+    if lab.config.real.is_some() {
+        return match action {
+            KubeletCmd::Start(_) => real::start_kubelet(&lab, n).map(|_| 0),
+            KubeletCmd::Stop(_) => real::stop_kubelet(&lab, n).map(|_| 0),
+            KubeletCmd::Status(_) => {
+                let state = real::kubelet_state(&lab, n);
+                println!("{state}");
+                Ok(if state == "active" { 0 } else { 3 })
+            }
+            KubeletCmd::Run(_) => Err(Error::Usage(
+                "kubelet run: this lab runs the real kubelet".into(),
+            )),
+        };
+    }
     match action {
         KubeletCmd::Start(_) => kubelet::start(&lab, n).map(|_| 0),
         KubeletCmd::Stop(_) => kubelet::stop(&lab, n).map(|_| 0),
@@ -250,6 +270,8 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
     })
 }
 
+// One parameter per `up` flag, as clap parsed them.
+#[allow(clippy::too_many_arguments)]
 fn up(
     dir: PathBuf,
     nodes: usize,
@@ -258,6 +280,7 @@ fn up(
     ip_prefix: String,
     timeout: Duration,
     systemd_disk: Option<Disk>,
+    real_kubelet: bool,
 ) -> Result<()> {
     let started = Instant::now();
     if !(1..=9).contains(&nodes) {
@@ -295,7 +318,10 @@ fn up(
     if Lab::config_path(&dir).exists() {
         let lab = Lab::open(&dir)?;
         let busy = (1..=lab.config.nodes).any(|n| {
-            kubelet::stand_in_pid(&lab, n).is_some() || kubelet::etcd_pid(&lab, n).is_some()
+            kubelet::stand_in_pid(&lab, n).is_some()
+                || kubelet::etcd_pid(&lab, n).is_some()
+                || real::kubelet_pid(&lab, n).is_some()
+                || real::containerd_pid(&lab, n).is_some()
         });
         if busy {
             return Err(Error::refused(
@@ -311,6 +337,13 @@ fn up(
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
     let dir = std::fs::canonicalize(&dir).map_err(|e| Error::io("resolve", &dir, e))?;
     let lab_bin = std::env::current_exe().map_err(|e| Error::io("resolve", "/proc/self/exe", e))?;
+    let real = if real_kubelet {
+        let deps = std::env::var_os("ETCDOPS_DEPS")
+            .map_or_else(|| PathBuf::from("/var/cache/etcdops-deps"), PathBuf::from);
+        Some(real::Stack::find(&deps, &etcd_version)?)
+    } else {
+        None
+    };
     let lab = Lab {
         dir: dir.clone(),
         config: LabConfig {
@@ -323,6 +356,7 @@ fn up(
             lab_bin,
             systemd: systemd_disk.is_some(),
             disk: systemd_disk.unwrap_or_default(),
+            real,
         },
     };
     if lab.config.systemd {
@@ -368,6 +402,22 @@ fn up(
     .map_err(|e| Error::io("write", &cfg, e))?;
     let disk = lab.config.disk;
     if let Err(e) = start_nodes(&lab, &kubeadm, timeout) {
+        if lab.config.real.is_some() {
+            let undo = down_real(&lab).err().map_or(String::new(), |d| {
+                format!(
+                    "; undoing it failed too ({}): run `etcdops-lab down`",
+                    d.one_line()
+                )
+            });
+            return Err(Error::failed(
+                "etcdops-lab up --kubelet real",
+                format!(
+                    "{}; every node's kubelet, containerd and pods were stopped{undo}; logs: {}/node*/{{containerd,kubelet}}.log",
+                    e.one_line(),
+                    lab.dir.display()
+                ),
+            ));
+        }
         if lab.config.systemd {
             // Loop devices and containers are not files an operator would clean up by
             // hand: undo them now (`down` would do the same), keep the logs.
@@ -390,6 +440,12 @@ fn up(
     }
     let mode = if lab.config.systemd {
         format!(" (systemd-nspawn nodes, disks: {})", disk.name())
+    } else if lab.config.real.is_some() {
+        format!(
+            " (kubelet {}, containerd {})",
+            real::K8S_VERSION,
+            real::CONTAINERD_VERSION
+        )
     } else {
         String::new()
     };
@@ -424,6 +480,10 @@ fn start_nodes(lab: &Lab, kubeadm: &Kubeadm, timeout: Duration) -> Result<()> {
             systemd::boot(lab, n)?;
         }
         systemd::wait_kubelets(lab, timeout)?;
+    } else if lab.config.real.is_some() {
+        for n in 1..=lab.config.nodes {
+            real::start_node(lab, n)?;
+        }
     } else {
         for n in 1..=lab.config.nodes {
             kubelet::start(lab, n)?;
@@ -545,7 +605,32 @@ fn wait_healthy(lab: &Lab, timeout: Duration, members: usize) -> Result<()> {
     }
 }
 
+/// Real-kubelet mode: every node's kubelet, containers, containerd, mounts and cgroups.
+fn down_real(lab: &Lab) -> Result<Vec<String>> {
+    let mut said = Vec::new();
+    let mut first_err = None;
+    for n in 1..=lab.config.nodes {
+        match real::down_node(lab, n) {
+            Ok(lines) => said.extend(lines),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(said),
+    }
+}
+
 fn down(lab: &Lab) -> Result<()> {
+    if lab.config.real.is_some() {
+        for line in down_real(lab)? {
+            println!("{line}");
+        }
+        println!("lab down: {} is off", lab.dir.display());
+        return Ok(());
+    }
     // A held stop gate would keep a stopping stand-in (and so `down`) waiting.
     for n in 1..=lab.config.nodes {
         let gate = kubelet::stop_gate(lab, n);
@@ -578,6 +663,45 @@ fn down(lab: &Lab) -> Result<()> {
 fn status(lab: &Lab) -> Result<()> {
     if lab.config.systemd {
         return status_systemd(lab);
+    }
+    if lab.config.real.is_some() {
+        let mut t = etcdops::output::Table::new([
+            "NODE",
+            "ADDRESS",
+            "CONTAINERD",
+            "KUBELET",
+            "ETCD",
+            "MANIFEST",
+        ]);
+        let pid = |p: Option<i32>| p.map_or("stopped".into(), |p| format!("running (pid {p})"));
+        for n in 1..=lab.config.nodes {
+            let etcd = real::etcd_pids(lab, n);
+            t.row([
+                lab.node_name(n),
+                lab.ip(n).to_string(),
+                pid(real::containerd_pid(lab, n)),
+                pid(real::kubelet_pid(lab, n)),
+                if etcd.is_empty() {
+                    "-".into()
+                } else {
+                    format!(
+                        "running (pid {})",
+                        etcd.iter()
+                            .map(|p| p.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+                if lab.manifest(n).exists() {
+                    "present"
+                } else {
+                    "absent"
+                }
+                .to_string(),
+            ]);
+        }
+        print!("{}", t.render());
+        return Ok(());
     }
     let mut t = etcdops::output::Table::new(["NODE", "ADDRESS", "KUBELET", "ETCD", "MANIFEST"]);
     for n in 1..=lab.config.nodes {

@@ -94,6 +94,27 @@ impl Render for HealthReport {
             ]);
         }
         let mut out = t.render();
+        for e in &self.endpoints {
+            let mut extra = Vec::new();
+            if let Some(p) = &e.livez {
+                extra.push(format!("livez {}", p.summary()));
+            }
+            if let Some(p) = &e.readyz {
+                extra.push(format!("readyz {}", p.summary()));
+            }
+            if let Some(v) = &e.storage_version {
+                extra.push(format!("storage version {v}"));
+            }
+            if let Some(q) = e.db_size_quota {
+                extra.push(format!("quota (reported) {}", bytes(q)));
+            }
+            if let Some(d) = e.downgrade.as_ref().filter(|d| d.enabled) {
+                extra.push(format!("DOWNGRADING to {}", d.target_version));
+            }
+            if !extra.is_empty() {
+                out.push_str(&format!("{}: {}\n", e.endpoint, extra.join(", ")));
+            }
+        }
         if let Some(c) = &self.cluster {
             out.push('\n');
             out.push_str(&format!(
@@ -283,6 +304,11 @@ mod tests {
             raft_index: answered.then_some(50),
             raft_applied_index: answered.then_some(50),
             stranger: None,
+            storage_version: None,
+            db_size_quota: None,
+            downgrade: None,
+            livez: None,
+            readyz: None,
             status: None,
         }
     }
@@ -302,6 +328,7 @@ mod tests {
                 raft_index_spread: Some(0),
                 hash_revision: Some(42),
                 hashes_agree: Some(false),
+                hash_kv: vec![],
             }),
             alarms: vec![AlarmReport {
                 member_id: "8e9e05c52164694d".into(),

@@ -79,10 +79,23 @@ pub fn exec(global: &GlobalArgs, cmd: RestoreCommand) -> Result<()> {
         RestoreCommand::Apply(a) => {
             // Refusals that need no etcd come first, so a broken cluster does not hide them.
             crate::runs::check_none_unfinished(&state_dir)?;
-            plan::plan(&manifest, &a.plan.from, a.plan.identity.as_deref())?;
+            restore::apply_plan(
+                &state_dir,
+                &manifest,
+                &a.plan.from,
+                a.plan.identity.as_deref(),
+                a.token.as_deref(),
+            )?;
             let t = find_tool(&manifest, a.plan.etcdutl.as_deref())?;
             let flags = revision_flags(&a.plan);
             flags.check(&t)?;
+            let apply = restore::ApplyOptions {
+                identity: a.plan.identity.clone(),
+                revision_flags: flags,
+                token: a.token.clone(),
+                quorum_timeout: a.quorum_timeout,
+                fence_timeout: a.fence_timeout,
+            };
             if !a.yes {
                 super::migrate::confirm(&format!(
                     "Restore this node's etcd from {}? This stops etcd and kubelet here and \
@@ -93,15 +106,7 @@ pub fn exec(global: &GlobalArgs, cmd: RestoreCommand) -> Result<()> {
             let host = host()?;
             print_outcome(
                 format,
-                restore::apply(
-                    &host,
-                    &opts,
-                    &a.plan.from,
-                    a.plan.identity.as_deref(),
-                    &t,
-                    flags,
-                    a.quorum_timeout,
-                )?,
+                restore::apply(&host, &opts, &a.plan.from, &t, &apply)?,
             )
         }
         RestoreCommand::Resume(a) => {
@@ -144,7 +149,20 @@ impl Render for PlanReport {
             format!("{} at {}", p.name, p.peer_url),
         ]);
         t.row(["initial cluster".to_string(), p.initial_cluster.clone()]);
-        t.row(["cluster token".to_string(), p.token.clone()]);
+        t.row([
+            "cluster token".to_string(),
+            format!(
+                "{} (this attempt's: the same on every node, never again)",
+                p.token
+            ),
+        ]);
+        t.row([
+            "restored ids".to_string(),
+            format!(
+                "member {} of cluster {}",
+                p.restored_member_id, p.restored_cluster_id
+            ),
+        ]);
         t.row(["data dir".to_string(), p.data_dir.display().to_string()]);
         t.row([
             "restore into".to_string(),
@@ -152,7 +170,13 @@ impl Render for PlanReport {
         ]);
         t.row(["restore tool".to_string(), self.tool.display().to_string()]);
         let mut out = t.render();
-        out.push_str("\nwith etcd stopped on every node (manifest moved out), on this node:\n");
+        out.push_str(&format!(
+            "\nrestore every node of this attempt with the same token, all at once:\n  {}\n",
+            self.apply
+        ));
+        out.push_str(
+            "\nor by hand, with etcd stopped on every node (manifest moved out), on this node:\n",
+        );
         if let Some(x) = &self.extract {
             out.push_str(&format!("  {x}\n"));
         }

@@ -12,6 +12,7 @@ pub mod flags;
 pub mod identity;
 pub mod manifest;
 pub mod perms;
+pub mod release;
 pub mod runs;
 pub mod runtime;
 pub mod space;
@@ -72,6 +73,18 @@ pub const CHECKS: &[(&str, &str)] = &[
         "--name, --initial-advertise-peer-urls, --initial-cluster, member list",
     ),
     ("flags.listen", "listen URLs cover the advertise URLs"),
+    (
+        "flags.refused",
+        "flags the image's etcd release refuses (or deprecates)",
+    ),
+    (
+        "version.storage",
+        "the image's etcd is not older than the data's storage version",
+    ),
+    (
+        "version.members",
+        "each member's release; >= 3.5.26 when a 3.6 image is planned",
+    ),
     ("kubelet", "kubelet active (the configured status command)"),
     (
         "etcd.process",
@@ -336,6 +349,8 @@ const NEEDS_ETCD: &[&str] = &[
     "etcd.health",
     "etcd.identity",
     "etcd.process",
+    "version.storage",
+    "version.members",
 ];
 
 /// Run the selected checks. Reads only; the disk probe writes in its own temp dir.
@@ -409,6 +424,9 @@ fn judge(ctx: &Ctx, id: &str) -> Verdict {
         "certs.chain" => certs::chain(ctx),
         "flags.cluster" => flags::cluster(ctx),
         "flags.listen" => flags::listen(ctx),
+        "flags.refused" => release::refused_flags(ctx),
+        "version.storage" => release::storage(ctx),
+        "version.members" => release::members(ctx),
         "kubelet" => runtime::kubelet(ctx),
         "etcd.process" => runtime::process(ctx),
         "etcd.health" => runtime::health(ctx),

@@ -28,6 +28,36 @@ pub struct Status {
     pub raft_index: u64,
     pub raft_applied_index: u64,
     pub errors: Vec<String>,
+    /// The data dir's storage version (etcd >= 3.6; empty before).
+    pub storage_version: String,
+    /// The backend quota as the member reports it (etcd >= 3.6; 0 before). Wrong before
+    /// 3.6.6 (etcd-io/etcd#20790): use [`Status::db_size_quota_reported`].
+    pub db_size_quota: u64,
+    /// The cluster's downgrade state (etcd >= 3.6; `None` before).
+    pub downgrade: Option<Downgrade>,
+}
+
+/// `Status.downgradeInfo` (etcd >= 3.6).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Downgrade {
+    pub enabled: bool,
+    pub target_version: String,
+}
+
+impl Status {
+    /// `dbSizeQuota` when the member reports it correctly: etcd 3.6.6 and later (3.6.0-3.6.5
+    /// report a wrong value, CHANGELOG-3.6 v3.6.6 "Fix endpoint status not returning the
+    /// correct storage quota", etcd-io/etcd#20790; 3.5 has no such field).
+    pub fn db_size_quota_reported(&self) -> Option<u64> {
+        let v = super::version::Version::parse(&self.version)?;
+        (v >= super::version::Version::new(3, 6, 6) && self.db_size_quota > 0)
+            .then_some(self.db_size_quota)
+    }
+
+    /// The downgrade in progress, if the cluster has one enabled.
+    pub fn downgrade_enabled(&self) -> Option<&Downgrade> {
+        self.downgrade.as_ref().filter(|d| d.enabled)
+    }
 }
 
 /// A member from `Cluster.MemberList`.
@@ -261,6 +291,12 @@ impl Endpoint {
             raft_index: s.raft_index(),
             raft_applied_index: s.raft_applied_index(),
             errors: s.errors().to_vec(),
+            storage_version: s.storage_version().to_string(),
+            db_size_quota: s.db_size_quota().max(0) as u64,
+            downgrade: s.downgrade_info().map(|d| Downgrade {
+                enabled: d.enabled(),
+                target_version: d.target_version().to_string(),
+            }),
         })
     }
 

@@ -73,10 +73,27 @@ fn future(r: i64, current: i64) -> Error {
     ))
 }
 
+/// Maintenance during a downgrade (etcd >= 3.6, `etcdctl downgrade enable`): refused, exit
+/// 4. A downgrade rewrites the cluster and storage versions member by member; defrag and
+/// compaction add load and restarts of their own to a cluster whose members are being
+/// replaced by older binaries, and the operator who started the downgrade should finish it
+/// (or cancel it) first.
+pub fn refuse_downgrade(what: &str, target: &str) -> Error {
+    Error::refused(
+        what,
+        format!(
+            "a cluster downgrade to {target} is in progress (Status downgradeInfo.enabled): nothing was changed; finish the downgrade or end it with `etcdctl downgrade cancel`, then run again"
+        ),
+    )
+}
+
 /// Compact once for the cluster, through the first endpoint that answers.
 pub async fn compact(conn: &Connection, opts: &CompactOptions) -> Result<CompactReport> {
     let start = Instant::now();
     let (mut ep, status) = Endpoint::first_answering(conn, opts.timeout).await?;
+    if let Some(d) = status.downgrade_enabled() {
+        return Err(refuse_downgrade("compact", &d.target_version));
+    }
     let current = status.revision;
     let mut report = CompactReport {
         ok: true,

@@ -221,6 +221,16 @@ pub async fn gate(conn: &Connection, quota: u64) -> Result<GateOutcome> {
     if health.nothing_reachable() {
         return Err(health.verdict().expect_err("nothing reachable is an error"));
     }
+    if let Some(d) = health
+        .endpoints
+        .iter()
+        .find_map(|e| e.status.as_ref().and_then(|s| s.downgrade_enabled()))
+    {
+        return Err(super::compact::refuse_downgrade(
+            "defrag",
+            &d.target_version,
+        ));
+    }
     let blocking = health.problems_except_alarms(&TOLERATED_ALARMS);
     if !blocking.is_empty() {
         return Ok(GateOutcome::Refuse(blocking));

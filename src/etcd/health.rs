@@ -6,7 +6,9 @@
 //! learner, which refuses linearizable reads by design, is healthy on a clean `Status`.
 //! The verdict is healthy when every endpoint is healthy, no alarm is active, and, with
 //! `--cluster`, every member has a client URL and answers, all agree on one leader, and
-//! HashKV agrees across members at a common revision, and no member is a *stranger*: an
+//! HashKV agrees across members at a common revision (HashKV under its own deadline, scaled
+//! by each member's db size (`hashkv`): one that answers after the command timeout is
+//! reported slow, `cluster.hash_kv`, a warning, not unhealthy), and no member is a *stranger*: an
 //! endpoint of the member list that answers for another cluster id, or as a member the
 //! list does not have (a wiped member that bootstrapped a cluster of its own). Such a
 //! member serves no client request when its own cluster has no quorum: then its peer port
@@ -21,6 +23,9 @@ use serde::Serialize;
 
 use super::client::{Alarm, Endpoint, HashKv, Member, RpcErrorKind, Status, within};
 use super::connect::Connection;
+use super::hashkv::{self, Timing, Watch};
+use super::probe::Probe;
+use super::version::{self, Version};
 use crate::error::{Error, Result};
 use crate::mounts::Location;
 use crate::output::hex_id;
@@ -64,8 +69,24 @@ pub struct EndpointHealth {
     /// or as a member that the member list does not have.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stranger: Option<String>,
+    /// The data dir's storage version (etcd >= 3.6).
+    pub storage_version: Option<String>,
+    /// The quota the member reports, only from etcd 3.6.6 (earlier 3.6 reports a wrong one).
+    pub db_size_quota: Option<u64>,
+    /// The cluster's downgrade state as this member reports it (etcd >= 3.6).
+    pub downgrade: Option<DowngradeReport>,
+    /// `/livez` and `/readyz` on the metrics URL of the manifest's member (etcd >= 3.5.11);
+    /// `None` for other members, or when no manifest names a metrics URL.
+    pub livez: Option<Probe>,
+    pub readyz: Option<Probe>,
     #[serde(skip)]
     pub status: Option<Status>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DowngradeReport {
+    pub enabled: bool,
+    pub target_version: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,6 +98,9 @@ pub struct ClusterHealth {
     pub raft_index_spread: Option<u64>,
     pub hash_revision: Option<i64>,
     pub hashes_agree: Option<bool>,
+    /// Every HashKV made for the agreement, with its time and deadline (`slow` when it took
+    /// longer than the command timeout).
+    pub hash_kv: Vec<Timing>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -172,6 +196,12 @@ impl EndpointHealth {
         self.raft_term = Some(s.raft_term);
         self.raft_index = Some(s.raft_index);
         self.raft_applied_index = Some(s.raft_applied_index);
+        self.storage_version = Some(s.storage_version.clone()).filter(|v| !v.is_empty());
+        self.db_size_quota = s.db_size_quota_reported();
+        self.downgrade = s.downgrade.as_ref().map(|d| DowngradeReport {
+            enabled: d.enabled,
+            target_version: d.target_version.clone(),
+        });
         self.status = Some(s);
     }
 }
@@ -213,6 +243,11 @@ pub async fn check_endpoint(conn: &Connection, url: &str) -> EndpointHealth {
         raft_index: None,
         raft_applied_index: None,
         stranger: None,
+        storage_version: None,
+        db_size_quota: None,
+        downgrade: None,
+        livez: None,
+        readyz: None,
         status: None,
     };
     match result {
@@ -254,6 +289,16 @@ pub async fn check_endpoint(conn: &Connection, url: &str) -> EndpointHealth {
 
 /// Check the given endpoints (or, with `cluster`, every member) and judge.
 pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
+    check_watched(conn, opts, Watch::QUIET).await
+}
+
+/// [`check`], telling the watch what a long HashKV is doing while it waits (and stopping
+/// it when the watch is interrupted).
+pub async fn check_watched(
+    conn: &Connection,
+    opts: &HealthOptions,
+    watch: Watch<'_>,
+) -> HealthReport {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     let mut members: Option<Vec<Member>> = None;
@@ -321,6 +366,16 @@ pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
         }
     }
 
+    if let Some(local) = LocalMember::of(conn) {
+        probe_local(conn, &local, &mut endpoints, &mut problems, &mut warnings).await;
+    }
+    if let Some(d) = endpoints
+        .iter()
+        .find_map(|e| e.status.as_ref().and_then(|s| s.downgrade_enabled()))
+    {
+        warnings.push(downgrade_warning(&d.target_version));
+    }
+
     let mut alarms = Vec::new();
     let mut alarms_listed = false;
     // Any voting member that answered can list alarms (they are cluster-wide state); a
@@ -346,9 +401,17 @@ pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
     }
 
     let cluster = match members {
-        Some(list) if opts.cluster => {
-            Some(cluster_checks(conn, &list, &mut endpoints, &mut problems, &mut warnings).await)
-        }
+        Some(list) if opts.cluster => Some(
+            cluster_checks(
+                conn,
+                &list,
+                &mut endpoints,
+                &mut problems,
+                &mut warnings,
+                watch,
+            )
+            .await,
+        ),
         _ => None,
     };
 
@@ -363,6 +426,146 @@ pub async fn check(conn: &Connection, opts: &HealthOptions) -> HealthReport {
         alarms_listed,
         data_dir: None,
     }
+}
+
+/// The preflight of every run that starts etcd on data (migrate, rejoin): the manifest's
+/// image must not be an older minor than the storage version the members report (Status
+/// `storageVersion`, etcd >= 3.6). Ok with what was compared; refused (exit 4) otherwise.
+/// An untagged image, or members that report no storage version (3.5), pass with a note.
+pub fn check_image_release(manifest: &std::path::Path, report: &HealthReport) -> Result<String> {
+    let image = crate::manifest::StaticPod::load(manifest)
+        .ok()
+        .and_then(|p| p.etcd_container().ok().and_then(|c| c.image.clone()));
+    let Some(image) = image else {
+        return Ok("the manifest names no image: release not compared".into());
+    };
+    let newest = report
+        .endpoints
+        .iter()
+        .filter_map(|e| e.storage_version.as_deref())
+        .max_by_key(|v| Version::parse(v));
+    let Some(storage) = newest else {
+        return Ok(format!(
+            "image {image}; the members report no storage version (etcd 3.5 data)"
+        ));
+    };
+    match version::image_too_old(&image, storage) {
+        Some(reason) => Err(Error::refused("release", reason)),
+        None => Ok(format!("image {image} reads storage version {storage}")),
+    }
+}
+
+/// How a downgrade in progress reads (health warns; maintenance refuses with it).
+pub fn downgrade_warning(target: &str) -> String {
+    format!(
+        "a cluster downgrade to {target} is in progress (Status downgradeInfo): maintenance (defrag, maintain, compact) refuses until it completes or `etcdctl downgrade cancel` ends it"
+    )
+}
+
+/// The member the manifest describes: its metrics URL (for `/livez`, `/readyz`) and the
+/// client URLs it listens on and advertises (to tell which endpoint it is).
+struct LocalMember {
+    metrics_url: String,
+    client_urls: Vec<String>,
+}
+
+impl LocalMember {
+    /// Only when the manifest filled in the connection: flags alone name no metrics URL.
+    fn of(conn: &Connection) -> Option<LocalMember> {
+        let pod = crate::manifest::StaticPod::load(conn.manifest.as_ref()?).ok()?;
+        let list = |name: &str| -> Vec<String> {
+            pod.etcd_flag(name)
+                .ok()
+                .flatten()
+                .map(|v| {
+                    v.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let metrics = list("listen-metrics-urls");
+        // kubelet probes the plain-HTTP listener (kubeadm: http://127.0.0.1:2381).
+        let url = metrics
+            .iter()
+            .find(|u| u.starts_with("http://"))
+            .or(metrics.first())?;
+        let mut client_urls = list("listen-client-urls");
+        client_urls.extend(list("advertise-client-urls"));
+        Some(LocalMember {
+            metrics_url: wildcard_to_loopback(url),
+            client_urls,
+        })
+    }
+}
+
+/// `http://0.0.0.0:2381` listens everywhere; ask it on loopback.
+fn wildcard_to_loopback(url: &str) -> String {
+    url.replacen("://0.0.0.0:", "://127.0.0.1:", 1)
+        .replacen("://[::]:", "://[::1]:", 1)
+}
+
+/// Probe `/livez` and `/readyz` of the manifest's member (when it runs etcd >= 3.5.11) and
+/// judge: a failing `/livez` is a problem (kubelet restarts the member after the liveness
+/// probe's failureThreshold); a failing `/readyz` is a problem, except on a learner, which
+/// etcd >= 3.5.19 reports not ready by design until it is promoted.
+async fn probe_local(
+    conn: &Connection,
+    local: &LocalMember,
+    endpoints: &mut [EndpointHealth],
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    let Some(e) = endpoints.iter_mut().find(|e| {
+        local
+            .client_urls
+            .iter()
+            .any(|u| wildcard_to_loopback(u) == e.endpoint || *u == e.endpoint)
+    }) else {
+        return;
+    };
+    let Some(v) = e.version.as_deref().and_then(Version::parse) else {
+        return;
+    };
+    if v < version::LIVEZ {
+        return;
+    }
+    let url = local.metrics_url.clone();
+    let timeout = conn.command_timeout;
+    let Ok((livez, readyz)) =
+        tokio::task::spawn_blocking(move || super::probe::livez_readyz(&url, timeout)).await
+    else {
+        return;
+    };
+    if !livez.ok {
+        problems.push(format!(
+            "{}: {} is {}: kubelet restarts the member once its liveness probe has failed failureThreshold times",
+            e.endpoint,
+            livez.url,
+            livez.summary()
+        ));
+    }
+    if !readyz.ok {
+        if e.is_learner && v >= version::READYZ_LEARNER {
+            warnings.push(format!(
+                "{}: {} is {}: a learner is not ready until it is promoted (etcd >= 3.5.19); kubeadm's startup probe (24 x 10 s) restarts it if it is not promoted in time: `etcdctl member promote {}`",
+                e.endpoint,
+                readyz.url,
+                readyz.summary(),
+                e.member_id.as_deref().unwrap_or("ID")
+            ));
+        } else {
+            problems.push(format!(
+                "{}: {} is {}",
+                e.endpoint,
+                readyz.url,
+                readyz.summary()
+            ));
+        }
+    }
+    e.livez = Some(livez);
+    e.readyz = Some(readyz);
 }
 
 /// Check several endpoints at once.
@@ -410,6 +613,7 @@ async fn cluster_checks(
     endpoints: &mut [EndpointHealth],
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
+    watch: Watch<'_>,
 ) -> ClusterHealth {
     let reference = strangers(conn, members, endpoints, problems, warnings).await;
     let cluster_id = reference.map(hex_id);
@@ -459,7 +663,10 @@ async fn cluster_checks(
         ));
     }
 
-    let (hash_revision, hashes_agree) = hash_agreement(conn, endpoints, problems).await;
+    let mut hash_kv = Vec::new();
+    let (hash_revision, hashes_agree) =
+        hash_agreement(conn, endpoints, problems, &mut hash_kv, watch).await;
+    warnings.extend(hash_kv.iter().filter(|t| t.slow).map(Timing::note));
 
     ClusterHealth {
         cluster_id,
@@ -469,6 +676,7 @@ async fn cluster_checks(
         raft_index_spread,
         hash_revision,
         hashes_agree,
+        hash_kv,
     }
 }
 
@@ -478,10 +686,14 @@ async fn cluster_checks(
 /// etcd refuses HashKV at the compaction revision itself, so right after `compact` to the
 /// current revision (no write since) no explicit revision can be hashed: then hash the
 /// current state (revision 0) and compare only when every member reports the same revision.
+///
+/// Each HashKV gets its own deadline from the member's db size; `timings` gets every one.
 async fn hash_agreement(
     conn: &Connection,
     endpoints: &[EndpointHealth],
     problems: &mut Vec<String>,
+    timings: &mut Vec<Timing>,
+    watch: Watch<'_>,
 ) -> (Option<i64>, Option<bool>) {
     // Learners refuse HashKV ("rpc not supported for learner"): compare voting members.
     let healthy: Vec<&EndpointHealth> = endpoints
@@ -496,11 +708,13 @@ async fn hash_agreement(
         let mut hashes: Vec<(String, HashKv)> = Vec::new();
         let mut compacted = false;
         for e in &healthy {
-            let result = async {
-                let mut ep = Endpoint::connect(conn, &e.endpoint).await?;
-                within(conn.command_timeout, "hashkv", ep.hash_kv(at)).await
-            }
-            .await;
+            let target = hashkv::Target {
+                url: &e.endpoint,
+                name: e.name.as_deref(),
+                db_size: e.db_size.unwrap_or(0),
+            };
+            let (result, timing) = hashkv::hash_kv(conn, &target, at, watch).await;
+            timings.push(timing);
             match result {
                 Ok(h) => hashes.push((e.endpoint.clone(), h)),
                 Err(err) if at != 0 && err.is(RpcErrorKind::Compacted) => {

@@ -10,12 +10,16 @@ pub mod compact;
 pub mod connect;
 pub mod defrag;
 pub mod guard;
+pub mod hashkv;
 pub mod health;
 pub mod maintain;
 pub mod member;
 pub mod peer;
+pub mod peer_fence;
+pub mod probe;
 pub mod rule;
 pub mod snapshot;
+pub mod version;
 
 use std::path::Path;
 

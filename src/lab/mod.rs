@@ -1,6 +1,7 @@
 //! The lab: a multi-node etcd "control plane" on loopback, for tests, the demo and operators
 //! who want to try etcdops before touching a real node. Real etcd, real files, real TLS, the
-//! PKI and manifests kubeadm itself writes; only kubelet is stood in for (see `kubelet`).
+//! PKI and manifests kubeadm itself writes; kubelet is the stand-in (see `kubelet`), or the
+//! real kubelet and containerd (see `real`).
 //!
 //! Layout of a lab dir `D`, per node `I` (1-based):
 //! `D/nodeI/kubeadm.yaml` (the node's kubeadm config) and `D/nodeI/kubeadm.log`,
@@ -10,11 +11,14 @@
 //! `D/nodeI/kubelet.{pid,log}`, `D/nodeI/etcd.{pid,log}`; `D/lab.json` records the lab.
 //! In systemd mode (see `systemd`) also `D/nodeI/mnt/etcd-disk` (the node's new disk),
 //! `D/nodeI/{systemd,tmpfiles.d,machine-id,console.log}` and `D/created.json`.
+//! With the real kubelet: `D/nodeI/cri/` (containerd's config, root, state, socket),
+//! `D/nodeI/kubelet/` (its config and root dir) and `D/nodeI/{containerd,kubelet}.log`.
 
 pub mod kubeadm;
 pub mod kubelet;
 pub mod pki;
 pub mod probe;
+pub mod real;
 pub mod systemd;
 
 use std::net::Ipv4Addr;
@@ -48,6 +52,9 @@ pub struct LabConfig {
     /// What backs the data dirs and new disks (systemd mode).
     #[serde(default)]
     pub disk: systemd::Disk,
+    /// The real kubelet and containerd instead of the stand-in (`up --kubelet real`).
+    #[serde(default)]
+    pub real: Option<real::Stack>,
 }
 
 /// A lab dir and its configuration.

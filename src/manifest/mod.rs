@@ -60,6 +60,47 @@ pub struct Container {
     /// etcd reads `ETCD_DATA_DIR` and friends when the flag is absent.
     #[serde(default)]
     pub env: Vec<EnvVar>,
+    /// `registry.k8s.io/etcd:3.6.5-0`: the tag says which etcd will run.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// kubeadm's startup probe (1.31+: `/readyz` on 2381, 24 x 10 s after 10 s).
+    #[serde(default)]
+    pub startup_probe: Option<ProbeSpec>,
+}
+
+/// The parts of a probe that say how long kubelet waits before it restarts the container.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeSpec {
+    #[serde(default)]
+    pub http_get: Option<HttpGet>,
+    pub initial_delay_seconds: Option<u64>,
+    pub period_seconds: Option<u64>,
+    pub failure_threshold: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct HttpGet {
+    #[serde(default)]
+    pub path: String,
+}
+
+impl ProbeSpec {
+    /// How long after the container starts kubelet gives up on it (kubelet's defaults:
+    /// no initial delay, period 10 s, failure threshold 3).
+    pub fn window(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.initial_delay_seconds.unwrap_or(0)
+                + self.period_seconds.unwrap_or(10) * self.failure_threshold.unwrap_or(3),
+        )
+    }
+
+    /// Whether it asks `/readyz`, which fails for a learner from etcd 3.5.19.
+    pub fn asks_readyz(&self) -> bool {
+        self.http_get
+            .as_ref()
+            .is_some_and(|h| h.path.starts_with("/readyz"))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -457,6 +498,8 @@ spec:
             args: vec!["--data-dir".into(), "/x".into()],
             volume_mounts: vec![],
             env: vec![],
+            image: None,
+            startup_probe: None,
         };
         assert_eq!(c.flag("data-dir").as_deref(), Some("/x"));
         assert_eq!(c.flag("data"), None);

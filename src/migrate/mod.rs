@@ -44,6 +44,9 @@ pub struct Plan {
     #[serde(default)]
     pub cluster_endpoints: Vec<String>,
     pub identity: Identity,
+    /// The HashKVs preflight made (cluster agreement, identity), with their times.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hash_kv: Vec<crate::etcd::hashkv::Timing>,
 }
 
 impl RunPlan for Plan {
@@ -201,7 +204,8 @@ pub(crate) fn post_verify(host: &dyn Host, plan: &Plan) -> Result<serde_json::Va
         ));
     }
     let mut note = None;
-    match host.hash_at(want.revision)? {
+    let at = host.hash_at(want.revision)?;
+    match at.hash {
         Some(h) if h == want.hash => {}
         Some(h) => {
             return Err(Error::failed(
@@ -246,7 +250,17 @@ pub(crate) fn post_verify(host: &dyn Host, plan: &Plan) -> Result<serde_json::Va
             "revision compacted and members' HashKV could not be compared",
         ));
     }
-    Ok(serde_json::json!({"identity": now, "note": note}))
+    // Every HashKV this step made, each under its own deadline; the slow ones are noted.
+    let timings: Vec<&crate::etcd::hashkv::Timing> = now
+        .hash_kv
+        .iter()
+        .chain(at.timing.iter())
+        .chain(cluster.cluster.iter().flat_map(|c| c.hash_kv.iter()))
+        .collect();
+    Ok(crate::etcd::hashkv::annotate(
+        serde_json::json!({"identity": now, "note": note}),
+        timings,
+    ))
 }
 
 /// `migrate finalize`: after the operator's verification window, fence the old path (and

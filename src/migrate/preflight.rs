@@ -96,7 +96,7 @@ fn yaml_scalar(s: &str) -> String {
 
 pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
     let mut checks = Vec::new();
-    let warnings = Vec::new();
+    let mut warnings = Vec::new();
     let mut refusal: Option<Error> = None;
     let mut check = |name: &str, r: Result<String>| match r {
         Ok(detail) => checks.push(Check {
@@ -202,6 +202,8 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
     }
 
     let mut identity: Option<Identity> = None;
+    // Every HashKV made here, with its time: a slow one is a warning, not a refusal.
+    let mut hash_kv: Vec<crate::etcd::hashkv::Timing> = Vec::new();
     let mut cluster_endpoints: Vec<String> = Vec::new();
     // Another node's run holds the guard: say whose, rather than "unhealthy" while its
     // member is down (issue 11).
@@ -218,11 +220,14 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
             None => Ok(()),
         }
     };
+    let mut release: Option<Result<String>> = None;
     check(
         "cluster",
         (|| {
             held_by()?;
             let h = host.health(true)?;
+            release = Some(crate::etcd::health::check_image_release(input.manifest, &h));
+            hash_kv.extend(h.cluster.iter().flat_map(|c| c.hash_kv.iter().cloned()));
             if !h.healthy {
                 held_by()?;
                 return Err(Error::refused(
@@ -246,6 +251,10 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
             ))
         })(),
     );
+    if let Some(r) = release {
+        // Never start an older etcd on newer data (3.5 on a data dir that 3.6 wrote).
+        check("release", r);
+    }
     check(
         "member",
         host.check_member()
@@ -258,12 +267,14 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
                 "member {} of cluster {}, revision {}, HashKV {:08x}",
                 id.member_id, id.cluster_id, id.revision, id.hash
             );
+            hash_kv.extend(id.hash_kv.clone());
             identity = Some(id);
             d
         }),
     );
     check("no-unfinished-run", (input.unfinished)(input.state_dir));
 
+    warnings.extend(hash_kv.iter().filter(|t| t.slow).map(|t| t.note()));
     let ok = refusal.is_none();
     let target_existed = input.to.exists();
     let plan = match (ok, &from, identity) {
@@ -278,6 +289,7 @@ pub fn run(host: &dyn Host, input: &PreflightInput) -> PreflightReport {
             target_existed,
             cluster_endpoints,
             identity,
+            hash_kv,
         }),
         _ => None,
     };

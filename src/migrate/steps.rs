@@ -102,7 +102,10 @@ impl Saga for Migration<'_> {
         let host = self.host;
         match step {
             // The checks ran before the journal existed; the identity is in the plan.
-            Preflight => Ok(serde_json::to_value(&plan.identity).expect("serializes")),
+            Preflight => Ok(crate::etcd::hashkv::annotate(
+                serde_json::to_value(&plan.identity).expect("serializes"),
+                &plan.hash_kv,
+            )),
             Snapshot => {
                 if !plan.snapshot {
                     return Ok(serde_json::json!({"skipped": "--no-snapshot"}));

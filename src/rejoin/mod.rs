@@ -49,6 +49,38 @@ pub struct Plan {
     /// not list, a cluster of its own), when preflight found it answering as one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stranger: Option<String>,
+    /// kubeadm's startup probe asks `/readyz`, which says "not ready" while the member is a
+    /// learner (etcd >= 3.5.19): kubelet restarts the new member this long after it starts
+    /// unless it is promoted. Catch-up and promotion must both end within it.
+    #[serde(default)]
+    pub startup_window_ms: Option<u64>,
+}
+
+impl Plan {
+    /// The bound of the catch-up wait and of the promote retries: `--catch-up-timeout`, cut
+    /// to the startup probe's window when one applies.
+    pub fn learner_deadline(&self) -> std::time::Duration {
+        let t = self
+            .startup_window_ms
+            .map_or(self.catch_up_timeout_ms, |w| {
+                w.min(self.catch_up_timeout_ms)
+            });
+        std::time::Duration::from_millis(t)
+    }
+}
+
+/// The startup probe's window when it restarts an unpromoted learner: the probe asks
+/// `/readyz` and the image is etcd >= 3.5.19 (or untagged: assume it is).
+pub fn startup_window(manifest: &Path) -> Option<std::time::Duration> {
+    let pod = crate::manifest::StaticPod::load(manifest).ok()?;
+    let c = pod.etcd_container().ok()?;
+    let probe = c.startup_probe.as_ref().filter(|p| p.asks_readyz())?;
+    let learner_not_ready = c
+        .image
+        .as_deref()
+        .and_then(crate::etcd::version::Version::of_image)
+        .is_none_or(|v| v >= crate::etcd::version::READYZ_LEARNER);
+    learner_not_ready.then(|| probe.window())
 }
 
 impl Plan {
@@ -163,6 +195,9 @@ pub fn preflight(host: &dyn Host, opts: &RunOptions, id: &str) -> Result<Plan> {
             "this member is a stranger: {why}; replacing it is what rejoin is for"
         ));
     }
+    // The new member receives the cluster's data: never under an older etcd than wrote it.
+    crate::etcd::health::check_image_release(&opts.manifest, &health)
+        .map_err(|e| Error::refused(format!("rejoin member {}", me.name), e.one_line()))?;
     let Some(manifest_bytes) = host.read_file(&opts.manifest)? else {
         return Err(Error::input(
             &opts.manifest,
@@ -208,6 +243,7 @@ pub fn preflight(host: &dyn Host, opts: &RunOptions, id: &str) -> Result<Plan> {
         catch_up_entries: CATCH_UP_ENTRIES,
         catch_up_timeout_ms: opts.catch_up_timeout.as_millis() as u64,
         stranger: judged.stranger,
+        startup_window_ms: startup_window(&opts.manifest).map(|w| w.as_millis() as u64),
         me,
     })
 }

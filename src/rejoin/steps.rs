@@ -10,7 +10,6 @@
 //! and says so, and `resume` finishes forward. Later steps have no undo at all.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -132,6 +131,22 @@ pub fn rewrite_edits(initial_cluster: String) -> [FlagEdit; 2] {
 }
 
 /// The message of the raft rule, for rollback past the removal.
+/// A learner that is not promoted within kubeadm's startup probe window is restarted by
+/// kubelet (its `/readyz` says not ready while it is a learner, etcd >= 3.5.19): a failed
+/// wait says so, and what to do.
+fn startup_probe_hint(plan: &Plan, e: Error) -> Error {
+    match (plan.startup_window_ms, e) {
+        (Some(w), Error::Failed { what, reason }) => Error::Failed {
+            what,
+            reason: format!(
+                "{reason}; the manifest's startup probe asks /readyz, which fails while the member is a learner, so kubelet restarts it {}s after it starts until it is promoted: promote it as soon as it has caught up (`etcdctl member promote ID`) or run `etcdops member rejoin resume`",
+                w / 1000
+            ),
+        },
+        (_, e) => e,
+    }
+}
+
 pub fn removed_message(plan: &Plan, dir: &std::path::Path) -> String {
     format!(
         "member {} ({}) was removed from the cluster: the old member cannot come back (a \
@@ -213,15 +228,16 @@ impl Saga for Rejoin<'_> {
                 Ok(serde_json::Value::Null)
             }
             WaitCaughtUp => {
-                let (local, leader) = host.wait_caught_up(
-                    plan.catch_up_entries,
-                    Duration::from_millis(plan.catch_up_timeout_ms),
-                )?;
+                let (local, leader) = host
+                    .wait_caught_up(plan.catch_up_entries, plan.learner_deadline())
+                    .map_err(|e| startup_probe_hint(plan, e))?;
                 Ok(serde_json::json!({"raft_index": local, "leader_raft_index": leader}))
             }
             Promote => {
                 let id = new_id(host, run)?;
-                let attempts = host.promote(id, Duration::from_millis(plan.catch_up_timeout_ms))?;
+                let attempts = host
+                    .promote(id, plan.learner_deadline())
+                    .map_err(|e| startup_probe_hint(plan, e))?;
                 Ok(serde_json::json!({"new_member_id": hex_id(id), "attempts": attempts}))
             }
             VerifyHash => {
@@ -260,7 +276,7 @@ impl Saga for Rejoin<'_> {
                         ),
                     ));
                 }
-                Ok(serde_json::json!({
+                let data = serde_json::json!({
                     "old_member_id": plan.old_member_id,
                     "new_member_id": hex_id(id),
                     "hash_revision": at,
@@ -269,7 +285,13 @@ impl Saga for Rejoin<'_> {
                          members at revision {}; old data kept at {}",
                         plan.me.name, plan.old_member_id, hex_id(id), members,
                         at.unwrap_or(0), plan.aside.display())
-                }))
+                });
+                // Each HashKV ran under its own deadline (scaled by the member's db size),
+                // not the command timeout; the slow ones are noted.
+                Ok(crate::etcd::hashkv::annotate(
+                    data,
+                    cluster.iter().flat_map(|c| c.hash_kv.iter()),
+                ))
             }
         }
     }

@@ -95,6 +95,7 @@ impl Host for Fake {
                 raft_index_spread: Some(0),
                 hash_revision: Some(7),
                 hashes_agree: Some(true),
+                hash_kv: vec![],
             }),
             alarms: vec![],
             problems: vec![],
@@ -107,7 +108,7 @@ impl Host for Fake {
     fn identity(&self) -> Result<Identity> {
         nope("identity")
     }
-    fn hash_at(&self, _revision: i64) -> Result<Option<u32>> {
+    fn hash_at(&self, _revision: i64) -> Result<crate::run::host::HashAt> {
         nope("hash_at")
     }
     fn snapshot(&self, _dest: &Path) -> Result<()> {
@@ -296,6 +297,7 @@ fn plan(id: &str) -> Plan {
         catch_up_entries: CATCH_UP_ENTRIES,
         catch_up_timeout_ms: 1000,
         stranger: None,
+        startup_window_ms: None,
     }
 }
 
@@ -392,4 +394,47 @@ fn a_crash_after_the_learner_was_added_does_not_add_a_second_one() {
     let w = fake.w.borrow();
     assert_eq!(w.members.len(), 3, "{:?}", w.members);
     assert_eq!(w.next_id, 101, "one learner was ever added");
+}
+
+/// kubeadm 1.31's startup probe asks /readyz: 10 s + 24 x 10 s. With an image from 3.5.19
+/// on (a learner's /readyz fails), that is the learner's deadline; on 3.5.15 it is not.
+#[test]
+fn the_startup_probe_window_bounds_the_learner_from_3_5_19() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("etcd.yaml");
+    let fixture = include_str!("../../tests/fixtures/manifests/kubeadm-v1.31.yaml");
+    std::fs::write(&m, fixture).unwrap();
+    assert_eq!(
+        startup_window(&m),
+        None,
+        "3.5.15: /readyz passes for a learner"
+    );
+    std::fs::write(&m, fixture.replace("etcd:3.5.15-0", "etcd:3.6.5-0")).unwrap();
+    assert_eq!(startup_window(&m), Some(Duration::from_secs(250)));
+    let mut p = plan("r1");
+    p.catch_up_timeout_ms = 300_000;
+    p.startup_window_ms = Some(250_000);
+    assert_eq!(p.learner_deadline(), Duration::from_secs(250));
+    p.catch_up_timeout_ms = 60_000;
+    assert_eq!(p.learner_deadline(), Duration::from_secs(60));
+}
+
+/// A promotion that does not happen in the window says that kubelet restarts the learner
+/// and what to do.
+#[test]
+fn a_failed_promotion_names_the_startup_probe_and_the_fix() {
+    let fake = Fake::new();
+    let fault = FaultHost::new(&fake, "promote", 1, true);
+    let state = tempfile::tempdir().unwrap();
+    let saga = Rejoin { host: &fault };
+    let dir = crate::run::runs_dir(state.path()).join("r1");
+    let mut p = plan("r1");
+    p.startup_window_ms = Some(250_000);
+    let mut e = Engine::create(&saga, dir, p, &quiet, None).unwrap();
+    let err = e.run().unwrap_err().one_line();
+    assert!(
+        err.contains("kubelet restarts it 250s after it starts until it is promoted"),
+        "{err}"
+    );
+    assert!(err.contains("etcdctl member promote"), "{err}");
 }

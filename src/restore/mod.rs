@@ -1,10 +1,12 @@
 //! Restore of one node from an archive (or a bare snapshot). `plan`: what every node computes
 //! alike — this member's name and peer URL from the manifest, `--initial-cluster` from the
-//! archive's member list, a cluster token derived from the archive id — the refusals, and
-//! running etcd's own restore tool into a new dir. `steps`: the restore run, a saga on
+//! archive's member list — the cluster token of this attempt (fresh from `restore plan`,
+//! given to every node's `restore apply --token`, never reused on a node), the refusals,
+//! and running etcd's own restore tool into a new dir. `steps`: the restore run, a saga on
 //! `crate::run` (stop etcd and kubelet, restore, swap the restored dir in with the old data
-//! kept aside, start, wait for the local member, then for quorum), with `apply`, `resume`
-//! and `rollback` here. The engine journals, executes and rolls back.
+//! kept aside, prove every old peer fenced, start, wait for the local member, then for
+//! quorum), with `apply`, `resume` and `rollback` here. The engine journals, executes and
+//! rolls back.
 
 pub mod plan;
 pub mod steps;
@@ -50,8 +52,15 @@ pub struct Plan {
     pub members: usize,
     /// The bound of the wait for quorum, in milliseconds.
     pub quorum_timeout_ms: u64,
+    /// The bound of the wait for every old peer to be fenced, in milliseconds.
+    #[serde(default = "default_fence_timeout_ms")]
+    pub fence_timeout_ms: u64,
     /// What ran on this node before the run (member and cluster id), when it answered.
     pub before: Option<MemberStatus>,
+}
+
+fn default_fence_timeout_ms() -> u64 {
+    120_000
 }
 
 impl Plan {
@@ -131,22 +140,84 @@ fn outcome(engine: &Engine<Restore>, result: Result<()>) -> Outcome {
     Outcome::of(engine, result)
 }
 
+/// What `restore apply` was given besides the file: the restore tool's flags, this
+/// attempt's token and the bounds of its waits.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// `--identity`: the age identity of an encrypted archive.
+    pub identity: Option<PathBuf>,
+    pub revision_flags: plan::RevisionFlags,
+    /// `--token`; none: a fresh one for a single-member cluster, refused for more.
+    pub token: Option<String>,
+    pub quorum_timeout: Duration,
+    pub fence_timeout: Duration,
+}
+
+/// The restore plan of `restore apply`, with this attempt's token: refuses (exit 2) a
+/// multi-member restore without `--token`, a malformed token, and a token an earlier
+/// restore run on this node used. Changes nothing.
+pub fn apply_plan(
+    state_dir: &Path,
+    manifest: &Path,
+    from: &Path,
+    identity: Option<&Path>,
+    token: Option<&str>,
+) -> Result<plan::RestorePlan> {
+    let mut restore = plan::plan(manifest, from, identity)?;
+    let token = plan::choose_token(token, restore.members(), restore.source_id())?;
+    if let Some(run) = token_used_by(state_dir, &token)? {
+        return Err(Error::Usage(format!(
+            "--token {token} was used by restore run {run} on this node; a token serves one \
+             restore attempt only: run `etcdops restore plan --from {}` for a new one and \
+             restore every node with it",
+            from.display()
+        )));
+    }
+    restore.set_token(token);
+    Ok(restore)
+}
+
+/// The restore run in this state dir that used `token`, if any (any state: a rolled-back
+/// attempt may have started its member, and a member of it may still run elsewhere).
+pub fn token_used_by(state_dir: &Path, token: &str) -> Result<Option<String>> {
+    for dir in crate::run::list_runs(state_dir)? {
+        let path = crate::run::journal::Journal::path_in(&dir);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
+        let Some(first) = text.lines().next() else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(first) else {
+            continue;
+        };
+        if v["kind"] == "restore" && v["plan"]["token"] == token {
+            let id = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+            return Ok(id);
+        }
+    }
+    Ok(None)
+}
+
 /// Every refusal before the journal exists (nothing changed): an unfinished run, the plan's
-/// refusals, leftovers of the restore dir, the staged dir or the aside path. A data dir that
-/// is a mount point is restored inside itself (see `Plan::mounted`).
-#[allow(clippy::too_many_arguments)]
+/// refusals (a missing, malformed or used token among them), leftovers of the restore dir,
+/// the staged dir or the aside path. A data dir that is a mount point is restored inside
+/// itself (see `Plan::mounted`).
 fn preflight(
     host: &dyn Host,
     opts: &RunOptions,
     from: &Path,
-    identity: Option<&Path>,
     tool: &RestoreTool,
-    revision_flags: plan::RevisionFlags,
+    apply: &ApplyOptions,
     id: &str,
-    quorum_timeout: Duration,
 ) -> Result<Plan> {
     (opts.unfinished)(&opts.state_dir)?;
-    let mut restore = plan::plan(&opts.manifest, from, identity)?;
+    let revision_flags = apply.revision_flags;
+    let mut restore = apply_plan(
+        &opts.state_dir,
+        &opts.manifest,
+        from,
+        apply.identity.as_deref(),
+        apply.token.as_deref(),
+    )?;
     revision_flags.check(tool)?;
     restore.revision_flags = revision_flags;
     let data = restore.data_dir.clone();
@@ -191,7 +262,7 @@ fn preflight(
             "manifest not found in the manifests dir (leave it in place: the run stops etcd itself)",
         ));
     }
-    let members = restore.initial_cluster.split(',').count();
+    let members = restore.members();
     // Who runs now, for the report and for a rollback to prove it is back; a broken cluster
     // (the reason to restore) may not answer at all.
     let before = host.local_status().ok();
@@ -204,7 +275,8 @@ fn preflight(
         data_existed,
         mounted,
         members,
-        quorum_timeout_ms: quorum_timeout.as_millis() as u64,
+        quorum_timeout_ms: apply.quorum_timeout.as_millis() as u64,
+        fence_timeout_ms: apply.fence_timeout.as_millis() as u64,
         before,
         restore,
     })
@@ -224,23 +296,12 @@ pub fn apply(
     host: &dyn Host,
     opts: &RunOptions,
     from: &Path,
-    identity: Option<&Path>,
     tool: &RestoreTool,
-    revision_flags: plan::RevisionFlags,
-    quorum_timeout: Duration,
+    apply: &ApplyOptions,
 ) -> Result<Outcome> {
     let _lock = RunLock::acquire(&opts.state_dir)?;
     let id = crate::run::unique_id(&opts.state_dir);
-    let plan = preflight(
-        host,
-        opts,
-        from,
-        identity,
-        tool,
-        revision_flags,
-        &id,
-        quorum_timeout,
-    )?;
+    let plan = preflight(host, opts, from, tool, apply, &id)?;
     let saga = Restore {
         host,
         operator_rollback: false,

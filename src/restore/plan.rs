@@ -38,8 +38,29 @@ pub struct RestorePlan {
     pub peer_url: String,
     /// `name=peer URL,...` of every member restored: the archive's member list.
     pub initial_cluster: String,
-    /// `etcd-restore-<archive id>`: equal on every node without them talking.
+    /// `--initial-cluster-token`: one per restore attempt, shared by every node of it and
+    /// never reused (`restore plan` makes a fresh one, `restore apply --token` takes it). A
+    /// token derived from the archive alone gave two restores of one archive the same
+    /// member and cluster ids, so a member left from the first passed etcd's only peer
+    /// check (the cluster-ID header) and crashed the second ("tocommit(N) is out of range").
     pub token: String,
+    /// The member and cluster id etcd derives from the token and the peer URLs (lower-case
+    /// hex as etcd prints them): what the restored member will answer as. Empty in
+    /// journals written before this existed.
+    #[serde(default)]
+    pub restored_member_id: String,
+    #[serde(default)]
+    pub restored_cluster_id: String,
+    /// The cluster id the archive was taken from (empty for a bare snapshot).
+    #[serde(default)]
+    pub old_cluster_id: String,
+    /// Every other member's peer URL: each must be fenced before this member starts.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// The peer TLS files (host paths) of this node's manifest, to ask a peer which cluster
+    /// it serves as etcd's peers ask each other; none for plain-http peers.
+    #[serde(default)]
+    pub peer_tls: Option<PeerTls>,
     /// The data dir on the host (from the manifest), and the new dir beside it.
     pub data_dir: PathBuf,
     pub restore_dir: PathBuf,
@@ -125,9 +146,120 @@ fn help_lists_revision_flags(help: &str) -> bool {
     listed("--bump-revision") && listed("--mark-compacted")
 }
 
-/// `etcd-restore-<id>`.
-pub fn token(id: &str) -> String {
-    format!("etcd-restore-{id}")
+pub use crate::etcd::peer_fence::PeerTls;
+
+/// A fresh token for one restore attempt: `etcdops-restore-<first 8 of the source id>-<UTC
+/// time>-<6 random hex digits>`. Never the same twice, so that no two attempts (of one
+/// archive, or on two machines) derive the same member and cluster ids.
+pub fn fresh_token(source_id: &str) -> String {
+    use ring::rand::SecureRandom;
+    let mut r = [0u8; 3];
+    ring::rand::SystemRandom::new()
+        .fill(&mut r)
+        .expect("the system's random source works");
+    let short: String = source_id.chars().take(8).collect();
+    format!(
+        "etcdops-restore-{short}-{}-{:02x}{:02x}{:02x}",
+        crate::manifest::atomic::timestamp(std::time::SystemTime::now()),
+        r[0],
+        r[1],
+        r[2]
+    )
+}
+
+/// A token given with `--token`: 1 to 128 of `A-Z a-z 0-9 . _ -` (what `restore plan`
+/// prints; nothing a shell or a YAML file would mangle). Bad input is exit 2.
+pub fn check_token(token: &str) -> Result<()> {
+    let ok = !token.is_empty()
+        && token.len() <= 128
+        && token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "--token {token:?}: a cluster token is 1 to 128 of A-Z a-z 0-9 . _ - (use the one \
+             `etcdops restore plan` prints)"
+        )))
+    }
+}
+
+/// The token of a `restore apply`: the given one, checked; none given, a fresh one only
+/// when the restored cluster has a single member — with more, every node of the attempt
+/// must restore with the same token, which only the operator can hand them all.
+pub fn choose_token(given: Option<&str>, members: usize, source_id: &str) -> Result<String> {
+    match given {
+        Some(t) => check_token(t).map(|_| t.to_string()),
+        None if members <= 1 => Ok(fresh_token(source_id)),
+        None => Err(Error::Usage(format!(
+            "--token is required to restore a {members}-member cluster: run `etcdops restore \
+             plan --from FILE` once and pass the token it prints to `restore apply --token` on \
+             every node of this restore"
+        ))),
+    }
+}
+
+/// etcd's member id for a member restored with `token`: the first 8 bytes (big-endian) of
+/// sha1(sorted peer URLs joined + token) (`membership.NewMember` with no time).
+pub fn member_id(peer_urls: &[&str], token: &str) -> u64 {
+    let mut urls: Vec<&str> = peer_urls.to_vec();
+    urls.sort();
+    let mut b = urls.concat().into_bytes();
+    b.extend_from_slice(token.as_bytes());
+    first_u64(&b)
+}
+
+/// etcd's cluster id of a new cluster: sha1 of the sorted member ids, 8 bytes big-endian
+/// each (`RaftCluster.genID`).
+pub fn cluster_id(member_ids: &[u64]) -> u64 {
+    let mut ids = member_ids.to_vec();
+    ids.sort_unstable();
+    let b: Vec<u8> = ids.iter().flat_map(|i| i.to_be_bytes()).collect();
+    first_u64(&b)
+}
+
+fn first_u64(bytes: &[u8]) -> u64 {
+    let d = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, bytes);
+    u64::from_be_bytes(d.as_ref()[..8].try_into().expect("sha1 has 20 bytes"))
+}
+
+/// This member's and the cluster's ids as a restore from `initial_cluster` with `token`
+/// makes them (hex as etcd prints them).
+pub fn restored_ids(initial_cluster: &str, name: &str, token: &str) -> (String, String) {
+    let mut by_name: Vec<(&str, Vec<&str>)> = Vec::new();
+    for part in initial_cluster.split(',').filter(|p| !p.is_empty()) {
+        let (n, url) = part.split_once('=').unwrap_or((part, ""));
+        match by_name.iter_mut().find(|(m, _)| *m == n) {
+            Some((_, urls)) => urls.push(url),
+            None => by_name.push((n, vec![url])),
+        }
+    }
+    let ids: Vec<(&str, u64)> = by_name
+        .iter()
+        .map(|(n, urls)| (*n, member_id(urls, token)))
+        .collect();
+    let me = ids.iter().find(|(n, _)| *n == name).map_or(0, |(_, i)| *i);
+    let all: Vec<u64> = ids.iter().map(|(_, i)| *i).collect();
+    (
+        crate::output::hex_id(me),
+        crate::output::hex_id(cluster_id(&all)),
+    )
+}
+
+impl RestorePlan {
+    /// Use `token` for this attempt (and the ids it gives).
+    pub fn set_token(&mut self, token: String) {
+        let (m, c) = restored_ids(&self.initial_cluster, &self.name, &token);
+        self.token = token;
+        self.restored_member_id = m;
+        self.restored_cluster_id = c;
+    }
+
+    /// Members restored (`--initial-cluster`).
+    pub fn members(&self) -> usize {
+        self.initial_cluster.split(',').count()
+    }
 }
 
 /// `name=url,...` sorted by name; learners are not restored as members (etcd's
@@ -281,6 +413,18 @@ pub fn plan_from_contents(
         }
         Some(_) => {}
     }
+    // Never start an older etcd on newer data: the restored data is what the archive's
+    // etcd wrote (its storage version is at most that release's minor).
+    if let Some(image) = pod.etcd_container()?.image.as_deref()
+        && let Some(v) = crate::etcd::version::Version::parse(&contents.etcd_version)
+        && let Some(reason) =
+            crate::etcd::version::image_too_old(image, &v.minor_line().to_string())
+    {
+        return Err(Error::refused(
+            &what,
+            format!("the archive was taken from etcd {v}: {reason}"),
+        ));
+    }
     // What the restore tool would refuse once etcd is stopped, refused now (issue 21).
     let from = match &source {
         Source::Archive { path, .. } | Source::Snapshot { path, .. } => path.clone(),
@@ -291,16 +435,43 @@ pub fn plan_from_contents(
         Source::Archive { id, .. } | Source::Snapshot { id, .. } => id.clone(),
     };
     let restore_dir = beside(&data_dir, &format!("restore-{id}"))?;
-    Ok(RestorePlan {
+    let peers = initial
+        .split(',')
+        .filter_map(|p| p.split_once('='))
+        .filter(|(n, _)| *n != name)
+        .map(|(_, u)| u.to_string())
+        .collect();
+    let tls = |flag: &str| -> Result<Option<PathBuf>> {
+        match pod.etcd_flag(flag)? {
+            Some(p) if !p.is_empty() => Ok(Some(pod.host_path(&p)?)),
+            _ => Ok(None),
+        }
+    };
+    let peer_tls = match (
+        tls("peer-trusted-ca-file")?,
+        tls("peer-cert-file")?,
+        tls("peer-key-file")?,
+    ) {
+        (Some(ca), Some(cert), Some(key)) => Some(PeerTls { ca, cert, key }),
+        _ => None,
+    };
+    let mut plan = RestorePlan {
         source,
         name,
         peer_url,
         initial_cluster: initial,
-        token: token(&id),
+        token: String::new(),
+        restored_member_id: String::new(),
+        restored_cluster_id: String::new(),
+        old_cluster_id: contents.cluster_id.clone(),
+        peers,
+        peer_tls,
         data_dir,
         restore_dir,
         revision_flags: RevisionFlags::default(),
-    })
+    };
+    plan.set_token(fresh_token(&id));
+    Ok(plan)
 }
 
 /// The restore dir when the data dir is a mount point (its own disk): inside it, as a
@@ -520,6 +691,8 @@ pub struct PlanReport {
     pub extract: Option<String>,
     /// The restore tool's command line, shell-quoted.
     pub restore: String,
+    /// The `etcdops restore apply` to run on every node of this attempt (with this token).
+    pub apply: String,
 }
 
 fn quote(word: &str) -> String {
@@ -560,6 +733,22 @@ impl PlanReport {
         let mut words: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         words.push(quote(&program.display().to_string()));
         words.extend(args.iter().map(|a| quote(a)));
+        let from = match &plan.source {
+            Source::Archive { path, .. } | Source::Snapshot { path, .. } => path,
+        };
+        let mut apply = vec![
+            "etcdops restore apply --from".to_string(),
+            quote(&from.display().to_string()),
+            "--token".to_string(),
+            quote(&plan.token),
+        ];
+        if let Some(n) = plan.revision_flags.bump_revision {
+            apply.push(format!("--bump-revision {n}"));
+        }
+        if plan.revision_flags.mark_compacted {
+            apply.push("--mark-compacted".to_string());
+        }
+        apply.push("--yes".to_string());
         PlanReport {
             kind: "restore",
             plan,
@@ -567,6 +756,7 @@ impl PlanReport {
             snapshot,
             extract,
             restore: words.join(" "),
+            apply: apply.join(" "),
         }
     }
 }
@@ -641,7 +831,18 @@ mod tests {
             p.initial_cluster,
             "cp-a=https://10.10.0.21:2380,cp-b=https://10.10.0.22:2380"
         );
-        assert_eq!(p.token, "etcd-restore-0123456789abcdef");
+        assert!(
+            p.token.starts_with("etcdops-restore-01234567-"),
+            "{}",
+            p.token
+        );
+        check_token(&p.token).unwrap();
+        assert_eq!(p.peers, vec!["https://10.10.0.22:2380".to_string()]);
+        assert_eq!(p.old_cluster_id, "1");
+        assert_eq!(
+            p.peer_tls.as_ref().unwrap().cert,
+            PathBuf::from("/etc/kubernetes/pki/etcd/peer.crt")
+        );
         assert_eq!(
             p.restore_dir.file_name().unwrap(),
             format!(
@@ -656,9 +857,56 @@ mod tests {
         };
         let (prog, args, env) = restore_command(&tool, &p, Path::new("/r/s.db"), &p.restore_dir);
         assert_eq!(prog, PathBuf::from("/usr/bin/etcdctl"));
-        assert!(args.contains(&"--initial-cluster-token=etcd-restore-0123456789abcdef".into()));
+        assert!(args.contains(&format!("--initial-cluster-token={}", p.token)));
         assert!(args.contains(&"--name=cp-a".into()));
         assert_eq!(env, vec![("ETCDCTL_API".into(), "3".into())]);
+    }
+
+    /// A bare `etcd` (name default, peer URL http://localhost:2380, token etcd-cluster) is
+    /// member 8e9e05c52164694d of cluster cdf818194e3a8c32: etcd's own well-known ids.
+    #[test]
+    fn restored_ids_are_the_ids_etcd_derives() {
+        let (m, c) = restored_ids("default=http://localhost:2380", "default", "etcd-cluster");
+        assert_eq!(
+            (m.as_str(), c.as_str()),
+            ("8e9e05c52164694d", "cdf818194e3a8c32")
+        );
+        // Another token, other ids: what keeps two restore attempts apart.
+        let ic = "a=https://10.0.0.1:2380,b=https://10.0.0.2:2380";
+        let (m1, c1) = restored_ids(ic, "a", "etcdops-restore-x-1");
+        let (m2, c2) = restored_ids(ic, "a", "etcdops-restore-x-2");
+        assert_ne!(m1, m2);
+        assert_ne!(c1, c2);
+        // The cluster id does not depend on which member computes it.
+        assert_eq!(restored_ids(ic, "b", "etcdops-restore-x-1").1, c1);
+    }
+
+    #[test]
+    fn every_plan_has_a_fresh_token_and_apply_needs_one_for_several_members() {
+        let a = fresh_token("0123456789abcdef");
+        let b = fresh_token("0123456789abcdef");
+        assert_ne!(a, b);
+        check_token(&a).unwrap();
+        let e = choose_token(None, 3, "0123456789abcdef").unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.one_line().contains("--token is required"),
+            "{}",
+            e.one_line()
+        );
+        assert!(e.one_line().contains("restore plan"), "{}", e.one_line());
+        // One member: nobody else must agree, a fresh token is made.
+        assert!(
+            choose_token(None, 1, "0123456789abcdef")
+                .unwrap()
+                .starts_with("etcdops-restore-01234567-")
+        );
+        assert_eq!(choose_token(Some("t-1"), 3, "x").unwrap(), "t-1");
+        for bad in ["", "a b", "a,b", "x'y", &"t".repeat(129)] {
+            let e = choose_token(Some(bad), 3, "x").unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+            assert!(e.one_line().contains("--token"), "{}", e.one_line());
+        }
     }
 
     #[test]

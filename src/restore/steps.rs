@@ -6,6 +6,12 @@
 //! point (its own disk, which cannot be renamed), inside it, and the swap moves `member`
 //! dirs within the data dir (`Plan::live`, `Plan::staged`).
 //!
+//! Before the restored member starts, every old peer is proved fenced (`fence-peers`): its
+//! peer URL does not answer, or answers as the restored cluster of this very attempt (its
+//! id comes from this attempt's token, used by no other attempt). Anything else there —
+//! the archive's cluster, or a member left from an earlier attempt — is waited for, then
+//! the run fails and rolls back: etcd's only peer check is the cluster-ID header.
+//!
 //! The raft rule for a restore: going back is safe while the restored member has not been
 //! part of a quorum of the new cluster — then nothing was committed on the restored data
 //! beyond what the restore tool wrote (raft index = number of members, no leader), and the
@@ -17,9 +23,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Plan;
+use super::plan::RestorePlan;
 use crate::error::{Error, Result};
 use crate::run::RunDir;
-use crate::run::host::Host;
+use crate::run::host::{Host, MemberStatus};
 use crate::run::{RunCtx, RunKind, Saga, StepKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +37,7 @@ pub enum RestoreStep {
     StopKubelet,
     Restore,
     Swap,
+    FencePeers,
     StartKubelet,
     WaitLocal,
     WaitQuorum,
@@ -44,6 +52,7 @@ impl StepKind for RestoreStep {
         StopKubelet,
         Restore,
         Swap,
+        FencePeers,
         StartKubelet,
         WaitLocal,
         WaitQuorum,
@@ -56,6 +65,7 @@ impl StepKind for RestoreStep {
             StopKubelet => "stop-kubelet",
             Restore => "restore",
             Swap => "swap",
+            FencePeers => "fence-peers",
             StartKubelet => "start-kubelet",
             WaitLocal => "wait-local",
             WaitQuorum => "wait-quorum",
@@ -63,7 +73,7 @@ impl StepKind for RestoreStep {
     }
 
     fn has_undo(self) -> bool {
-        !matches!(self, Preflight | WaitLocal)
+        !matches!(self, Preflight | FencePeers | WaitLocal)
     }
 
     fn changes_node(self) -> bool {
@@ -102,13 +112,52 @@ pub fn waiting_message(plan: &Plan) -> String {
     let more = plan.quorum().saturating_sub(1);
     format!(
         "restored member {} is up; waiting for {more} more member{} to be restored (quorum is {} \
-         of {}): run `etcdops restore apply --from {}` on the other nodes",
+         of {}): run `etcdops restore apply --from {} --token {}` on the other nodes",
         plan.restore.name,
         if more == 1 { "" } else { "s" },
         plan.quorum(),
         plan.members,
-        plan.source_path().display()
+        plan.source_path().display(),
+        plan.restore.token
     )
+}
+
+/// Why the etcd at `peer` is not fenced, from what it answered (`Host::peer_cluster_id`);
+/// `None` when it is: nothing answers there, or it answers as this attempt's restored
+/// cluster (a sibling restored first: no other attempt has this token, so none has this
+/// id). Everything else is a member that could talk to the restored one — or that still
+/// serves the old data to its kube-apiserver.
+pub fn unfenced(
+    r: &RestorePlan,
+    before: Option<&MemberStatus>,
+    peer: &str,
+    answer: &Result<Option<String>>,
+) -> Option<String> {
+    let id = match answer {
+        Ok(None) => return None,
+        Ok(Some(id)) if !r.restored_cluster_id.is_empty() && *id == r.restored_cluster_id => {
+            return None;
+        }
+        Ok(Some(id)) => id,
+        Err(e) => {
+            return Some(format!(
+                "{peer} answers but its cluster cannot be read ({})",
+                e.one_line()
+            ));
+        }
+    };
+    let which = if *id == r.old_cluster_id {
+        "the cluster the archive was taken from"
+    } else if before.is_some_and(|b| b.cluster_id == *id) {
+        "the cluster this node ran before this restore"
+    } else {
+        "neither the old nor this restore's cluster: a member left from an earlier restore \
+         attempt?"
+    };
+    Some(format!(
+        "{peer} still answers as a member of cluster {id} ({which}); stop etcd there \
+         (`etcdops restore apply` on that node moves its manifest out first)"
+    ))
 }
 
 impl Saga for Restore<'_> {
@@ -180,6 +229,36 @@ impl Saga for Restore<'_> {
                     serde_json::json!({"old_data": plan.data_existed.then_some(&plan.aside),
                     "swapped": live}),
                 )
+            }
+            FencePeers => {
+                let mut seen = Vec::new();
+                let what = format!(
+                    "every old peer to be fenced (silent, or of this restore's cluster {})",
+                    r.restored_cluster_id
+                );
+                host.wait_until(
+                    &what,
+                    Duration::from_millis(plan.fence_timeout_ms),
+                    &mut || {
+                        seen.clear();
+                        let mut open = Vec::new();
+                        for peer in &r.peers {
+                            let answer = host.peer_cluster_id(peer, r.peer_tls.as_ref());
+                            seen.push(serde_json::json!({"peer": peer, "cluster_id": answer
+                                .as_ref().ok().cloned().flatten()}));
+                            open.extend(unfenced(r, plan.before.as_ref(), peer, &answer));
+                        }
+                        if open.is_empty() {
+                            Ok(())
+                        } else {
+                            // Only its message is kept: the wait says it every 5 s and in
+                            // its error at the end.
+                            Err(Error::Usage(open.join("; ")))
+                        }
+                    },
+                )?;
+                Ok(serde_json::json!({"peers": seen,
+                    "restored_cluster_id": r.restored_cluster_id}))
             }
             StartKubelet => {
                 host.start_kubelet()?;
@@ -279,7 +358,7 @@ impl Saga for Restore<'_> {
                 }
                 Ok(())
             }
-            Preflight | WaitLocal => Ok(()),
+            Preflight | FencePeers | WaitLocal => Ok(()),
         }
     }
 

@@ -48,6 +48,9 @@ struct FakeNode {
     mounted: bool,
     /// The other nodes are restored too: the restored member gets a quorum once it runs.
     others_restored: bool,
+    /// What each other peer URL answers (`Host::peer_cluster_id`): a cluster id, or
+    /// nothing (absent: nothing answers there).
+    peers: BTreeMap<String, String>,
 }
 
 fn unused(what: &str) -> Error {
@@ -77,6 +80,7 @@ impl FakeNode {
             node: RefCell::new(Node { fs, kubelet: true }),
             mounted,
             others_restored,
+            peers: BTreeMap::new(),
         }
     }
 
@@ -132,7 +136,7 @@ impl Host for FakeNode {
     fn identity(&self) -> Result<Identity> {
         Err(unused("identity"))
     }
-    fn hash_at(&self, _: i64) -> Result<Option<u32>> {
+    fn hash_at(&self, _: i64) -> Result<crate::run::host::HashAt> {
         Err(unused("hash_at"))
     }
     fn snapshot(&self, _: &Path) -> Result<()> {
@@ -278,6 +282,13 @@ impl Host for FakeNode {
         n.fs.insert(dest.join("member/id"), Entry::File(b"restored".to_vec()));
         Ok(())
     }
+    fn peer_cluster_id(
+        &self,
+        peer_url: &str,
+        _: Option<&super::plan::PeerTls>,
+    ) -> Result<Option<String>> {
+        Ok(self.peers.get(peer_url).cloned())
+    }
     fn local_status(&self) -> Result<MemberStatus> {
         if !self.serves() {
             return Err(Error::failed("local status", "no answer"));
@@ -324,11 +335,20 @@ fn plan(run_id: &str, mounted: bool) -> Plan {
         initial_cluster: "node1=https://10.0.0.1:2380,node2=https://10.0.0.2:2380,\
                           node3=https://10.0.0.3:2380"
             .into(),
-        token: super::plan::token(id),
+        token: String::new(),
+        restored_member_id: String::new(),
+        restored_cluster_id: String::new(),
+        old_cluster_id: "oc".into(),
+        peers: vec![
+            "https://10.0.0.2:2380".into(),
+            "https://10.0.0.3:2380".into(),
+        ],
+        peer_tls: None,
         data_dir: data.clone(),
         restore_dir: PathBuf::from(format!("{DATA}.restore-{id}")),
         revision_flags: RevisionFlags::default(),
     };
+    restore.set_token("etcdops-restore-test-1".into());
     if mounted {
         restore.inside_mount_point();
     }
@@ -347,6 +367,7 @@ fn plan(run_id: &str, mounted: bool) -> Plan {
         mounted,
         members: 3,
         quorum_timeout_ms: 1000,
+        fence_timeout_ms: 1000,
         before: Some(MemberStatus {
             member_id: "o1".into(),
             cluster_id: "oc".into(),
@@ -423,6 +444,8 @@ fn a_fault_at_every_effect_rolls_back_before_the_raft_rule_and_stops_after_it() 
             "wait_listening",
             "wait_quorum",
             "local_status",
+            "peer_cluster_id",
+            "wait_until",
         ];
         let mut faults = 0;
         for method in methods {
@@ -561,4 +584,77 @@ fn a_lone_restore_waits_then_rolls_back_to_the_old_member() {
         assert_eq!(FakeNode::outside(&fake.node.borrow(), &run_dir), initial);
         assert_eq!(fake.running().as_deref(), Some("old"));
     }
+}
+
+/// A peer that still answers as the archive's cluster, or as a member left from an earlier
+/// restore attempt, keeps the restored member from starting: the run fails at fence-peers
+/// naming the peer URL and rolls back to the node as it was (exit 1). A peer that answers
+/// as this attempt's restored cluster (a sibling restored first) is no obstacle.
+#[test]
+fn a_peer_that_is_not_fenced_blocks_the_start_and_the_run_rolls_back() {
+    let earlier = plan("run0", false).restore;
+    let mut earlier = earlier.clone();
+    earlier.set_token("etcdops-restore-test-0".into());
+    let this = plan("run1", false).restore;
+    assert_ne!(earlier.restored_cluster_id, this.restored_cluster_id);
+    for (answer, needle) in [
+        ("oc".to_string(), "the cluster the archive was taken from"),
+        (
+            earlier.restored_cluster_id.clone(),
+            "a member left from an earlier restore attempt",
+        ),
+    ] {
+        for mounted in [false, true] {
+            let d = tempfile::tempdir().unwrap();
+            let run_dir = d.path().join("r");
+            let mut fake = FakeNode::new(&run_dir, mounted, true);
+            fake.peers
+                .insert("https://10.0.0.3:2380".into(), answer.clone());
+            let initial = FakeNode::outside(&fake.node.borrow(), &run_dir);
+            let saga = Restore {
+                host: &fake,
+                operator_rollback: false,
+            };
+            let err = Engine::create(&saga, run_dir.clone(), plan("run1", mounted), &quiet, None)
+                .unwrap()
+                .run()
+                .unwrap_err();
+            let line = err.one_line();
+            assert_eq!(err.exit_code(), 1, "{line}");
+            assert!(line.contains("https://10.0.0.3:2380"), "{line}");
+            assert!(line.contains(&format!("cluster {answer}")), "{line}");
+            assert!(line.contains(needle), "{line}");
+            assert!(!line.contains("10.0.0.2"), "{line}");
+            assert_eq!(state_of(&run_dir), RunState::RolledBack);
+            assert_eq!(FakeNode::outside(&fake.node.borrow(), &run_dir), initial);
+            assert_eq!(fake.running().as_deref(), Some("old"));
+            // Nothing of the restored member ever ran.
+            let journal = std::fs::read_to_string(run_dir.join("journal.jsonl")).unwrap();
+            assert!(!journal.contains("\"start-kubelet\""), "{journal}");
+            assert!(journal.contains("\"fence-peers\""), "{journal}");
+        }
+    }
+    // A sibling of this very attempt (same token, so same cluster id) is fenced enough.
+    let d = tempfile::tempdir().unwrap();
+    let run_dir = d.path().join("r");
+    let mut fake = FakeNode::new(&run_dir, false, true);
+    fake.peers.insert(
+        "https://10.0.0.2:2380".into(),
+        this.restored_cluster_id.clone(),
+    );
+    let saga = Restore {
+        host: &fake,
+        operator_rollback: false,
+    };
+    let p = plan("run1", false);
+    Engine::create(&saga, run_dir.clone(), p.clone(), &quiet, None)
+        .unwrap()
+        .run()
+        .unwrap();
+    assert_final(
+        &fake,
+        &run_dir,
+        &p,
+        "sibling answering as this restore's cluster",
+    );
 }

@@ -69,7 +69,7 @@ impl Host for FaultHost<'_> {
     fn identity(&self) -> Result<Identity> {
         self.wrap("identity", || self.inner.identity())
     }
-    fn hash_at(&self, revision: i64) -> Result<Option<u32>> {
+    fn hash_at(&self, revision: i64) -> Result<crate::run::host::HashAt> {
         self.wrap("hash_at", || self.inner.hash_at(revision))
     }
     fn snapshot(&self, dest: &Path) -> Result<()> {
@@ -175,6 +175,23 @@ impl Host for FaultHost<'_> {
         self.wrap("restore_snapshot", || {
             self.inner.restore_snapshot(tool, plan, snapshot, dest)
         })
+    }
+    fn peer_cluster_id(
+        &self,
+        peer_url: &str,
+        tls: Option<&crate::restore::plan::PeerTls>,
+    ) -> Result<Option<String>> {
+        self.wrap("peer_cluster_id", || {
+            self.inner.peer_cluster_id(peer_url, tls)
+        })
+    }
+    fn wait_until(
+        &self,
+        what: &str,
+        timeout: std::time::Duration,
+        check: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        self.wrap("wait_until", || self.inner.wait_until(what, timeout, check))
     }
     fn local_status(&self) -> Result<super::host::MemberStatus> {
         self.wrap("local_status", || self.inner.local_status())

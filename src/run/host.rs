@@ -21,16 +21,14 @@ use crate::datadir::precopy::{PrecopyOptions, PrecopyReport, precopy};
 use crate::datadir::verify::{VerifyOptions, VerifyReport, verify};
 use crate::datadir::{Progress, quiesce};
 use crate::error::{Error, Result};
-use crate::etcd::client::{Endpoint, Member, RpcErrorKind, within};
+use crate::etcd::client::{Endpoint, HashKv, Member, RpcError, RpcErrorKind, Status, within};
 use crate::etcd::connect::Connection;
+use crate::etcd::hashkv::{self, Timing};
 use crate::etcd::health::{self, HealthOptions, HealthReport};
 use crate::etcd::snapshot;
 use crate::manifest::rewrite::{SetDataPath, set_data_path};
 use crate::node::{self, KubeletCommands};
 use crate::output::hex_id;
-
-/// The least time a HashKV call gets (see `RealHost::hash_timeout`).
-pub const HASH_KV_TIMEOUT: Duration = Duration::from_secs(120);
 
 use super::Cancel;
 
@@ -42,6 +40,17 @@ pub struct Identity {
     pub revision: i64,
     /// HashKV at `revision`.
     pub hash: u32,
+    /// How the HashKV went (its time against its deadline); not journaled.
+    #[serde(skip)]
+    pub hash_kv: Option<Timing>,
+}
+
+/// A HashKV of the local member at a revision: the hash (`None` when the revision has been
+/// compacted away) and how long it took (`None` on hosts that do not measure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashAt {
+    pub hash: Option<u32>,
+    pub timing: Option<Timing>,
 }
 
 /// What the local member says of itself without consensus (a serializable `Status`): it
@@ -63,8 +72,8 @@ pub trait Host {
     /// Member id, cluster id, the store's revision R and HashKV at R, of the local member.
     /// Works on a cluster compacted to its current revision (HashKV of the latest revision).
     fn identity(&self) -> Result<Identity>;
-    /// HashKV of the local member at `revision`; `None` when it has been compacted away.
-    fn hash_at(&self, revision: i64) -> Result<Option<u32>>;
+    /// HashKV of the local member at `revision` (its hash `None` when compacted away).
+    fn hash_at(&self, revision: i64) -> Result<HashAt>;
     fn snapshot(&self, dest: &Path) -> Result<()>;
     // --- the static pod and kubelet
     /// Move the manifest out and wait until etcd has let go of `data_dir` and its client port.
@@ -154,6 +163,31 @@ pub trait Host {
         dest: &Path,
     ) -> Result<()> {
         crate::restore::plan::run_restore(tool, plan, snapshot, dest)
+    }
+    /// Which cluster the etcd at `peer_url` serves, asked as etcd's peers ask each other:
+    /// `GET /members` on the peer port (with the peer TLS files) and its `X-Etcd-Cluster-ID`
+    /// header (etcd 3.4 to 3.7). `None` when nothing answers there (refused, or no answer
+    /// within the dial timeout); an error when something answers but its cluster cannot be
+    /// read.
+    fn peer_cluster_id(
+        &self,
+        _peer_url: &str,
+        _tls: Option<&crate::restore::plan::PeerTls>,
+    ) -> Result<Option<String>> {
+        Err(Error::failed(
+            "peer cluster id",
+            "not available on this host",
+        ))
+    }
+    /// Wait, at most `timeout`, until `check` passes; its error says what is still
+    /// missing, in the progress line every 5 s and in the error at the end. Fakes: one look.
+    fn wait_until(
+        &self,
+        what: &str,
+        _timeout: Duration,
+        check: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        check().map_err(|e| Error::failed(format!("wait for {what}"), e.one_line()))
     }
     /// The local member's serializable status, once.
     fn local_status(&self) -> Result<MemberStatus> {
@@ -249,6 +283,11 @@ pub struct RealHost<'a> {
 
 /// How often a wait re-checks its preconditions (each check runs the status command).
 const PRECONDITION_EVERY: Duration = Duration::from_secs(2);
+/// How often the wait for the restarted member looks at it.
+const HEALTHY_POLL: Duration = Duration::from_millis(50);
+/// How often a wait for kubelet's status command to agree asks it (a cheap command; the
+/// waits around stop-kubelet and start-kubelet are downtime).
+const KUBELET_POLL: Duration = Duration::from_millis(50);
 /// How often a wait prints that it is still waiting.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// The longest a start or stop of kubelet may take to show in its status.
@@ -263,12 +302,46 @@ enum Poll {
 }
 
 impl RealHost<'_> {
-    /// HashKV reads the member's whole keyspace: on a db of gigabytes it takes longer than a
-    /// command timeout meant for small calls (5 s by default), so identity checks get at
-    /// least `HASH_KV_TIMEOUT`. A post-verify that timed out would end a migration `failed`
-    /// after etcd already ran on the copy.
-    fn hash_timeout(&self) -> Duration {
-        self.conn.command_timeout.max(HASH_KV_TIMEOUT)
+    /// HashKV of the local member at `revision` under its own deadline (scaled by the db
+    /// size from a status first: a post-verify cut at the command timeout would end a
+    /// migration `failed` after etcd already ran on the copy), saying what it hashes while
+    /// it waits.
+    async fn local_hash(
+        &self,
+        revision: i64,
+    ) -> Result<(Status, std::result::Result<HashKv, RpcError>, Timing)> {
+        let url = self.local();
+        let t = self.conn.command_timeout;
+        let mut ep = Endpoint::connect(&self.conn, url)
+            .await
+            .map_err(|e| self.endpoint_err("connect", e))?;
+        let s = within(t, "status", ep.status())
+            .await
+            .map_err(|e| self.endpoint_err("status", e))?;
+        // Only for saying where: a member list that fails costs the name, nothing else.
+        let name = within(t, "member list", ep.members())
+            .await
+            .ok()
+            .and_then(|m| m.into_iter().find(|m| m.id == s.member_id))
+            .map(|m| m.name);
+        let interrupted = || self.cancel.is_some_and(|c| c.requested());
+        let target = hashkv::Target {
+            url,
+            name: name.as_deref(),
+            db_size: s.db_size,
+        };
+        let (h, timing) =
+            hashkv::hash_kv(&self.conn, &target, revision, self.watch(&interrupted)).await;
+        Ok((s, h, timing))
+    }
+
+    /// What a long HashKV tells (this run's progress lines) and listens to (the operator's
+    /// signal, unless the run is finishing past the raft rule).
+    fn watch<'w>(&'w self, interrupted: &'w dyn Fn() -> bool) -> hashkv::Watch<'w> {
+        hashkv::Watch {
+            say: self.say,
+            interrupted,
+        }
     }
 
     fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
@@ -433,7 +506,7 @@ impl RealHost<'_> {
         self.wait(
             &format!("kubelet to be {want} after `{after}`"),
             KUBELET_SETTLE,
-            Duration::from_millis(200),
+            KUBELET_POLL,
             |_| {
                 Ok(if self.kubelet.is_active()? == active {
                     Poll::Ready
@@ -452,45 +525,42 @@ impl Host for RealHost<'_> {
             quota: self.quota,
         };
         let what = format!("the health of {}", self.conn.endpoints.join(", "));
-        self.block_on_said(&what, async { Ok(health::check(&self.conn, &opts).await) })
+        let interrupted = || self.cancel.is_some_and(|c| c.requested());
+        self.block_on_said(&what, async {
+            Ok(health::check_watched(&self.conn, &opts, self.watch(&interrupted)).await)
+        })
     }
 
     fn identity(&self) -> Result<Identity> {
         let what = format!("the identity of {} (status, hashkv)", self.local());
         self.block_on_said(&what, async {
-            let mut ep =
-                Endpoint::connect_with_timeout(&self.conn, self.local(), self.hash_timeout())
-                    .await
-                    .map_err(|e| self.endpoint_err("connect", e))?;
-            let s = within(self.conn.command_timeout, "status", ep.status())
-                .await
-                .map_err(|e| self.endpoint_err("status", e))?;
             // HashKV of the latest revision: a revision asked for by number may have been
             // compacted already (an idle cluster compacted to its current revision).
-            let h = within(self.hash_timeout(), "hashkv", ep.hash_kv(0))
-                .await
-                .map_err(|e| self.endpoint_err("hashkv", e))?;
+            let (s, h, timing) = self.local_hash(0).await?;
+            let h = h.map_err(|e| self.endpoint_err("hashkv", e))?;
             Ok(Identity {
                 member_id: hex_id(s.member_id),
                 cluster_id: hex_id(s.cluster_id),
                 revision: h.revision,
                 hash: h.hash,
+                hash_kv: Some(timing),
             })
         })
     }
 
-    fn hash_at(&self, revision: i64) -> Result<Option<u32>> {
+    fn hash_at(&self, revision: i64) -> Result<HashAt> {
         let what = format!("hashkv at revision {revision} on {}", self.local());
         self.block_on_said(&what, async {
-            let mut ep =
-                Endpoint::connect_with_timeout(&self.conn, self.local(), self.hash_timeout())
-                    .await
-                    .map_err(|e| self.endpoint_err("connect", e))?;
-            match within(self.hash_timeout(), "hashkv", ep.hash_kv(revision)).await {
-                Ok(h) => Ok(Some(h.hash)),
-                Err(e) if e.is(RpcErrorKind::Compacted) => Ok(None),
-                Err(e) => Err(self.endpoint_err("hashkv", e)),
-            }
+            let (_, h, timing) = self.local_hash(revision).await?;
+            let hash = match h {
+                Ok(h) => Some(h.hash),
+                Err(e) if e.is(RpcErrorKind::Compacted) => None,
+                Err(e) => return Err(self.endpoint_err("hashkv", e)),
+            };
+            Ok(HashAt {
+                hash,
+                timing: Some(timing),
+            })
         })
     }
 
@@ -563,13 +633,17 @@ impl Host for RealHost<'_> {
         self.wait(
             &format!("{endpoint} to answer a linearizable read"),
             self.start_timeout,
-            Duration::from_millis(300),
+            // Every 50 ms, as a plain restart is timed (`scripts/bench-migrate.sh`): this wait
+            // is downtime, and a coarser poll adds half its interval to it on average.
+            HEALTHY_POLL,
             |check| {
                 if check && let Some(why) = self.start_preconditions()? {
                     return Ok(Poll::Broken(why));
                 }
-                let r = self.health(false)?;
-                Ok(if r.endpoints.iter().all(|e| e.healthy) {
+                // The local endpoint alone (a linearizable read and a clean status), without
+                // the member list and alarms a full health report would also ask for.
+                let e = self.block_on(health::check_endpoint(&self.conn, &endpoint));
+                Ok(if e.healthy {
                     Poll::Ready
                 } else {
                     Poll::Pending
@@ -750,6 +824,31 @@ impl Host for RealHost<'_> {
 
     fn client_port_listening(&self) -> Result<bool> {
         Ok(!node::port_refuses(self.local()))
+    }
+
+    fn peer_cluster_id(
+        &self,
+        peer_url: &str,
+        tls: Option<&crate::restore::plan::PeerTls>,
+    ) -> Result<Option<String>> {
+        crate::etcd::peer_fence::cluster_id(
+            peer_url,
+            tls,
+            self.conn.dial_timeout,
+            self.conn.command_timeout,
+        )
+    }
+
+    fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        self.wait(what, timeout, Duration::from_secs(1), |_| {
+            check()?;
+            Ok(Poll::Ready)
+        })
     }
 
     fn wait_listening(&self) -> Result<()> {

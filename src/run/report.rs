@@ -32,6 +32,9 @@ pub struct RunReport {
     pub run_dir: PathBuf,
     pub error: Option<String>,
     pub notes: Vec<String>,
+    /// Every HashKV the run's checks made (preflight, post-verify, verify-hash), each with its
+    /// time and its own deadline; `slow` when it took longer than the command timeout.
+    pub hash_kv: Vec<crate::etcd::hashkv::Timing>,
     /// `member rejoin`: the member replaced and the one that replaced it (hex ids).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub old_member_id: Option<String>,
@@ -64,6 +67,7 @@ pub fn of<S: StepKind, P: RunPlan>(log: &RunLog<S, P>, dir: &Path, running_now: 
         .collect();
     let mut error = None;
     let mut notes = Vec::new();
+    let mut hash_kv = Vec::new();
     let (mut down_start, mut down_end) = (None, None);
     let mut bytes_after_stop = None;
     let (mut old_member_id, mut new_member_id) = (None, None);
@@ -86,6 +90,15 @@ pub fn of<S: StepKind, P: RunPlan>(log: &RunLog<S, P>, dir: &Path, running_now: 
                 new_member_id = id("new_member_id").or(new_member_id);
                 if let Some(n) = data.get("note").and_then(|n| n.as_str()) {
                     notes.push(n.to_string());
+                }
+                if let Some(ns) = data.get("notes").and_then(|n| n.as_array()) {
+                    notes.extend(ns.iter().filter_map(|n| n.as_str()).map(str::to_string));
+                }
+                if let Some(ts) = data.get("hash_kv") {
+                    hash_kv.extend(
+                        serde_json::from_value::<Vec<crate::etcd::hashkv::Timing>>(ts.clone())
+                            .unwrap_or_default(),
+                    );
                 }
             }
             Record::Failed { step, error: e, .. } => error = Some(format!("{}: {e}", step.name())),
@@ -116,6 +129,7 @@ pub fn of<S: StepKind, P: RunPlan>(log: &RunLog<S, P>, dir: &Path, running_now: 
         run_dir: dir.to_path_buf(),
         error,
         notes,
+        hash_kv,
         old_member_id,
         new_member_id,
     }

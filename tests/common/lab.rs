@@ -65,6 +65,12 @@ impl Lab {
         Self::up_with(version, nodes, &["--systemd", "--disk", disk])
     }
 
+    /// A lab whose nodes run the real kubelet and containerd (`up --kubelet real`) on
+    /// `version`'s etcd, from the image `scripts/build-lab-images.sh <release>` built.
+    pub fn up_real(version: Version, nodes: usize) -> Lab {
+        Self::up_with(version, nodes, &["--kubelet", "real", "--timeout", "180s"])
+    }
+
     fn up_with(version: Version, nodes: usize, extra: &[&str]) -> Lab {
         let dir = tempfile::Builder::new()
             .prefix("etcdops-lab-")
@@ -269,7 +275,7 @@ impl Lab {
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for n in 1..=self.nodes {
-            for f in ["kubelet.log", "etcd.log"] {
+            for f in ["kubelet.log", "etcd.log", "containerd.log"] {
                 let p = self.node_dir(n).join(f);
                 let text = std::fs::read_to_string(&p).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();

@@ -30,10 +30,6 @@ pub enum Version {
 
 pub const VERSIONS: [Version; 3] = [Version::V35, Version::V36, Version::V37];
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// Where `scripts/build-etcd.sh` caches its builds: `ETCDOPS_DEPS`, else /var/cache/etcdops-deps.
 pub fn deps_dir() -> PathBuf {
     std::env::var_os("ETCDOPS_DEPS")
@@ -81,6 +77,11 @@ impl Version {
             path.display()
         );
         path
+    }
+
+    /// kubeadm's image reference for this release: `registry.k8s.io/etcd:3.6.17-0`.
+    pub fn image(self) -> String {
+        format!("registry.k8s.io/etcd:{}-0", self.release())
     }
 
     pub fn prefix(self) -> &'static str {
@@ -131,6 +132,8 @@ pub struct Member {
     pub name: String,
     pub client_url: String,
     pub peer_url: String,
+    /// `--listen-metrics-urls` (plain HTTP, as kubeadm's): `/livez`, `/readyz`, `/metrics`.
+    pub metrics_url: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
@@ -169,6 +172,7 @@ impl Cluster {
                 Member {
                     client_url: format!("{scheme}://127.0.0.1:{}", free_port()),
                     peer_url: format!("http://127.0.0.1:{}", free_port()),
+                    metrics_url: format!("http://127.0.0.1:{}", free_port()),
                     data_dir: dir.path().join(&name).join("data"),
                     log: dir.path().join(format!("{name}.log")),
                     name,
@@ -189,6 +193,7 @@ impl Cluster {
                 format!("--listen-client-urls={}", m.client_url),
                 format!("--advertise-client-urls={}", m.client_url),
                 format!("--listen-peer-urls={}", m.peer_url),
+                format!("--listen-metrics-urls={}", m.metrics_url),
                 format!("--initial-advertise-peer-urls={}", m.peer_url),
                 format!("--initial-cluster={initial}"),
                 "--initial-cluster-state=new".into(),
@@ -279,6 +284,25 @@ impl Cluster {
     }
 
     /// Wait until every running member answers `endpoint health`.
+    /// Wait (30 s) until every member reports `storageVersion` `v` (etcd >= 3.6 moves it
+    /// from 3.5.0 to the cluster version shortly after the cluster version is decided).
+    pub fn wait_storage_version(&self, v: &str) {
+        wait_for(
+            &format!("every member to report storage version {v}"),
+            Duration::from_secs(30),
+            || {
+                let out = self.etcdctl(&["endpoint", "status", "-w", "json"]);
+                let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                    return false;
+                };
+                doc.as_array().is_some_and(|eps| {
+                    eps.len() == self.members.len()
+                        && eps.iter().all(|e| e["Status"]["storageVersion"] == v)
+                })
+            },
+        );
+    }
+
     pub fn wait_healthy(&self, timeout: Duration) {
         let running: Vec<String> = self
             .members
@@ -481,9 +505,12 @@ etcd:
     extraArgs:
     - name: listen-client-urls
       value: {url},https://10.0.0.5:2379
+    - name: listen-metrics-urls
+      value: {metrics}
 {quota}"#,
                 kv = kubeadm.version,
                 url = m.client_url,
+                metrics = m.metrics_url,
             ),
         )
         .expect("write kubeadm config");
