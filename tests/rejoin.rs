@@ -533,10 +533,17 @@ fn stranger_after_restore(lab: &Lab) -> String {
     b.code(0);
     let archive = b.json()["archive"].as_str().unwrap().to_string();
     let tool = lab.version.etcdutl().display().to_string();
+    let plan = lab.etcdops(
+        1,
+        &["-o", "json", "restore", "plan", "--from", &archive],
+        &[],
+    );
+    plan.code(0);
+    let token = plan.json()["token"].as_str().unwrap().to_string();
     let runs: Vec<Run> = std::thread::scope(|s| {
         let handles: Vec<_> = (1..=lab.nodes)
             .map(|n| {
-                let (archive, tool) = (&archive, &tool);
+                let (archive, tool, token) = (&archive, &tool, &token);
                 s.spawn(move || {
                     lab.etcdops(
                         n,
@@ -548,6 +555,8 @@ fn stranger_after_restore(lab: &Lab) -> String {
                             "--from",
                             archive,
                             "--yes",
+                            "--token",
+                            token,
                             "--etcdutl",
                             tool,
                         ],
