@@ -750,8 +750,8 @@ fn rejoin_replaces_a_wiped_first_node_that_came_back_as_a_cluster_of_its_own() {
     );
     assert!(line.contains(&own.trim_start()[2..]), "{line} vs {own}");
     // A cluster kubeadm bootstrapped from node 1 alone has node 1's own cluster id: wiped
-    // with that manifest, node 1 is let back in by its peers and panics on their raft log
-    // (`tocommit out of range`), a crash loop, not a cluster of its own. A cluster of its
+    // with that manifest, node 1 is let back in by its peers and panics in raft
+    // (`stepFollower`) on their log, a crash loop, not a cluster of its own. A cluster of its
     // own needs another cluster id, as after a restore (a token of its own, so a member id
     // of its own too: the cluster still knows node 1 as `old`).
     let own = format!("{own}\n    - --initial-cluster-token=wiped-node1");
