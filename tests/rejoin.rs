@@ -524,8 +524,8 @@ fn full(lab: &Lab, e: &Exit) -> String {
 
 /// Every node restored from one backup (the cluster gets new member ids and a new cluster
 /// id), then node 2's member dir removed while its manifest was out and the manifest put
-/// back: its etcd bootstraps from the manifest's `--initial-cluster` as a new cluster of
-/// its own — a stranger whose peers reject it for its cluster id, and which never serves a
+/// back with every member in `--initial-cluster`, state new: its etcd bootstraps from it as
+/// a new cluster of its own — a stranger whose peers reject it for its cluster id, and which never serves a
 /// client request (no quorum of its own). Returns the restored cluster's id for node 2.
 fn stranger_after_restore(lab: &Lab) -> String {
     put(lab, "/k/", 10);
@@ -533,10 +533,17 @@ fn stranger_after_restore(lab: &Lab) -> String {
     b.code(0);
     let archive = b.json()["archive"].as_str().unwrap().to_string();
     let tool = lab.version.etcdutl().display().to_string();
+    let plan = lab.etcdops(
+        1,
+        &["-o", "json", "restore", "plan", "--from", &archive],
+        &[],
+    );
+    plan.code(0);
+    let token = plan.json()["token"].as_str().unwrap().to_string();
     let runs: Vec<Run> = std::thread::scope(|s| {
         let handles: Vec<_> = (1..=lab.nodes)
             .map(|n| {
-                let (archive, tool) = (&archive, &tool);
+                let (archive, tool, token) = (&archive, &tool, &token);
                 s.spawn(move || {
                     lab.etcdops(
                         n,
@@ -548,6 +555,8 @@ fn stranger_after_restore(lab: &Lab) -> String {
                             "--from",
                             archive,
                             "--yes",
+                            "--token",
+                            token,
                             "--etcdutl",
                             tool,
                         ],
@@ -563,7 +572,28 @@ fn stranger_after_restore(lab: &Lab) -> String {
     }
     let old = member_id(lab, 2).expect("node 2 answers after the restore");
     // Seed scenario 1: the runbook's stop (manifest out), the member dir removed, back in.
+    // kubeadm's join manifest of node 2 says `--initial-cluster-state=existing` with the
+    // members of its join (node 1 and 2): wiped, that etcd only fails to start (member
+    // count unequal). The stranger needs what etcd's disaster-recovery guide has every
+    // node of a restored cluster carry: every member in `--initial-cluster`, state new.
     let manifest = lab.manifest(2);
+    let all: Vec<String> = (1..=lab.nodes)
+        .map(|n| format!("node{n}={}", lab.client_url(n).replace(":2379", ":2380")))
+        .collect();
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let flags: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("- --initial-cluster-state="))
+        .map(|l| {
+            if l.trim_start().starts_with("- --initial-cluster=") {
+                format!("    - --initial-cluster={}\n", all.join(","))
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    assert_ne!(flags, text, "node 2's manifest has no --initial-cluster");
+    std::fs::write(&manifest, flags).unwrap();
     let out = lab.path().join("etcd.yaml.node2.out");
     std::fs::rename(&manifest, &out).unwrap();
     wait_for(
@@ -695,8 +725,8 @@ fn rejoin_replaces_a_stranger_after_a_whole_cluster_restore() {
 
 /// The other half of the stranger case (issue 21, hole 3): a kubeadm first node, whose
 /// `--initial-cluster` lists only itself, wiped, comes back as a new, empty and *healthy*
-/// single-member cluster — with its old member id (same peer URL, same default token),
-/// answering every request. health from another node names it, doctor on it fails
+/// single-member cluster with another cluster id (and, with a token of its own, another
+/// member id), answering every request. health from another node names it, doctor on it fails
 /// `etcd.identity` ("alone in its own member list" / another cluster id), and `member
 /// rejoin --yes --cluster-endpoints` (the manifest names no other member) replaces it
 /// instead of refusing it as "the leader and healthy".
@@ -719,6 +749,12 @@ fn rejoin_replaces_a_wiped_first_node_that_came_back_as_a_cluster_of_its_own() {
         lab.client_url(1).replace(":2379", ":2380")
     );
     assert!(line.contains(&own.trim_start()[2..]), "{line} vs {own}");
+    // A cluster kubeadm bootstrapped from node 1 alone has node 1's own cluster id: wiped
+    // with that manifest, node 1 is let back in by its peers and panics in raft
+    // (`stepFollower`) on their log, a crash loop, not a cluster of its own. A cluster of its
+    // own needs another cluster id, as after a restore (a token of its own, so a member id
+    // of its own too: the cluster still knows node 1 as `old`).
+    let own = format!("{own}\n    - --initial-cluster-token=wiped-node1");
     std::fs::write(&manifest, text.replace(&line, &own)).unwrap();
     // Wiped the runbook's way: manifest out, data dir emptied, manifest back.
     let out = lab.path().join("etcd.yaml.node1.out");
