@@ -369,10 +369,17 @@ fn rejoin_bad_inputs_are_refused_and_change_nothing() {
         code: i32,
         needle: &'a str,
     }
+    // The leader may be node 1, kubeadm's first node, whose --initial-cluster names only
+    // itself: rejoin then needs the other members' URLs to judge it.
+    let others: Vec<String> = (1..=3)
+        .filter(|n| *n != lead)
+        .map(|n| lab.client_url(n))
+        .collect();
+    let others = others.join(",");
     let cases = vec![
         Case {
             node: lead,
-            words: vec!["--yes"],
+            words: vec!["--yes", "--cluster-endpoints", others.as_str()],
             extra: vec![],
             code: 4,
             needle: "is the leader and healthy",
