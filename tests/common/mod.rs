@@ -687,9 +687,15 @@ impl Run {
             .unwrap_or_else(|e| panic!("stdout is not one JSON document: {e}\n{}", self.dump()))
     }
 
-    /// stderr must be exactly one line (the error) and contain `needle`.
+    /// The error on stderr is exactly one line and contains `needle`. Indented lines are
+    /// progress that a wait printed before the error ("  still waiting for ...", every 5 s
+    /// of a wait, as the tool must): they are not the error and are not counted.
     pub fn one_line_error(&self, needle: &str) -> &Self {
-        let lines: Vec<&str> = self.stderr.lines().collect();
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| !l.starts_with("  "))
+            .collect();
         assert_eq!(lines.len(), 1, "expected one stderr line\n{}", self.dump());
         assert!(
             self.stderr.contains(needle),
